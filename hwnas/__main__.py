@@ -1,0 +1,7 @@
+"""``python -m hwnas`` runs the command line."""
+
+import sys
+
+from hwnas.cli import main
+
+sys.exit(main())
