@@ -57,8 +57,14 @@ class SpaceConfig:
     stages: tuple[StageConfig, ...]
 
     def to_json(self) -> dict:
-        """Plain-data form (also the input of :func:`fingerprint`)."""
-        return json.loads(json.dumps(asdict(self)))
+        """Plain-data config that :func:`parse_config` reads back (also what the fingerprint hashes)."""
+        d = json.loads(json.dumps(asdict(self)))
+        return {
+            "name": d["name"], "in_channels": d["in_channels"], "num_classes": d["num_classes"],
+            "resolutions": d["resolutions"], "act": d["act"],
+            "stem": {"channels": d["stem_channels"], "kernel": d["stem_kernel"], "stride": d["stem_stride"]},
+            "head": {"channels": d["head_channels"]}, "dropout": d["dropout"], "stages": d["stages"],
+        }
 
     def fingerprint(self) -> str:
         """Short hash identifying this space: tables and predictors refuse another."""

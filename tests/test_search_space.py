@@ -101,6 +101,29 @@ def test_config_files_yaml_and_toml(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_config_json_round_trip():
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert load_config(cfg.to_json()) == cfg
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    from search_space import CheckpointError, load_supernet, save_supernet
+    space = SearchSpace.from_config(TINY)
+    net = Supernet(space)
+    save_supernet(tmp_path / "c.pt", net, {"epochs": 1})
+    net2, blob = load_supernet(tmp_path / "c.pt", space)
+    assert blob["meta"] == {"epochs": 1}
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    with pytest.raises(CheckpointError, match="belongs to space 'tiny'"):
+        load_supernet(tmp_path / "c.pt", SearchSpace.from_config("cifar"))
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not readable"):
+        load_supernet(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_supernet(tmp_path / "none.pt")
+
+
 def test_size_counts_distinct_archs_exactly():
     space = SearchSpace.from_config(TINY)
     choices = [range(len(c)) for _, c in space.gene_choices]
