@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search_space.errors import UserError
+
 __all__ = [
     "DATASETS",
     "DatasetBundle",
@@ -66,7 +68,7 @@ _DEFAULT_FOLDER_SIZE = 32
 _NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "cifar10-jpeg": 32, "cifar10": 32, "cifar100": 32}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Bad dataset input; the message is one line naming the bad value and what was expected."""
 
 
