@@ -1,0 +1,110 @@
+"""The ``hwnas run`` configuration: one YAML file for the whole pipeline, validated.
+
+Unknown keys, missing keys and wrong types are errors naming the key path
+(``search.trials``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from search_space.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
+REQUIRED = object()
+
+# key -> (allowed types, default) or a nested schema; lists of device mappings are checked below.
+DEVICE_SCHEMA = {
+    "name": ((str,), REQUIRED),
+    "backend": ((str,), "onnxruntime"),
+    "batch_size": ((int,), 1),
+    "dtype": ((str,), "fp32"),
+    "threads": ((int, type(None)), None),
+}
+SCHEMA = {
+    "name": ((str,), REQUIRED),
+    "seed": ((int,), 0),
+    "device": ((str,), "auto"),
+    "space": ((str, dict), REQUIRED),
+    "dataset": {"name": ((str,), REQUIRED), "path": ((str, type(None)), None)},
+    "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
+              "num_random": ((int,), 2), "time_budget_min": ((float, int, type(None)), None)},
+    "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
+    "predictor": {"archs": ((int,), 200), "model": ((str,), "auto")},
+    "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {})},
+    "verify": {"top": ((int,), 8)},
+    "export": {"top": ((int,), 3), "dynamic_batch": ((bool,), True)},
+}
+
+
+class RunConfigError(UserError):
+    """A run config with a missing, unknown or invalid key."""
+
+
+def _check(raw, schema: dict, path: str) -> dict:
+    if not isinstance(raw, dict):
+        raise RunConfigError(f"config key '{path.rstrip('.') or '<top>'}': expected a mapping, got {raw!r}")
+    unknown = set(raw) - set(schema)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RunConfigError(f"config key '{path}{key}': unknown key, expected one of {sorted(schema)}")
+    out = {}
+    for key, rule in schema.items():
+        if isinstance(rule, dict):
+            out[key] = _check(raw.get(key, {}), rule, f"{path}{key}.")
+            continue
+        types, default = rule
+        if key not in raw:
+            if default is REQUIRED:
+                raise RunConfigError(f"config key '{path}{key}': missing")
+            out[key] = default
+            continue
+        value = raw[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join(t.__name__ if t is not type(None) else "null" for t in types)
+            raise RunConfigError(f"config key '{path}{key}': expected {names}, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise RunConfigError(f"config key '{path}{key}': expected a non-negative number, got {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_run_config(raw: dict) -> dict:
+    """Validate a run config (plain data) and fill in defaults."""
+    cfg = _check(raw, SCHEMA, "")
+    devices = cfg["latency"]["devices"]
+    if not devices:
+        raise RunConfigError("config key 'latency.devices': expected at least one device")
+    cfg["latency"]["devices"] = [_check(d, DEVICE_SCHEMA, f"latency.devices[{i}].") for i, d in enumerate(devices)]
+    names = [d["name"] for d in cfg["latency"]["devices"]]
+    for i, d in enumerate(cfg["latency"]["devices"]):
+        if d["backend"].split(":")[0] not in ("onnxruntime", "cuda"):
+            raise RunConfigError(f"config key 'latency.devices[{i}].backend': expected onnxruntime[:PROVIDER] or cuda, got {d['backend']!r}")
+        if names.count(d["name"]) > 1:
+            raise RunConfigError(f"config key 'latency.devices[{i}].name': {d['name']!r} appears twice, expected unique names")
+    for dev, budget in cfg["search"]["budgets"].items():
+        if dev not in names:
+            raise RunConfigError(f"config key 'search.budgets.{dev}': unknown device, expected one of {names}")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+            raise RunConfigError(f"config key 'search.budgets.{dev}': expected a positive latency in ms, got {budget!r}")
+    if cfg["device"] not in ("auto", "cpu", "cuda") and not cfg["device"].startswith("cuda:"):
+        raise RunConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
+    return cfg
+
+
+def load_run_config(path: str | Path | None = None) -> dict:
+    """Load and validate a run config file (default: the bundled quickstart)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise RunConfigError(f"run config {str(path)!r} not found: expected a YAML file such as experiments/configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RunConfigError(f"run config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = parse_run_config(raw)
+    if isinstance(cfg["space"], str) and cfg["space"].endswith((".yaml", ".yml", ".toml")):
+        cfg["space"] = str((path.parent / cfg["space"]).resolve())  # relative to the config file
+    return cfg
