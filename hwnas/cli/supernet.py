@@ -1,0 +1,180 @@
+"""``hwnas supernet``: train a weight-sharing supernet on a dataset, evaluate one of its subnets.
+
+The helpers that wire :mod:`hwnas.datasets` to :mod:`search_space.training` are public so that
+experiment scripts train exactly as the command does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from hwnas.cli.space import add_space_arg
+from hwnas.datasets import DatasetBundle, DatasetError, Split, iterate_batches, load_dataset
+from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
+from search_space.evaluation import Batches, evaluate_archs
+from search_space.train_dist import init_distributed, resolve_device
+from search_space.training import EpochBatches, TrainConfig, subnet_evaluator, train_supernet
+
+CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
+
+
+def register(sub) -> None:
+    """Add ``hwnas supernet train|eval``."""
+    p = sub.add_parser("supernet", help="train a supernet, evaluate its subnets",
+                       description="Train a weight-sharing supernet and evaluate its subnets.")
+    cmds = p.add_subparsers(dest="supernet_command", metavar="ACTION", required=True)
+
+    tr = cmds.add_parser("train", help="train a supernet (sandwich rule, in-place distillation)",
+                         description="Train every subnet of a space at once: each step trains the largest subnet "
+                         "on the labels and the smallest plus N random ones to match it. Writes OUT/supernet.pt "
+                         "(every epoch) and OUT/metrics.jsonl. Multi-GPU: launch with torchrun.")
+    add_space_arg(tr)
+    _add_data_args(tr, dataset_default="cifar10-jpeg")
+    tr.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    tr.add_argument("--out", required=True, help="output folder for supernet.pt and metrics.jsonl")
+    tr.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images)")
+    tr.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights (default 5e-4)")
+    tr.add_argument("--num-random", type=int, default=2, help="random subnets per step besides the largest and "
+                    "smallest (default 2)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of weights, subnets, data order and split (default 0)")
+    tr.add_argument("--eval-every", type=int, default=1, help="validate largest/smallest every N epochs (default 1)")
+    tr.add_argument("--resume", action="store_true", help="continue OUT/supernet.pt exactly where it stopped")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    tr.set_defaults(func=_train)
+
+    ev = cmds.add_parser("eval", help="BN-recalibrated accuracy of one subnet on val and test",
+                         description="Activate ARCH in a trained supernet, recalibrate its BatchNorm statistics on "
+                         "training images, and print its accuracy on the validation and test splits. The dataset "
+                         "defaults to the one the checkpoint was trained on.")
+    ev.add_argument("--checkpoint", required=True, help="supernet.pt written by 'hwnas supernet train'")
+    _add_data_args(ev, dataset_default=None)
+    ev.add_argument("arch", help="arch string, or 'largest' / 'smallest'")
+    ev.set_defaults(func=_eval)
+
+
+def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None) -> None:
+    """Dataset options shared by train and eval."""
+    default = f" (default {dataset_default})" if dataset_default else " (default: the checkpoint's)"
+    p.add_argument("--dataset", default=dataset_default, help="digits, fashion-mnist, cifar10-jpeg, cifar10, "
+                   "cifar100 or image-folder" + default)
+    p.add_argument("--data", "--data-dir", dest="data", default=None,
+                   help="dataset file or folder (digits needs none)" + ("" if dataset_default else
+                                                                       "; default: the checkpoint's"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="batch size for BN recalibration and "
+                   "evaluation (default 256)")
+    p.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
+
+
+# ----------------------------------------------------------------------------- data wiring
+
+
+def load_for_space(dataset: str, data: str | None, space: SearchSpace, *, seed: int = 0,
+                   val_fraction: float = 0.1, device: torch.device | str = "cpu") -> DatasetBundle:
+    """Load ``dataset`` onto ``device``, checking its channels and classes fit ``space``."""
+    bundle = load_dataset(dataset, data, val_fraction=val_fraction, seed=seed)
+    cfg = space.config
+    if (bundle.in_channels, bundle.num_classes) != (cfg.in_channels, cfg.num_classes):
+        raise DatasetError(f"dataset {dataset!r} has {bundle.in_channels}-channel images and {bundle.num_classes} "
+                           f"classes; space {space.name!r} expects {cfg.in_channels} channels and "
+                           f"{cfg.num_classes} classes")
+    return bundle.to(device)
+
+
+def epoch_batches(bundle: DatasetBundle, batch_size: int, seed: int, device: torch.device) -> EpochBatches:
+    """Shuffled, augmented training batches; epoch ``e``'s order depends only on (seed, e), so a
+    resumed run sees the same data as an uninterrupted one."""
+    def batches(epoch: int):
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+        return iterate_batches(bundle.train, bundle, batch_size, train=True, generator=gen, device=device)
+
+    return batches
+
+
+def calibration_batches(bundle: DatasetBundle, batch_size: int, device: torch.device, seed: int = 0) -> Batches:
+    """Shuffled, augmented training batches for BN recalibration, the same on every call (the
+    training set is sorted by class, so unshuffled batches would give one-class statistics)."""
+    return lambda: iterate_batches(bundle.train, bundle, min(batch_size, len(bundle.train)), train=True,
+                                   generator=torch.Generator(device=device).manual_seed(seed), device=device)
+
+
+def split_batches(split: Split, bundle: DatasetBundle, batch_size: int) -> Batches:
+    """Every sample of ``split`` in order, without augmentation."""
+    return lambda: iterate_batches(split, bundle, batch_size, train=False)
+
+
+def parse_arch(space: SearchSpace, text: str) -> Arch:
+    """An arch string of ``space``, or the names ``largest`` / ``smallest``."""
+    named = {"largest": space.largest, "smallest": space.smallest}
+    return named[text]() if text in named else space.parse(text)
+
+
+def _positive(value: int, option: str) -> None:
+    """Reject a non-positive integer option in one line."""
+    if value < 1:
+        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _train(args) -> int:
+    for value, option in ((args.eval_every, "--eval-every"), (args.eval_batch_size, "--eval-batch-size"),
+                          (args.calib_batches, "--calib-batches")):
+        _positive(value, option)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         num_random=args.num_random, seed=args.seed)
+    space = SearchSpace.from_config(args.space)
+    ctx = init_distributed(args.device)
+    bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
+    steps = len(bundle.train) // config.batch_size
+    if steps < 1:
+        raise UserError(f"--batch-size {config.batch_size} exceeds the {len(bundle.train)} training images; "
+                        "expected a smaller batch")
+    torch.manual_seed(config.seed)  # the supernet's initial weights
+    supernet = Supernet(space)
+    autocast = torch.bfloat16 if ctx.device.type == "cuda" else None
+    evaluate = subnet_evaluator({"largest": space.largest(), "smallest": space.smallest()},
+                                calibration_batches(bundle, args.eval_batch_size, ctx.device),
+                                split_batches(bundle.val, bundle, args.eval_batch_size), args.calib_batches, autocast)
+    out = Path(args.out)
+    meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
+            "val_fraction": 0.1, "split_seed": args.seed}
+    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device), steps,
+                             config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
+                             evaluate=evaluate, eval_every=args.eval_every, meta=meta, dist=ctx,
+                             progress=not args.quiet)
+    if ctx.is_main and history:
+        last = history[-1]
+        accs = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_acc"))
+        print(f"trained {last['epoch']} epochs: loss {last['loss']:.4f}  {accs}  -> {out / CHECKPOINT_NAME}")
+    return 0
+
+
+def _eval(args) -> int:
+    _positive(args.eval_batch_size, "--eval-batch-size")
+    _positive(args.calib_batches, "--calib-batches")
+    device = resolve_device(args.device)
+    supernet, blob = load_supernet(args.checkpoint)
+    meta = blob.get("meta", {})
+    dataset = args.dataset or meta.get("dataset")
+    if dataset is None:
+        raise UserError(f"checkpoint {args.checkpoint!r} does not record its dataset; expected --dataset")
+    data = args.data or (meta.get("data") if dataset == meta.get("dataset") else None)
+    space = supernet.space
+    arch = parse_arch(space, args.arch)
+    bundle = load_for_space(dataset, data, space, seed=meta.get("split_seed", 0),
+                            val_fraction=meta.get("val_fraction", 0.1), device=device)
+    supernet.to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    calib = calibration_batches(bundle, args.eval_batch_size, device)
+    results = {name: evaluate_archs(supernet, [arch], calib, split_batches(split, bundle, args.eval_batch_size),
+                                    args.calib_batches, autocast)[0]
+               for name, split in (("val", bundle.val), ("test", bundle.test))}
+    print(f"{arch}\n  {dataset}: val accuracy {results['val']:.4f}  test accuracy {results['test']:.4f}  "
+          f"(BN recalibrated on {args.calib_batches} batches of {args.eval_batch_size} training images)")
+    return 0

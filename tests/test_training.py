@@ -1,0 +1,208 @@
+"""Supernet training: loss goes down, checkpoints resume exactly, DDP keeps ranks in sync, CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from hwnas.cli import main
+from hwnas.cli.supernet import epoch_batches, load_for_space
+from search_space import SearchSpace, Supernet, load_supernet
+from search_space.train_dist import DistContext, init_distributed
+from search_space.train_state import read_metrics
+from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
+                                   train_supernet)
+
+# Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes.
+DIGITS_SPACE = {
+    "name": "tiny-digits", "in_channels": 1, "num_classes": 10, "resolutions": [8, 6],
+    "stem": {"channels": 8, "kernel": 3, "stride": 1},
+    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
+                 "expansions": {"mbconv": [2], "resnet": [1]}},
+    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 16, "stride": 1, "depths": [1]}],
+}
+BATCH = 128
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine is small and shared: one intra-op thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_config(DIGITS_SPACE)
+
+
+@pytest.fixture(scope="module")
+def digits(space):
+    return load_for_space("digits", None, space)
+
+
+def _run(space, digits, config, checkpoint, **kw):
+    """Fresh supernet (seeded), trained by train_supernet on digits; returns (supernet, history)."""
+    torch.manual_seed(config.seed)
+    net = Supernet(space)
+    batches = kw.pop("batches", epoch_batches(digits, config.batch_size, config.seed, torch.device("cpu")))
+    history = train_supernet(net, batches, len(digits.train) // config.batch_size, config, checkpoint,
+                             progress=False, **kw)
+    return net, history
+
+
+def _interrupt_at(batches, epoch_to_fail):
+    """Batches that raise KeyboardInterrupt at the start of one epoch (a killed run)."""
+    def wrapped(epoch):
+        if epoch == epoch_to_fail:
+            raise KeyboardInterrupt
+        return batches(epoch)
+
+    return wrapped
+
+
+def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.2, seed=3)
+    # Uninterrupted run, evaluating every epoch: evaluation must not change the training.
+    evaluate = lambda net: {"val_acc_largest": 0.0}
+    full, history = _run(space, digits, config, tmp_path / "a" / "supernet.pt",
+                         metrics_path=tmp_path / "a" / "metrics.jsonl", evaluate=evaluate)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.3
+    assert history[-1]["distill_loss"] < history[0]["distill_loss"]
+    assert read_metrics(tmp_path / "a" / "metrics.jsonl") == history
+
+    # Killed after epoch 2 (its checkpoint is written), then resumed by a fresh process-like run.
+    ckpt = tmp_path / "b" / "supernet.pt"
+    batches = epoch_batches(digits, BATCH, config.seed, torch.device("cpu"))
+    with pytest.raises(KeyboardInterrupt):
+        _run(space, digits, config, ckpt, batches=_interrupt_at(batches, 2))
+    loaded, blob = load_supernet(ckpt, space)
+    assert blob["train_state"]["epoch"] == 2 and blob["meta"]["epoch"] == 2
+    torch.manual_seed(12345)  # a different global RNG state: resume must restore the saved one
+    np.random.seed(7)
+    resumed, resumed_history = _run(space, digits, config, ckpt, resume=True)
+    assert [r["epoch"] for r in resumed_history] == [1, 2, 3]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed_history[-1]["loss"] == history[-1]["loss"]
+
+    # A finished run resumes to a no-op; other settings or no --resume are refused in one line.
+    _run(space, digits, config, ckpt, resume=True)
+    with pytest.raises(TrainingError, match=r"lr=0\.1 \(checkpoint: 0\.2\)"):
+        _run(space, digits, TrainConfig(epochs=3, batch_size=BATCH, lr=0.1, seed=3), ckpt, resume=True)
+    with pytest.raises(TrainingError, match="already exists"):
+        _run(space, digits, config, ckpt)
+
+
+def test_schedule_optimizer_and_sandwich(space):
+    sched = WarmupCosine(total_steps=100, warmup_steps=10)
+    factors = [sched(s) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 0.01
+    net = Supernet(space)
+    decayed, plain = build_optimizer(net, TrainConfig(epochs=1, batch_size=8)).param_groups
+    assert all(p.ndim > 1 for p in decayed["params"]) and decayed["weight_decay"] > 0
+    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0
+    archs = sandwich_archs(space, np.random.default_rng(0), 3)
+    assert archs[:2] == [space.largest(), space.smallest()] and len(archs) == 5
+    assert TrainConfig(epochs=1, batch_size=512).peak_lr == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("epochs", 0, "epochs=0 is invalid; expected an int >= 1"),
+    ("batch_size", 1.5, "batch_size=1.5"),
+    ("lr", -1.0, "lr=-1.0"),
+    ("label_smoothing", 1.0, "label_smoothing=1.0"),
+])
+def test_bad_train_config_is_one_line(field, value, needle):
+    kw = {"epochs": 1, "batch_size": 8, field: value}
+    with pytest.raises(TrainingError) as e:
+        TrainConfig(**kw)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a 2-process gloo run of train_supernet."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    space = SearchSpace.from_config(DIGITS_SPACE)
+    digits = load_for_space("digits", None, space)
+    config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.2, seed=5)
+    torch.manual_seed(config.seed)
+    net = Supernet(space)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    train_supernet(net, epoch_batches(digits, BATCH, config.seed, ctx.device), 3, config, dist=ctx, progress=False)
+    torch.save({"initial": initial, "final": net.state_dict()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_stay_identical_and_every_subnet_trains(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    # The parameters the run's 3 steps x 4 subnets used (same arch seed as the workers).
+    space = SearchSpace.from_config(DIGITS_SPACE)
+    net = Supernet(space)
+    rng = np.random.default_rng(5)
+    for arch in [a for _ in range(3) for a in sandwich_archs(space, rng, 2)]:
+        net.set_active(arch)
+        net(torch.zeros(2, 1, arch.resolution, arch.resolution)).sum().backward()
+    used = {n for n, p in net.named_parameters() if p.grad is not None}
+    changed = set()
+    for name, _ in net.named_parameters():  # ranks saw different halves of each batch
+        assert torch.equal(r0["final"][name], r1["final"][name]), name
+        if not torch.equal(r0["final"][name], r0["initial"][name]):
+            changed.add(name)
+    # every used parameter was updated (also those only earlier subnets of a step used), no other
+    assert changed == used and len(used) > 40
+    assert DistContext(rank=1, world_size=2).shard(torch.arange(6))[0].tolist() == [3, 4, 5]
+
+
+def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):
+    cfg = tmp_path / "space.yaml"
+    cfg.write_text(yaml.safe_dump(DIGITS_SPACE))
+    out = tmp_path / "run"
+    args = ["supernet", "train", "--space", str(cfg), "--dataset", "digits", "--epochs", "2", "--out", str(out),
+            "--batch-size", str(BATCH), "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    assert "trained 2 epochs" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "val_acc_smallest" in records[-1]
+    more = [("3" if a == "2" else a) for a in args]
+    assert main(more + ["--resume"]) == 2  # other epochs: refused, one line
+    err = capsys.readouterr().err.strip()
+    assert "epochs=3 (checkpoint: 2)" in err and "\n" not in err
+
+    assert main(["supernet", "eval", "--checkpoint", str(out / "supernet.pt"), "--device", "cpu", "largest"]) == 0
+    text = capsys.readouterr().out
+    val, test = (float(text.split(f"{s} accuracy ")[1].split()[0]) for s in ("val", "test"))
+    assert 0.3 < val <= 1 and 0.3 < test <= 1  # 2 tiny epochs: far above the 0.1 of chance
+
+    bad = [
+        (["supernet", "train", "--dataset", "fashion-mnist", "--data", str(tmp_path / "nope.npz"), "--out",
+          str(tmp_path / "x")], "nope.npz"),
+        (["supernet", "train", "--dataset", "mnist2", "--out", str(tmp_path / "y")], "unknown dataset 'mnist2'"),
+        (["supernet", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "largest"], "missing.pt"),
+        (["supernet", "eval", "--checkpoint", str(out / "supernet.pt"), "r8/w9:mb3e2"], "r8/w9:mb3e2"),
+        (["supernet", "train", "--space", str(cfg), "--dataset", "digits", "--out", str(tmp_path / "z"),
+          "--device", "tpu"], "device 'tpu'"),
+    ]
+    for argv, needle in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
