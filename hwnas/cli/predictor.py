@@ -1,0 +1,213 @@
+"""``hwnas predictor``: measure an accuracy dataset on a supernet, fit a predictor, evaluate it.
+
+``measure_accuracy_dataset`` wires :mod:`hwnas.datasets` into
+:func:`predictors.build_accuracy_dataset` (the ``predictors`` package knows no datasets);
+experiment scripts call it so that they measure exactly as the command does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches
+from hwnas.datasets import DatasetBundle, Split
+from predictors import (PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset, load_predictor,
+                        make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
+from search_space import UserError, checkpoint_hash, load_supernet
+from search_space.train_dist import resolve_device
+
+SPLITS = ("val", "test")
+
+
+def register(sub) -> None:
+    """Add ``hwnas predictor dataset|fit|eval``."""
+    p = sub.add_parser("predictor", help="accuracy datasets and accuracy predictors",
+                       description="Measure subnet accuracies on a trained supernet, fit an accuracy predictor, "
+                       "and score it on held-out subnets.")
+    cmds = p.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
+
+    ds = cmds.add_parser("dataset", help="measure the accuracy of N spread-sampled subnets",
+                         description="Sample N subnets spread over the FLOPs range and block types, recalibrate "
+                         "BatchNorm for each on training images, measure its accuracy on the validation split, "
+                         "and append it to OUT (JSON lines). Re-running the same command resumes.")
+    ds.add_argument("--checkpoint", required=True, help="supernet.pt written by 'hwnas supernet train'")
+    ds.add_argument("--n", type=int, required=True, help="number of subnets the file should hold")
+    ds.add_argument("--out", required=True, help="accuracy dataset file (.jsonl); resumed when it exists")
+    ds.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
+    ds.add_argument("--data", "--data-dir", dest="data", default=None,
+                    help="dataset file or folder (default: the checkpoint's)")
+    ds.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    ds.add_argument("--split", default="val", choices=SPLITS, help="split to measure on (default val: predictors "
+                    "are fitted on validation accuracies; keep test for final reports)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the subnet sample and eval subset (default 0)")
+    ds.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
+    ds.add_argument("--calib-batch-size", type=int, default=256, help="batch size of BN recalibration (default 256)")
+    ds.add_argument("--eval-batch-size", type=int, default=1000, help="batch size of evaluation (default 1000)")
+    ds.add_argument("--eval-limit", type=int, default=None,
+                    help="measure on a fixed random subset of this many images of the split (default: all)")
+    ds.add_argument("--time-budget", type=float, default=None,
+                    help="stop after this many seconds (the file stays resumable)")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.set_defaults(func=_dataset)
+
+    fit = cmds.add_parser("fit", help="fit a predictor on an accuracy dataset",
+                          description="Fit an accuracy predictor on an accuracy dataset. '--model auto' picks the "
+                          "kind with the best k-fold Kendall tau.")
+    fit.add_argument("--data", required=True, help="accuracy dataset (.jsonl) from 'hwnas predictor dataset'")
+    fit.add_argument("--model", default="auto", choices=sorted(PREDICTORS) + ["auto"],
+                     help="predictor kind, or auto: select by k-fold Kendall tau (default auto)")
+    fit.add_argument("--out", required=True, help="predictor file to write (.pt)")
+    fit.add_argument("--features", default="cost", choices=["cost", "encoding"],
+                     help="cost: encoding plus log FLOPs/params per stage (default); encoding: the encoding only")
+    fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the predictor and the folds (default 0)")
+    fit.set_defaults(func=_fit)
+
+    ev = cmds.add_parser("eval", help="score a predictor on held-out measured subnets",
+                         description="Print Kendall tau, Spearman rho and RMSE of a predictor on an accuracy "
+                         "dataset it was not fitted on, and optionally plot predicted against measured accuracy.")
+    ev.add_argument("--predictor", required=True, help="predictor file from 'hwnas predictor fit'")
+    ev.add_argument("--data", required=True, help="held-out accuracy dataset (.jsonl)")
+    ev.add_argument("--plot", default=None, help="write a predicted-vs-measured scatter to this .png")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.set_defaults(func=_eval)
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def random_subset(split: Split, limit: int | None, seed: int) -> Split:
+    """A fixed random subset of ``limit`` samples (splits are sorted by class, so a prefix
+    would measure a few classes only); the whole split when ``limit`` is None or larger."""
+    if limit is None or limit >= len(split):
+        return split
+    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit])).to(split.x.device)
+    return Split(split.x[idx], split.y[idx])
+
+
+def measure_accuracy_dataset(checkpoint: str | Path, n: int, out: str | Path, *, dataset: str | None = None,
+                             data: str | None = None, device: str | torch.device = "auto", split: str = "val",
+                             seed: int = 0, calib_batches: int = 20, calib_batch_size: int = 256,
+                             eval_batch_size: int = 1000, eval_limit: int | None = None,
+                             time_budget_s: float | None = None, progress: bool = True,
+                             bundle: DatasetBundle | None = None) -> AccuracyDataset:
+    """Measure ``n`` spread-sampled subnets of ``checkpoint`` on ``split`` of its dataset (or the
+    one named) and store them in ``out`` (resumable). ``bundle`` skips loading the dataset again."""
+    for value, option in ((n, "--n"), (calib_batches, "--calib-batches"), (calib_batch_size, "--calib-batch-size"),
+                          (eval_batch_size, "--eval-batch-size"), (eval_limit, "--eval-limit")):
+        _positive(value, option)
+    if split not in SPLITS:
+        raise UserError(f"split {split!r} is invalid; expected one of {list(SPLITS)}")
+    device = resolve_device(device)
+    supernet, blob = load_supernet(checkpoint)
+    meta = blob.get("meta", {})
+    dataset = dataset or meta.get("dataset")
+    if dataset is None:
+        raise UserError(f"checkpoint {str(checkpoint)!r} does not record its dataset; expected --dataset")
+    data = data or (meta.get("data") if dataset == meta.get("dataset") else None)
+    space = supernet.space
+    # The split seed and fraction of training, so that 'val' holds images training never saw.
+    if bundle is None:
+        bundle = load_for_space(dataset, data, space, seed=meta.get("split_seed", 0),
+                                val_fraction=meta.get("val_fraction", 0.1), device=device)
+    eval_split = random_subset(getattr(bundle, split), eval_limit, seed)
+    supernet.to(device)
+    settings = {"calib_batch_size": calib_batch_size, "eval_samples": len(eval_split), "eval_subset_seed": seed,
+                "split_seed": meta.get("split_seed", 0), "val_fraction": meta.get("val_fraction", 0.1)}
+    return build_accuracy_dataset(
+        supernet, space, n, calibration_batches(bundle, calib_batch_size, device),
+        split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
+        dataset=dataset, split=split, num_calib_batches=calib_batches,
+        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None, settings=settings, seed=seed,
+        time_budget_s=time_budget_s, progress=progress)
+
+
+def _dataset(args) -> int:
+    start = time.monotonic()
+    before = len(AccuracyDataset.load(args.out)) if Path(args.out).exists() else 0
+    data = measure_accuracy_dataset(args.checkpoint, args.n, args.out, dataset=args.dataset, data=args.data,
+                                    device=args.device, split=args.split, seed=args.seed,
+                                    calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
+                                    eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
+                                    time_budget_s=args.time_budget, progress=not args.quiet)
+    acc = data.accuracies()
+    added, secs = len(data) - before, time.monotonic() - start
+    summary = f"accuracy {acc.min():.4f}..{acc.max():.4f}" if len(acc) else "no records"
+    print(f"{args.out}: {len(data)} subnets ({added} new in {secs:.0f} s), {summary}, "
+          f"{data.header['dataset']}/{data.header['split']}, checkpoint {data.header['checkpoint_hash']}")
+    if len(data) < args.n:
+        print(f"stopped before {args.n}: re-run the same command to measure the rest", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = "cost", folds: int = 5,
+                  seed: int = 0) -> tuple[Predictor, dict[str, float] | None]:
+    """Fit a predictor of kind ``model`` on ``data``; ``auto`` selects the kind by ``folds``-fold
+    Kendall tau first and also returns every kind's score."""
+    space = data.space()
+    X, y = data.arrays(space)
+    scores = None
+    if model == "auto":
+        candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed))
+                      for kind in sorted(PREDICTORS)}
+        model, scores = select_predictor(X, y, candidates, k=folds, seed=seed)
+    predictor = make_predictor(model, space, features=features, seed=seed).fit(X, y)
+    predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
+                           "n_train": len(y), "selection_kendall_tau": scores})
+    return predictor, scores
+
+
+def _fit(args) -> int:
+    data = AccuracyDataset.load(args.data)
+    start = time.monotonic()
+    predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed)
+    if scores:
+        print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    predictor.save(args.out, {"data": str(args.data)})
+    print(f"fitted {predictor.kind} ({predictor.features} features) on {len(data)} subnets in "
+          f"{time.monotonic() - start:.1f} s -> {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _eval(args) -> int:
+    data = AccuracyDataset.load(args.data)
+    space = data.space()
+    predictor = load_predictor(args.predictor, space)
+    X, y = data.arrays(space)
+    if len(y) < 2:
+        raise UserError(f"accuracy dataset {args.data!r} has {len(y)} subnets; expected at least 2 to score a ranking")
+    mean, std = predictor.predict(X)
+    metrics = rank_metrics(y, mean)
+    fitted_on = predictor.meta.get("fitted_on", {})
+    if fitted_on.get("checkpoint_hash") not in (None, data.header["checkpoint_hash"]):
+        print(f"warning: predictor was fitted on checkpoint {fitted_on['checkpoint_hash']}, these accuracies come "
+              f"from checkpoint {data.header['checkpoint_hash']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{predictor.kind} on {metrics['n']} subnets: Kendall tau {metrics['kendall_tau']:.4f}  "
+              f"Spearman {metrics['spearman']:.4f}  RMSE {100 * metrics['rmse']:.3f} points")
+    if args.plot:
+        title = (f"{predictor.kind} on {data.header['dataset']}/{data.header['split']}: tau "
+                 f"{metrics['kendall_tau']:.3f}, RMSE {100 * metrics['rmse']:.2f} pts")
+        plot_predicted_vs_measured(y, mean, std, args.plot, title)
+        print(f"plot -> {args.plot}")
+    return 0

@@ -1,0 +1,179 @@
+"""The predictor interface, its file format and the registry of predictor kinds.
+
+Every predictor maps encodings ``X = space.encode_many(archs)`` to accuracy in [0, 1]:
+``fit(X, y)``, ``predict(X) -> (mean, std)``, ``save(path)``, :func:`load_predictor`.
+The base class owns what all kinds share: the space (its config and fingerprint travel in
+the file, so a predictor refuses another space's encoding), the feature recipe, feature
+and target standardisation. Subclasses only fit and predict standardised arrays.
+
+File format (``torch.save`` of a dict): ``format="hwnas-predictor"``, ``version``, ``kind``,
+``space`` (config as plain data), ``space_fingerprint``, ``features`` (recipe name),
+``hparams``, ``scalers``, ``state`` (kind-specific; sklearn models are pickled, so load
+predictor files only from sources you trust, as with any pickle), ``meta`` (free-form).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from search_space import SearchSpace, UserError
+from search_space.io import atomic_torch_save
+
+from .features import FEATURE_RECIPES, make_features
+
+FORMAT, VERSION = "hwnas-predictor", 1
+PREDICTORS: dict[str, type["Predictor"]] = {}
+
+
+class PredictorError(UserError):
+    """A predictor file or input that cannot be used (foreign space, wrong shape, not fitted)."""
+
+
+def register_predictor(kind: str) -> Callable[[type], type]:
+    """Class decorator: make ``kind`` constructible by :func:`make_predictor` and loadable."""
+
+    def deco(cls: type) -> type:
+        cls.kind = kind
+        PREDICTORS[kind] = cls
+        return cls
+
+    return deco
+
+
+class Predictor:
+    """Accuracy predictor over one search space's encoding; subclasses implement
+    ``_fit(F, z)`` and ``_predict(F) -> (mean, std)`` on standardised features ``F`` and
+    standardised targets ``z``, plus ``_get_state`` / ``_set_state`` for saving."""
+
+    kind = "base"
+
+    def __init__(self, space: SearchSpace, features: str = "cost", seed: int = 0, **hparams):
+        if features not in FEATURE_RECIPES:
+            raise PredictorError(f"unknown feature recipe {features!r}: expected one of {list(FEATURE_RECIPES)}")
+        self.space = space
+        self.features = features
+        self.seed = seed
+        self.hparams = {**self.default_hparams(), **hparams}
+        unknown = set(hparams) - set(self.default_hparams())
+        if unknown:
+            raise PredictorError(f"unknown {self.kind} hyper-parameter {sorted(unknown)[0]!r}: "
+                                 f"expected one of {sorted(self.default_hparams())}")
+        self.meta: dict = {}
+        self._scalers: dict | None = None
+
+    @classmethod
+    def default_hparams(cls) -> dict:
+        """Hyper-parameters of this kind and their defaults."""
+        return {}
+
+    @property
+    def space_fingerprint(self) -> str:
+        """Fingerprint of the space whose encoding this predictor reads."""
+        return self.space.fingerprint
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` (or loading) has happened."""
+        return self._scalers is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(space={self.space.name!r}, features={self.features!r}, fitted={self.fitted})"
+
+    # ---- public interface ------------------------------------------------------------
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "Predictor":
+        """Fit on encodings ``X`` (n, space.encoding_size) and accuracies ``y`` (n,)."""
+        X = self._check_X(X)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != X.shape[0]:
+            raise PredictorError(f"fit got {X.shape[0]} encodings but {y.shape[0]} accuracies: expected equal counts")
+        if X.shape[0] < 4 or not np.all(np.isfinite(y)):
+            raise PredictorError(f"fit needs at least 4 finite accuracies, got {y.shape[0]} "
+                                 f"({int((~np.isfinite(y)).sum())} not finite)")
+        F = make_features(self.space, X, self.features).astype(np.float64)
+        f_mean, f_std = F.mean(0), F.std(0)
+        f_std[f_std < 1e-8] = 1.0  # constant columns (a single choice) stay zero, not NaN
+        y_mean, y_std = float(y.mean()), float(y.std()) or 1.0
+        self._scalers = {"f_mean": f_mean, "f_std": f_std, "y_mean": y_mean, "y_std": y_std}
+        self._fit((F - f_mean) / f_std, (y - y_mean) / y_std)
+        return self
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the predicted accuracy of each row of ``X``."""
+        if not self.fitted:
+            raise PredictorError(f"{self.kind} predictor is not fitted: call fit(X, y) or load a saved one")
+        X = self._check_X(X)
+        if X.shape[0] == 0:
+            return np.zeros(0), np.zeros(0)
+        s = self._scalers
+        F = (make_features(self.space, X, self.features).astype(np.float64) - s["f_mean"]) / s["f_std"]
+        mean, std = self._predict(F)
+        return mean * s["y_std"] + s["y_mean"], std * s["y_std"]
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write the fitted predictor atomically (``meta`` is merged into :attr:`meta`)."""
+        if not self.fitted:
+            raise PredictorError(f"{self.kind} predictor is not fitted: nothing to save")
+        self.meta.update(meta or {})
+        blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "space": self.space.config.to_json(),
+                "space_fingerprint": self.space_fingerprint, "features": self.features, "seed": self.seed,
+                "hparams": self.hparams, "scalers": self._scalers, "state": self._get_state(), "meta": self.meta}
+        return atomic_torch_save(blob, path)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _check_X(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.space.encoding_size:
+            raise PredictorError(f"encodings have shape {X.shape}: expected (n, {self.space.encoding_size}) "
+                                 f"from space {self.space.name!r} ({self.space_fingerprint}).encode_many")
+        return X
+
+    def _fit(self, F: np.ndarray, z: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _predict(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _get_state(self):
+        raise NotImplementedError
+
+    def _set_state(self, state) -> None:
+        raise NotImplementedError
+
+
+def make_predictor(kind: str, space: SearchSpace, **kwargs) -> Predictor:
+    """A new, unfitted predictor of ``kind`` (one of :data:`PREDICTORS`)."""
+    if kind not in PREDICTORS:
+        raise PredictorError(f"unknown predictor kind {kind!r}: expected one of {sorted(PREDICTORS)}")
+    return PREDICTORS[kind](space, **kwargs)
+
+
+def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predictor:
+    """Load a saved predictor; with ``space`` given, refuse one fitted on another space."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictorError(f"predictor file {str(path)!r} not found: expected a file written by 'hwnas predictor fit'")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise PredictorError(f"predictor file {str(path)!r} is not readable ({type(e).__name__}): "
+                             "expected a torch file written by 'hwnas predictor fit'") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise PredictorError(f"{str(path)!r} is not an hwnas predictor file: expected format {FORMAT!r}")
+    if blob.get("version") != VERSION:
+        raise PredictorError(f"predictor file {str(path)!r} has version {blob.get('version')!r}, expected {VERSION}")
+    if space is not None and space.fingerprint != blob["space_fingerprint"]:
+        raise PredictorError(f"predictor {str(path)!r} was fitted on space {blob['space']['name']!r} "
+                             f"({blob['space_fingerprint']}), not on space {space.name!r} ({space.fingerprint}): "
+                             "fit a predictor on this space's accuracy dataset")
+    if blob["kind"] not in PREDICTORS:
+        raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: expected one of {sorted(PREDICTORS)}")
+    pred = PREDICTORS[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
+                                    seed=blob["seed"], **blob["hparams"])
+    pred._scalers = blob["scalers"]
+    pred._set_state(blob["state"])
+    pred.meta = blob["meta"]
+    return pred

@@ -1,0 +1,232 @@
+"""Predictors: encoding inverse, ranking quality on a synthetic target, save/load, space checks,
+spread sampling, the resumable accuracy-dataset builder and the ``hwnas predictor`` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from hwnas.cli import main
+from hwnas.datasets import iterate_batches, load_dataset
+from predictors import (AccuracyDataset, AccuracyDatasetError, PredictorError, build_accuracy_dataset,
+                        decode_encoding, load_predictor, make_predictor, rank_metrics, sample_archs_spread,
+                        select_predictor)
+from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
+
+# A space for 8x8 one-channel digits: small enough to evaluate dozens of subnets in seconds.
+DIGITS_SPACE = {
+    "name": "digits-tiny", "in_channels": 1, "num_classes": 10, "resolutions": [8],
+    "stem": {"channels": 8, "kernel": 3, "stride": 1},
+    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "fused_mbconv", "pconv", "resnet"], "kernels": [3],
+                 "expansions": {"mbconv": [2, 4], "fused_mbconv": [1, 2], "pconv": [1, 2], "resnet": [0.5, 1]}},
+    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 24, "stride": 2, "depths": [1, 2]}],
+}
+KINDS = ["mlp", "gbt", "gp"]
+FAST = {"mlp": {"steps": 600}, "gbt": {"members": 3}, "gp": {}}  # test-sized settings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine is shared: oversubscribed OpenMP threads run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return SearchSpace.from_config("cifar")
+
+
+@pytest.fixture(scope="module")
+def synthetic(cifar):
+    """Archs and a synthetic accuracy with the usual shape: saturating in log FLOPs, plus an
+    effect of each block type's share of each stage, plus measurement noise."""
+    archs = sample_archs_spread(cifar, 500, np.random.default_rng(0))
+    log_flops = np.log([cifar.flops(a) for a in archs])
+    size = (log_flops - log_flops.min()) / np.ptp(log_flops)
+    blocks = cifar.config.stages[0].blocks
+    share = np.array([[[sum(l.block == b for l in s.layers) / s.depth for b in blocks] for s in a.stages]
+                      for a in archs])
+    effect = np.random.default_rng(1).normal(0, 0.01, share.shape[1:])
+    clean = 0.95 - 0.25 * np.exp(-3 * size) + (share * effect).sum((1, 2))
+    y = clean + np.random.default_rng(2).normal(0, 0.002, len(archs))
+    return cifar.encode_many(archs), y
+
+
+@pytest.mark.parametrize("name", ["cifar", "imagenet"])
+def test_decode_inverts_encode(name):
+    space = SearchSpace.from_config(name)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(200)] + [space.largest(), space.smallest()]
+    assert decode_encoding(space, space.encode_many(archs)) == archs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predictor_ranks_synthetic_target(kind, cifar, synthetic):
+    X, y = synthetic
+    pred = make_predictor(kind, cifar, **FAST[kind]).fit(X[:350], y[:350])
+    mean, std = pred.predict(X[350:])
+    m = rank_metrics(y[350:], mean)
+    assert m["kendall_tau"] > 0.9, m
+    assert m["rmse"] < 0.02 and mean.shape == std.shape == (150,) and np.all(std >= 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip_and_foreign_space(kind, cifar, synthetic, tmp_path):
+    X, y = synthetic
+    pred = make_predictor(kind, cifar, **FAST[kind], features="encoding" if kind == "gp" else "cost")
+    pred.fit(X[:120], y[:120]).save(tmp_path / "p.pt", {"note": "x"})
+    loaded = load_predictor(tmp_path / "p.pt", cifar)
+    for a, b in zip(pred.predict(X[400:]), loaded.predict(X[400:])):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.kind == kind and loaded.meta["note"] == "x" and loaded.space_fingerprint == cifar.fingerprint
+    assert load_predictor(tmp_path / "p.pt").space_fingerprint == cifar.fingerprint  # space from the file
+    other = SearchSpace.from_config("imagenet")
+    with pytest.raises(PredictorError) as e:
+        load_predictor(tmp_path / "p.pt", other)
+    msg = str(e.value)
+    assert cifar.fingerprint in msg and other.fingerprint in msg and "\n" not in msg
+
+
+def test_bad_inputs_are_one_line_user_errors(cifar, synthetic, tmp_path):
+    X, y = synthetic
+    with pytest.raises(PredictorError, match="not fitted"):
+        make_predictor("gp", cifar).predict(X)
+    with pytest.raises(PredictorError, match=r"expected \(n, 86\)"):
+        make_predictor("gbt", cifar, members=1).fit(X[:50], y[:50]).predict(X[:, :10])
+    with pytest.raises(PredictorError, match="unknown predictor kind 'svm'"):
+        make_predictor("svm", cifar)
+    with pytest.raises(PredictorError, match="unknown mlp hyper-parameter 'depth'"):
+        make_predictor("mlp", cifar, depth=3)
+    with pytest.raises(PredictorError, match="fit got 10 encodings but 9 accuracies"):
+        make_predictor("gp", cifar).fit(X[:10], y[:9])
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(PredictorError, match="not readable"):
+        load_predictor(tmp_path / "junk.pt")
+
+
+def test_select_predictor_prefers_better_ranking(cifar, synthetic):
+    X, y = synthetic
+    candidates = {"gp": lambda: make_predictor("gp", cifar),
+                  "gp-encoding-only-tiny": lambda: make_predictor("gbt", cifar, members=1, max_iter=2, max_leaf_nodes=2)}
+    best, scores = select_predictor(X[:200], y[:200], candidates, k=3)
+    assert best == "gp" and set(scores) == set(candidates)
+    assert scores["gp"] > 0.85 > scores["gp-encoding-only-tiny"]
+
+
+def test_rank_metrics_known_values():
+    y = np.array([0.1, 0.2, 0.3, 0.4])
+    assert rank_metrics(y, y) == {"kendall_tau": 1.0, "spearman": 1.0, "rmse": 0.0, "n": 4}
+    rev = rank_metrics(y, y[::-1])
+    assert rev["kendall_tau"] == pytest.approx(-1) and rev["rmse"] == pytest.approx(np.sqrt(0.05))
+    assert rank_metrics(y, np.full(4, 0.5))["kendall_tau"] == 0.0  # no ranking, not NaN
+
+
+def test_spread_sample_covers_flops_range_and_block_types(cifar):
+    rng = np.random.default_rng(3)
+    archs = sample_archs_spread(cifar, 200, rng)
+    assert len({str(a) for a in archs}) == 200
+    lo, hi = np.log(cifar.flops(cifar.smallest())), np.log(cifar.flops(cifar.largest()))
+    pos = (np.log([cifar.flops(a) for a in archs]) - lo) / (hi - lo)
+    uniform = (np.log([cifar.flops(cifar.sample(rng)) for _ in range(200)]) - lo) / (hi - lo)
+    assert pos.min() < 0.1 and pos.max() > 0.85 and pos.std() > 1.5 * uniform.std()
+    first = pos[:40]  # a prefix is spread as well
+    assert first.min() < 0.2 and first.max() > 0.8
+    blocks = {b for a in archs for s in a.stages for b in {l.block for l in s.layers}}
+    assert blocks == set(cifar.config.stages[0].blocks)
+    pure = sum(len({l.block for l in s.layers}) == 1 and s.depth == 3 for a in archs for s in a.stages[1:])
+    assert pure > 40  # single-type deep stages, rare under uniform sampling (4 / 64)
+
+
+# ----------------------------------------------------------------------------- accuracy datasets
+
+
+@pytest.fixture(scope="module")
+def digits_setup(tmp_path_factory):
+    """A tiny supernet briefly trained on digits (largest subnet, SGD) and saved as a checkpoint."""
+    space = SearchSpace.from_config(DIGITS_SPACE)
+    bundle = load_dataset("digits")
+    torch.manual_seed(0)
+    net = Supernet(space)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        for x, y in iterate_batches(bundle.train, bundle, 64, train=True, generator=gen):
+            net.set_active(space.sample(rng) if rng.random() < 0.5 else space.largest())
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
+    save_supernet(path, net, meta={"dataset": "digits", "data": None, "val_fraction": 0.1, "split_seed": 0})
+    return space, bundle, path
+
+
+def test_dataset_builder_is_resumable(digits_setup, tmp_path):
+    space, bundle, ckpt = digits_setup
+    from search_space import load_supernet
+
+    net, _ = load_supernet(ckpt)
+    calls = {"n": 0, "stop_after": 4}
+
+    def calib():
+        calls["n"] += 1
+        if calls["n"] > calls["stop_after"]:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the 5th subnet
+        return iterate_batches(bundle.train, bundle, 64, train=True, generator=torch.Generator().manual_seed(0))
+
+    def evaluate():
+        return iterate_batches(bundle.val, bundle, 512, train=False)
+
+    out = tmp_path / "acc.jsonl"
+    kw = dict(checkpoint_hash=checkpoint_hash(ckpt), dataset="digits", num_calib_batches=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_accuracy_dataset(net, space, 10, calib, evaluate, out, **kw)
+    partial = AccuracyDataset.load(out)
+    assert len(partial) == 4
+    calls.update(n=0, stop_after=10**6)
+    full = build_accuracy_dataset(net, space, 10, calib, evaluate, out, **kw)
+    assert calls["n"] == 6 and len(full) == 10  # only the 6 missing subnets were measured
+    assert [r["arch"] for r in full.records[:4]] == [r["arch"] for r in partial.records]
+    reread = AccuracyDataset.load(out)
+    assert reread.records == full.records and reread.header["checkpoint_hash"] == checkpoint_hash(ckpt)
+    assert all(0 <= r["accuracy"] <= 1 and r["flops"] == space.flops(space.parse(r["arch"])) for r in reread.records)
+    X, y = reread.arrays()
+    assert X.shape == (10, space.encoding_size) and y.shape == (10,)
+    calls["n"] = 0
+    assert len(build_accuracy_dataset(net, space, 10, calib, evaluate, out, **kw)) == 10 and calls["n"] == 0
+    with pytest.raises(AccuracyDatasetError, match="this run has checkpoint_hash='0000': expected the same to resume"):
+        build_accuracy_dataset(net, space, 10, calib, evaluate, out, **{**kw, "checkpoint_hash": "0000"})
+
+
+def test_cli_dataset_fit_eval_end_to_end(digits_setup, tmp_path, capsys):
+    space, _, ckpt = digits_setup
+    train, held, pred, plot = (str(tmp_path / f) for f in ("train.jsonl", "held.jsonl", "p.pt", "p.png"))
+    common = ["--checkpoint", str(ckpt), "--device", "cpu", "--calib-batches", "2", "--calib-batch-size", "128",
+              "--quiet"]
+    assert main(["predictor", "dataset", *common, "--n", "36", "--out", train]) == 0
+    assert main(["predictor", "dataset", *common, "--n", "16", "--out", held, "--seed", "1"]) == 0
+    data = AccuracyDataset.load(train)
+    assert len(data) == 36 and data.header["dataset"] == "digits" and data.header["split"] == "val"
+    assert data.header["space_fingerprint"] == space.fingerprint
+    assert main(["predictor", "fit", "--data", train, "--model", "auto", "--folds", "2", "--out", pred]) == 0
+    out = capsys.readouterr().out
+    assert "2-fold Kendall tau: gbt" in out and "fitted" in out
+    assert main(["predictor", "eval", "--predictor", pred, "--data", held, "--plot", plot, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert metrics["n"] == 16 and -1 <= metrics["kendall_tau"] <= 1 and metrics["rmse"] >= 0
+    assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # bad input: exit code 2 and one line naming the value
+    assert main(["predictor", "dataset", *common, "--n", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["predictor", "eval", "--predictor", pred, "--data", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--n 0" in err[0] and "missing.jsonl" in err[1]
