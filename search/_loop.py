@@ -1,0 +1,173 @@
+"""The worker loop: ask a batch of trials, score it at once, tell, until the study holds exactly
+``n_trials`` completed trials (shared with any number of other workers on the same storage).
+
+Exactness: a worker only asks for what is still missing; if workers race, the trials beyond
+the first ``n_trials`` live ones (by trial number) are told FAIL and marked ``hwnas:surplus``
+before any work is spent on them. Interrupts fail the in-flight batch, so the storage never
+keeps a half-scored trial and a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from ._objectives import Budget, Objective
+from ._storage import has_heartbeat
+
+SURPLUS_ATTR = "hwnas:surplus"
+ERROR_ATTR = "hwnas:error"
+_LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+
+
+def score_batch(objectives: Sequence[Objective], archs: Sequence[Any], use_ray: bool = False) -> np.ndarray:
+    """Values of every objective for every arch, shape (len(archs), len(objectives)).
+
+    With ``use_ray``, objectives that need resources (a device, a GPU) run as Ray tasks on a
+    node that has them, concurrently with each other and with the local objectives."""
+    remote = {}
+    if use_ray:
+        from ._ray import submit_score
+
+        remote = {j: submit_score(o, archs) for j, o in enumerate(objectives) if o.resources}
+    cols = [None if j in remote else o(archs) for j, o in enumerate(objectives)]
+    if remote:
+        import ray
+
+        for j, values in zip(remote, ray.get(list(remote.values()))):
+            cols[j] = values
+    return np.stack(cols, axis=1) if archs else np.zeros((0, len(objectives)))
+
+
+def budget_violations(values: np.ndarray, objectives: Sequence[Objective], budgets: Sequence[Budget]) -> np.ndarray:
+    """``value - limit`` per budget (<= 0: within budget), shape (n, len(budgets))."""
+    index = {o.name: j for j, o in enumerate(objectives)}
+    if not budgets:
+        return np.zeros((values.shape[0], 0))
+    cols = [index[b.objective] for b in budgets]
+    return values[:, cols] - np.asarray([b.limit for b in budgets])
+
+
+def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
+    """How many trials of the study are in each state."""
+    counts = dict.fromkeys(TrialState, 0)
+    for t in study._get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+class _Heartbeat:
+    """Records a heartbeat for every trial of a batch while it is scored (RDB storages)."""
+
+    def __init__(self, storage, trial_ids: list[int]):
+        self.storage, self.trial_ids = storage, trial_ids
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        interval = self.storage.get_heartbeat_interval()
+        while True:
+            for tid in self.trial_ids:
+                self.storage.record_heartbeat(tid)
+            if self.stop.wait(interval):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _drop_surplus(study: optuna.Study, batch: list, n_trials: int) -> list:
+    """Fail (before any work) the trials of ``batch`` beyond the first ``n_trials`` live ones."""
+    live = sorted(t.number for t in study._get_trials(deepcopy=False, states=_LIVE))
+    if len(live) <= n_trials:
+        return batch
+    cutoff = live[n_trials - 1]
+    kept = []
+    for t in batch:
+        if t.number > cutoff:
+            t.set_user_attr(SURPLUS_ATTR, True)
+            study.tell(t, state=TrialState.FAIL)
+        else:
+            kept.append(t)
+    return kept
+
+
+def _tell_batch(study, batch, values, violations, objectives, budgets) -> int:
+    completed = 0
+    for t, v, c in zip(batch, values, violations):
+        for b, x in zip(budgets, c.tolist()):
+            t.set_constraint(b.objective, x)  # Optuna 5: samplers read trial.constraints
+        bad = [o.name for o, x in zip(objectives, v) if not math.isfinite(x)]
+        if bad:
+            t.set_user_attr(ERROR_ATTR, f"objective(s) {bad} returned a non-finite value")
+            study.tell(t, state=TrialState.FAIL)
+        else:
+            study.tell(t, v.tolist())
+            completed += 1
+    return completed
+
+
+def optimize_batches(study: optuna.Study, space, objectives: Sequence[Objective], budgets: Sequence[Budget],
+                     n_trials: int, batch_size: int, *, n_workers: int = 1, use_ray: bool = False,
+                     on_batch: Callable[[int], None] | None = None) -> int:
+    """Run the ask-score-tell loop until the study holds ``n_trials`` completed trials (or the
+    rest is in other workers' hands). Returns the trials this call completed; ``on_batch``
+    gets that number after every batch."""
+    with warnings.catch_warnings():
+        # This loop records heartbeats itself (Optuna warns that only Study.optimize does) and
+        # uses fail_stale_trials, "experimental" in Optuna since 2.9.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch)
+
+
+def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch) -> int:
+    heartbeat = has_heartbeat(study._storage)
+    done = 0
+    while True:
+        if heartbeat:
+            fail_stale_trials(study)  # a dead worker's trials: failed, then re-queued as WAITING
+        counts = trial_counts(study)
+        missing = n_trials - counts[TrialState.COMPLETE] - counts[TrialState.RUNNING]
+        if missing <= 0:
+            if not heartbeat or counts[TrialState.COMPLETE] >= n_trials:
+                return done
+            # Others hold the rest; with a heartbeat, wait: a dead worker's trials come back as WAITING.
+            time.sleep(min(1.0, study._storage.get_heartbeat_interval()))
+            continue
+        # Near the end, share what is missing among the workers so that they do not race for it.
+        k = min(batch_size, math.ceil(missing / n_workers))
+        batch = []
+        try:
+            batch = [study.ask() for _ in range(k)]
+            batch = _drop_surplus(study, batch, n_trials)
+            if not batch:
+                continue
+            ctx = _Heartbeat(study._storage, [t._trial_id for t in batch]) if heartbeat else nullcontext()
+            with ctx:
+                archs = [space.suggest(t) for t in batch]
+                values = score_batch(objectives, archs, use_ray)
+            done += _tell_batch(study, batch, values, budget_violations(values, objectives, budgets), objectives,
+                                 budgets)
+        except BaseException:
+            # Ctrl-C or a failing objective: no half-scored trial stays RUNNING.
+            for t in batch:
+                study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        if on_batch is not None:
+            on_batch(done)
+

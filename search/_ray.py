@@ -1,0 +1,136 @@
+"""Ray (imported only when used): search workers sharing one study storage, and objectives that
+run as tasks on the node owning a device (custom resource ``device:NAME``).
+
+A device farm is a Ray cluster whose device nodes start with
+``ray start --address HEAD --resources='{"device:h100": 1}'``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ._errors import SearchError
+from ._objectives import Budget, Objective
+
+DEVICE_PREFIX = "device:"
+# Every worker is a task with one CPU; Ray re-runs a worker whose process died (its
+# unfinished trials are failed by the storage heartbeat and retried by the others).
+WORKER_RETRIES = 2
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise SearchError("Ray is not installed: install ray, or run with one worker and no Ray address") from None
+    return ray
+
+
+def init_ray(address: str | None = None, *, local_devices: Sequence[str] = (), num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``, or start a local Ray instance whose node owns
+    ``local_devices`` (resource ``device:NAME`` = 1 each). Reuses a running instance."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    # Workers of a local instance must import the same packages as this process.
+    opts: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
+    try:
+        if address:
+            ray.init(address=address, **opts)
+        else:
+            # Workers of a local instance must import the same packages as this process.
+            path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+            ray.init(num_cpus=num_cpus, resources={DEVICE_PREFIX + d: 1 for d in local_devices},
+                     runtime_env={"env_vars": {"PYTHONPATH": path}}, **opts)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"at {address!r}" if address else "locally"
+        raise SearchError(f"cannot start or join Ray {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def cluster_devices() -> set[str]:
+    """Device names for which the Ray cluster has a ``device:NAME`` resource."""
+    ray = _ray()
+    return {k[len(DEVICE_PREFIX):] for k in ray.cluster_resources() if k.startswith(DEVICE_PREFIX)}
+
+
+def node_count() -> int:
+    """Alive nodes of the Ray cluster."""
+    return sum(1 for n in _ray().nodes() if n.get("Alive"))
+
+
+def _task_options(resources: dict) -> dict:
+    res = dict(resources)
+    return dict(num_cpus=res.pop("CPU", 1), num_gpus=res.pop("GPU", 0), resources=res)
+
+
+def _score(objective: Objective, archs: list) -> Any:
+    return objective(archs)
+
+
+def submit_score(objective: Objective, archs: Sequence[Any]):
+    """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
+    ray = _ray()
+    return ray.remote(_score).options(**_task_options(objective.resources)).remote(objective, list(archs))
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs to join the study (all picklable)."""
+
+    storage_url: str
+    study_name: str
+    sampler: str
+    seed: int | None
+    population_size: int | None
+    space: Any
+    objectives: list[Objective]
+    budgets: list[Budget]
+    n_trials: int
+    batch_size: int | None
+    n_workers: int
+    storage_options: dict = field(default_factory=dict)
+
+
+def _worker(spec: WorkerSpec, index: int) -> int:
+    import optuna
+
+    from ._loop import optimize_batches
+    from ._samplers import default_batch_size, make_sampler
+    from ._storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = None if spec.seed is None else spec.seed + index  # workers must not propose the same trials
+    sampler = make_sampler(spec.sampler, seed=seed, population_size=spec.population_size)
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage_url, **spec.storage_options),
+                              sampler=sampler)
+    return optimize_batches(study, spec.space, spec.objectives, spec.budgets, spec.n_trials,
+                            spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True)
+
+
+def run_workers(spec: WorkerSpec, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> list[int]:
+    """Run ``spec.n_workers`` workers as Ray tasks until the study is done; returns each
+    worker's completed trials. Ctrl-C cancels them (each fails its in-flight batch)."""
+    ray = _ray()
+    task = ray.remote(_worker).options(num_cpus=1, max_retries=WORKER_RETRIES)
+    refs = [task.remote(spec, i) for i in range(spec.n_workers)]
+    try:
+        pending = refs
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+            if on_poll is not None:
+                on_poll()
+        return ray.get(refs)
+    except KeyboardInterrupt:
+        for r in refs:
+            ray.cancel(r)
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+        raise
+    except ray.exceptions.RayTaskError as e:
+        # A user error inside a worker is still a user error (one line, exit code 2).
+        from search_space.errors import UserError
+
+        if isinstance(e.cause, UserError):
+            raise e.cause from None
+        raise

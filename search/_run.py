@@ -1,0 +1,163 @@
+"""``run_search``: set up (or resume) the study and run the workers until it holds exactly
+``n_trials`` completed trials."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Sequence
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from ._errors import SearchError
+from ._loop import optimize_batches, trial_counts
+from ._objectives import Budget, Objective, check_budgets, check_objectives
+from ._samplers import SAMPLERS, default_batch_size, make_sampler
+from ._storage import (HEARTBEAT_INTERVAL_S, has_heartbeat, is_shared, is_single_host, open_storage,
+                       storage_url)
+
+log = logging.getLogger(__name__)
+META_ATTR = "hwnas:meta"
+MAX_TOP_UP_ROUNDS = 3
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SearchError(f"{what} {value!r} is invalid: expected a positive integer")
+    return value
+
+
+def study_meta(space, objectives: Sequence[Objective], budgets: Sequence[Budget]) -> dict:
+    """What a study must keep to be resumed: objectives, budgets and the space's fingerprint."""
+    return {"objectives": [[o.name, o.direction] for o in objectives],
+            "budgets": {b.objective: b.limit for b in budgets},
+            "space": getattr(space, "fingerprint", None)}
+
+
+def _check_resume(study: optuna.Study, meta: dict, name: str, url: str) -> None:
+    stored = study.user_attrs.get(META_ATTR)
+    if stored is None:
+        if study.trials:
+            raise SearchError(f"study {name!r} in storage {url!r} holds trials not made by hwnas search: expected a new study name")
+        study.set_user_attr(META_ATTR, meta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([n for n, _ in meta["objectives"]])
+        return
+    for key, what in (("space", "search space"), ("objectives", "objectives"), ("budgets", "budgets")):
+        if stored.get(key) != meta[key]:
+            raise SearchError(f"study {name!r} in storage {url!r} was run with {what} {stored.get(key)!r}, not "
+                              f"{meta[key]!r}: resume with the same settings or pass a new --study name")
+
+
+def _preflight(space, objectives: Sequence[Objective], seed: int | None) -> None:
+    """Score one random arch with every local objective, so that a predictor for another
+    encoding or a broken table fails now, in one line, not inside a worker."""
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    arch = space.suggest(probe)
+    for o in objectives:
+        if o.resources:
+            continue  # runs on a device node; checked when it runs
+        try:
+            o([arch])
+        except SearchError:
+            raise
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise SearchError(f"objective {o.name!r} fails on {arch}: {type(e).__name__}: {first}") from None
+
+
+def _fail_leftovers(study: optuna.Study) -> int:
+    """Fail RUNNING trials: at start-up (a killed earlier run) or after all workers ended (a dead worker)."""
+    stuck = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stuck:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    return len(stuck)
+
+
+def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
+               sampler: str = "nsga2", seed: int | None = None, population_size: int | None = None,
+               storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
+               ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
+               heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None) -> optuna.Study:
+    """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
+
+    Objectives are scored a batch at a time (``batch_size``, default: one GA generation).
+    ``storage``: None (in-memory), a journal file, an SQLite file or an RDB URL; the same
+    storage and ``study_name`` resume (``n_trials`` is the study's total, not an increment).
+    ``workers`` > 1 or a ``ray_address`` runs the workers as Ray tasks sharing the storage;
+    objectives with ``resources`` then run on the nodes that have them. One ``run_search``
+    per study at a time: RUNNING trials it finds at start belong to an interrupted run and
+    are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+    """
+    objectives = check_objectives(objectives)
+    budgets = check_budgets(budgets, objectives)
+    n_trials = _positive_int(n_trials, "number of trials")
+    workers = _positive_int(workers, "number of workers")
+    if batch_size is not None:
+        _positive_int(batch_size, "batch size")
+    if sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
+    use_ray = workers > 1 or bool(ray_address)
+    url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
+    storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    store = open_storage(storage, **storage_options)
+    if use_ray and (isinstance(storage, BaseStorage) or not is_shared(store)):
+        raise SearchError(f"Ray workers need a storage they can open themselves, got {url!r}: "
+                          "pass a journal file, an SQLite file or an RDB URL")
+    _preflight(space, objectives, seed)
+
+    study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size)
+    study = optuna.create_study(storage=store, sampler=the_sampler, study_name=study_name, load_if_exists=True,
+                                directions=[o.direction for o in objectives])
+    _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
+    stuck = _fail_leftovers(study)
+    if stuck:
+        log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
+
+    if use_ray:
+        from ._ray import init_ray, node_count
+
+        init_ray(ray_address)
+        if is_single_host(url) and node_count() > 1:
+            raise SearchError(f"storage {url!r} is a file, which only processes of one host can share, but the Ray "
+                              f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
+
+    bar = tqdm(total=n_trials, initial=min(n_trials, trial_counts(study)[TrialState.COMPLETE]),
+               desc=f"search {study_name}", unit="trial", disable=not progress, dynamic_ncols=True)
+
+    def refresh(*_):
+        bar.n = min(n_trials, trial_counts(study)[TrialState.COMPLETE])
+        bar.refresh()
+
+    try:
+        for _ in range(MAX_TOP_UP_ROUNDS):
+            before = trial_counts(study)[TrialState.COMPLETE]
+            if before >= n_trials:
+                break
+            if use_ray:
+                from ._ray import WorkerSpec, run_workers
+
+                spec = WorkerSpec(url, study_name, sampler, seed, population_size, space, objectives, budgets, n_trials,
+                                  batch_size, workers, storage_options)
+                run_workers(spec, on_poll=refresh)
+            else:
+                optimize_batches(study, space, objectives, budgets, n_trials,
+                                 batch_size or default_batch_size(the_sampler), on_batch=refresh)
+            refresh()
+            # All workers have returned: RUNNING trials are a dead worker's (no heartbeat to fail them).
+            _fail_leftovers(study)
+            if trial_counts(study)[TrialState.COMPLETE] == before:
+                break
+    finally:
+        bar.close()
+    done = trial_counts(study)[TrialState.COMPLETE]
+    if done < n_trials:
+        raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "
+                          f"expected {n_trials}: see the failed trials' 'hwnas:error' attribute")
+    return study

@@ -1,0 +1,144 @@
+"""Optuna samplers by name, always pinned explicitly (Optuna 5 defaults multi-objective to TPE).
+
+NSGA-II and NSGA-III keep Optuna's algorithm; only their generation bookkeeping is made
+incremental. Stock ``get_trial_generation`` and ``get_parent_population`` re-scan every
+trial of the study on every ``ask`` (and deep-copy the study's attributes), which makes a
+run quadratic: 20,000 trials took 441 s of sampler overhead here (see
+``experiments/results/search_speed.md``). Both answers depend only on completed trials,
+which never change, so each process remembers what it has already counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+import optuna
+from optuna.samplers import (BaseSampler, GPSampler, NSGAIIISampler, NSGAIISampler, RandomSampler,
+                             TPESampler)
+from optuna.trial import FrozenTrial, TrialState
+
+from ._errors import SearchError
+
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+DEFAULT_POPULATION = 100
+_LIVE = (TrialState.RUNNING, TrialState.WAITING)
+
+
+class _CompletedGenerations:
+    """Per-process count of completed trials per GA generation, updated incrementally."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.next_index = 0
+        self.unfinished: set[int] = set()
+        self.counts: Counter = Counter()
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        """Count trials completed since the last call (``trials`` ordered by number)."""
+        if trials and trials[-1].number != len(trials) - 1:  # not indexable by number: recount
+            self.next_index, self.unfinished, self.counts = 0, set(), Counter()
+            trials = sorted(trials, key=lambda t: t.number)
+        for i in sorted(self.unfinished) + list(range(self.next_index, len(trials))):
+            t = trials[i]
+            if t.state == TrialState.COMPLETE:
+                self.counts[t.system_attrs.get(self.key, -1)] += 1
+                self.unfinished.discard(i)
+            elif t.state in _LIVE:
+                self.unfinished.add(i)
+            else:
+                self.unfinished.discard(i)
+        self.next_index = max(self.next_index, len(trials))
+
+    def current(self) -> tuple[int, int]:
+        """(highest generation with a completed trial (at least 0), its completed count)."""
+        top = max([g for g in self.counts if g >= 0], default=0)
+        return top, self.counts.get(top, 0)
+
+
+class _IncrementalGenerations:
+    """Mixin for Optuna's GA samplers: same generations and parents, without the rescans."""
+
+    def _bookkeeping(self, study) -> tuple[_CompletedGenerations, dict]:
+        state = self.__dict__.setdefault("_hwnas_books", {})
+        if study._study_id not in state:
+            state[study._study_id] = (_CompletedGenerations(self._get_generation_key()), {})
+        return state[study._study_id]
+
+    def get_trial_generation(self, study, trial: FrozenTrial) -> int:
+        """As Optuna's, counting completed trials incrementally."""
+        generation = trial.system_attrs.get(self._get_generation_key(), None)
+        if generation is not None:
+            return generation
+        counted, _ = self._bookkeeping(study)
+        counted.update(study._get_trials(deepcopy=False))
+        top, count = counted.current()
+        generation = top if count < self._population_size else top + 1
+        study._storage.set_trial_system_attr(trial._trial_id, self._get_generation_key(), generation)
+        return generation
+
+    def get_parent_population(self, study, generation: int) -> list[FrozenTrial]:
+        """As Optuna's; a generation's parents (complete trials) are fetched once per process."""
+        _, parents = self._bookkeeping(study)
+        if generation in parents:
+            return parents[generation]
+        selected = super().get_parent_population(study, generation)
+        # Optuna returns the freshly selected order once, then (from its cache) trial order.
+        parents[generation] = sorted(selected, key=lambda t: t.number)
+        return selected
+
+    def infer_relative_search_space(self, study, trial: FrozenTrial) -> dict:
+        """As Optuna's, recomputed only when more trials have completed (it depends on nothing else)."""
+        counted, _ = self._bookkeeping(study)
+        counted.update(study._get_trials(deepcopy=False))
+        done = sum(counted.counts.values())
+        cached = self.__dict__.get("_hwnas_space")
+        if cached is None or cached[0] != (study._study_id, done) or done == 0:
+            self._hwnas_space = ((study._study_id, done), super().infer_relative_search_space(study, trial))
+        return self._hwnas_space[1]
+
+
+class _NSGAII(_IncrementalGenerations, NSGAIISampler):
+    """Optuna's NSGA-II with incremental generation bookkeeping."""
+
+
+class _NSGAIII(_IncrementalGenerations, NSGAIIISampler):
+    """Optuna's NSGA-III with incremental generation bookkeeping."""
+
+
+# Keys under which the GA samplers store generations must stay Optuna's, so a study
+# started with stock NSGA-II resumes with ours and the other way round.
+for _cls, _base in ((_NSGAII, NSGAIISampler), (_NSGAIII, NSGAIIISampler)):
+    _cls._GENERATION_KEY = _base._GENERATION_KEY
+    _cls._PARENT_CACHE_KEY_PREFIX = _base._PARENT_CACHE_KEY_PREFIX
+
+
+def make_sampler(name: str = "nsga2", *, seed: int | None = None, population_size: int | None = None) -> BaseSampler:
+    """An Optuna sampler by name: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp`` or ``random``.
+
+    Budgets reach the samplers as trial constraints (``trial.set_constraint``, Optuna 5's
+    replacement of ``constraints_func``); all but ``random`` use them (random's fronts are
+    still filtered to feasible trials). ``population_size`` applies to the GA samplers (default 100).
+    """
+    if name not in SAMPLERS:
+        raise SearchError(f"unknown sampler {name!r}: expected one of {list(SAMPLERS)}")
+    if population_size is not None and (not isinstance(population_size, int) or population_size < 2):
+        raise SearchError(f"population size {population_size!r} is invalid: expected an integer >= 2")
+    if name in ("nsga2", "nsga3"):
+        cls = _NSGAII if name == "nsga2" else _NSGAIII
+        return cls(population_size=population_size or DEFAULT_POPULATION, seed=seed)
+    if name == "tpe":
+        # multivariate TPE models the genes jointly; constant liar spreads a batch's asks.
+        return TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "gp":
+        return GPSampler(seed=seed)
+    return RandomSampler(seed=seed)
+
+
+def default_batch_size(sampler: BaseSampler) -> int:
+    """How many trials to ask before telling: a GA generation, a few for model-based samplers."""
+    if isinstance(sampler, optuna.samplers.BaseGASampler):
+        return sampler.population_size or DEFAULT_POPULATION
+    if isinstance(sampler, RandomSampler):
+        return 256
+    if isinstance(sampler, TPESampler):
+        return 8
+    return 1

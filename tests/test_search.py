@@ -1,0 +1,437 @@
+"""search: objectives, budgets, samplers, storages, exact trial counts, resume, fronts,
+verification, reports, Ray workers. Uses a toy space with no supernet (the protocol only)."""
+
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import (Budget, Objective, SearchError, SearchSpaceProtocol, Trials, device_fronts, format_fronts,
+                    hypervolume_2d, hypervolume_history, make_sampler, open_storage, pareto_front_2d, parse_budget,
+                    run_search, storage_url, verify_fronts, write_report)
+from search._samplers import _NSGAII
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+class ToySpace:
+    """Six genes of five choices; no supernet. Archs are tuples of ints."""
+
+    name, fingerprint = "toy", "toy-6x5"
+
+    def __init__(self, n=6, k=5):
+        self.n, self.k = n, k
+
+    def suggest(self, trial):
+        return tuple(trial.suggest_categorical(f"g{i}", list(range(self.k))) for i in range(self.n))
+
+    def from_params(self, params):
+        return tuple(params[f"g{i}"] for i in range(self.n))
+
+    def encode_many(self, archs):
+        return np.asarray(archs, float).reshape(len(archs), self.n)
+
+    def flops(self, arch):
+        return int(sum(arch) * 1e6)
+
+
+SPACE = ToySpace()
+W_A, W_B = np.arange(1, 7) / 10, np.arange(6, 0, -1) / 10
+
+
+def toy_accuracy(archs):
+    x = SPACE.encode_many(archs)
+    return 1 - np.exp(-(x * np.linspace(1.2, 0.8, 6)).sum(1) / 8)
+
+
+def toy_latency_a(archs):
+    return SPACE.encode_many(archs) @ W_A
+
+
+def toy_latency_b(archs):
+    return 0.3 + SPACE.encode_many(archs) @ W_B
+
+
+def toy_objectives():
+    return [Objective("accuracy", "maximize", toy_accuracy),
+            Objective("latency:a", "minimize", toy_latency_a, device="a", unit="ms"),
+            Objective("latency:b", "minimize", toy_latency_b, device="b", unit="ms")]
+
+
+ALL_ARCHS = list(itertools.product(range(5), repeat=6))
+
+
+def true_hypervolume(latency, budget=None):
+    """Hypervolume of the exact front of the whole toy space (15,625 archs)."""
+    q, c = toy_accuracy(ALL_ARCHS), latency(ALL_ARCHS)
+    ok = c <= budget if budget is not None else np.ones(len(c), bool)
+    return q, c, ok
+
+
+def test_toy_space_follows_the_protocol():
+    assert isinstance(SPACE, SearchSpaceProtocol)
+
+
+# ---- Pareto fronts and hypervolume ----------------------------------------------------------
+
+def brute_front(q, c):
+    return {i for i in range(len(q))
+            if not any((q[j] >= q[i] and c[j] <= c[i]) and (q[j] > q[i] or c[j] < c[i]) for j in range(len(q)))}
+
+
+def test_pareto_front_2d_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        q, c = rng.integers(0, 8, 40).astype(float), rng.integers(0, 8, 40).astype(float)
+        front = pareto_front_2d(q, c)
+        assert list(c[front]) == sorted(c[front])
+        # the same set of (q, c) values (duplicates keep one representative)
+        assert {(q[i], c[i]) for i in front} == {(q[i], c[i]) for i in brute_front(q, c)}
+        assert len(front) == len({(q[i], c[i]) for i in front})
+
+
+def test_hypervolume_2d_matches_grid_count():
+    q, c = np.array([0.5, 0.8, 0.9, 0.3]), np.array([1.0, 2.0, 4.0, 3.0])
+    # rectangles from the reference (0, 5): 1x0.5 + 2x0.8 + 1x0.9 minus overlaps = staircase area
+    assert hypervolume_2d(q, c, 0.0, 5.0) == pytest.approx(1 * 0.5 + 2 * 0.8 + 1 * 0.9)
+    assert hypervolume_2d(q, c, 0.0, 0.5) == 0.0  # nothing better than the reference
+    rng = np.random.default_rng(1)
+    q, c = rng.random(30), rng.random(30)
+    xs, ys = np.meshgrid(np.linspace(0, 1, 801)[:-1] + 1 / 1600, np.linspace(0, 1, 801)[:-1] + 1 / 1600)
+    dominated = ((ys.ravel()[:, None] <= q[None]) & (xs.ravel()[:, None] >= c[None])).any(1).mean()
+    assert hypervolume_2d(q, c, 0.0, 1.0) == pytest.approx(dominated, abs=5e-3)
+
+
+def test_hypervolume_history_grows_to_the_final_value():
+    rng = np.random.default_rng(2)
+    q, c = rng.random(500), rng.random(500)
+    hist = hypervolume_history(q, c, 0.0, 1.0, points=50)
+    hv = [h for _, h in hist]
+    assert hist[-1][0] == 500 and np.all(np.diff(hv) >= 0)
+    assert hv[-1] == pytest.approx(hypervolume_2d(q, c, 0.0, 1.0))
+
+
+# ---- objectives, budgets, samplers, storages: clear errors --------------------------------
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(name="acc uracy", direction="maximize"), "objective name 'acc uracy' is invalid"),
+    (dict(name="acc", direction="up"), "direction 'up' is invalid"),
+])
+def test_bad_objectives_are_named(kwargs, needle):
+    with pytest.raises(SearchError, match=needle):
+        Objective(score=toy_accuracy, **kwargs)
+
+
+def test_objective_must_return_one_value_per_arch():
+    bad = Objective("acc", "maximize", lambda archs: [0.5])
+    with pytest.raises(SearchError, match="returned 1 values for 2 archs"):
+        bad([(0,) * 6, (1,) * 6])
+
+
+@pytest.mark.parametrize("text,ms", [("a=5ms", 5.0), ("a=2.5", 2.5), ("b = 500us", 0.5), ("a=0.01s", 10.0)])
+def test_parse_budget(text, ms):
+    b = parse_budget(text, ["a", "b"])
+    assert b.limit == pytest.approx(ms) and b.objective.startswith("latency:")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a5ms", "invalid budget 'a5ms': expected DEVICE=LIMIT"),
+    ("a=fast", "invalid budget 'a=fast'"),
+    ("a=5min", "invalid budget 'a=5min'"),
+    ("h100=5ms", "names device 'h100', which has no latency table: expected one of \\['a', 'b'\\]"),
+    ("a=0ms", "is not positive"),
+])
+def test_bad_budgets_fail_in_one_line(text, needle):
+    with pytest.raises(SearchError, match=needle) as e:
+        parse_budget(text, ["a", "b"])
+    assert "\n" not in str(e.value)
+
+
+def test_budget_must_name_a_minimised_objective():
+    with pytest.raises(SearchError, match="the objective is maximised"):
+        run_search(SPACE, toy_objectives(), 10, budgets=[Budget("accuracy", 0.5)], progress=False)
+    with pytest.raises(SearchError, match="names no objective"):
+        run_search(SPACE, toy_objectives(), 10, budgets=[Budget("latency:zz", 0.5)], progress=False)
+
+
+def test_samplers_are_pinned_and_seeded():
+    assert isinstance(make_sampler(), optuna.samplers.NSGAIISampler)  # never Optuna 5's TPE default
+    kinds = {"nsga2": optuna.samplers.NSGAIISampler, "nsga3": optuna.samplers.NSGAIIISampler,
+             "tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler, "random": optuna.samplers.RandomSampler}
+    for name, cls in kinds.items():
+        assert isinstance(make_sampler(name, seed=1), cls)
+    with pytest.raises(SearchError, match="unknown sampler 'cmaes': expected one of"):
+        make_sampler("cmaes")
+
+
+@pytest.mark.parametrize("spec,url", [(None, "memory"), ("memory", "memory"), ("postgresql://u@h/db", "postgresql://u@h/db")])
+def test_storage_urls(spec, url):
+    assert storage_url(spec) == url
+
+
+def test_storage_paths_and_errors(tmp_path):
+    assert storage_url(tmp_path / "s.journal") == f"journal:{tmp_path / 's.journal'}"
+    assert storage_url(tmp_path / "s.db") == f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.raises(SearchError, match="storage '.*s.txt' is not recognised: expected"):
+        storage_url(tmp_path / "s.txt")
+    with pytest.raises(SearchError, match="scheme 'http'"):
+        storage_url("http://example.org/db")
+    with pytest.raises(SearchError, match="does not exist"):
+        open_storage(tmp_path / "missing" / "s.journal")
+
+
+def test_bad_counts_fail_before_work():
+    for kwargs, needle in [(dict(n_trials=0), "number of trials 0"), (dict(n_trials=5, workers=0), "number of workers 0"),
+                           (dict(n_trials=5, batch_size=-1), "batch size -1"), (dict(n_trials=5, sampler="x"), "unknown sampler 'x'")]:
+        with pytest.raises(SearchError, match=needle):
+            run_search(SPACE, toy_objectives(), progress=False, **kwargs)
+
+
+def test_objective_for_another_encoding_fails_before_any_trial(tmp_path):
+    def wrong_width(archs):
+        x = SPACE.encode_many(archs)
+        if x.shape[1] != 7:
+            raise ValueError(f"encodings have shape {x.shape}: expected (n, 7)")
+        return x.sum(1)
+
+    storage = tmp_path / "s.journal"
+    objs = [Objective("accuracy", "maximize", wrong_width), toy_objectives()[1]]
+    with pytest.raises(SearchError, match=r"objective 'accuracy' fails on \(.*\): ValueError: encodings have shape \(1, 6\)"):
+        run_search(SPACE, objs, 10, storage=str(storage), progress=False)
+    assert not storage.exists() or not optuna.get_all_study_summaries(open_storage(storage))
+
+
+def test_ray_workers_need_a_shared_storage():
+    with pytest.raises(SearchError, match="Ray workers need a storage they can open themselves, got 'memory'"):
+        run_search(SPACE, toy_objectives(), 10, workers=2, progress=False)
+
+
+# ---- the search itself ---------------------------------------------------------------------
+
+def test_search_is_exact_seeded_and_respects_budgets():
+    budgets = [parse_budget("a=4ms", ["a", "b"])]
+    s1 = run_search(SPACE, toy_objectives(), 350, budgets=budgets, seed=3, progress=False)
+    s2 = run_search(SPACE, toy_objectives(), 350, budgets=budgets, seed=3, progress=False)
+    assert len(s1.trials) == 350 and all(t.state == TrialState.COMPLETE for t in s1.trials)
+    assert [t.params for t in s1.trials] == [t.params for t in s2.trials]
+    trials = Trials.from_study(s1)
+    assert np.array_equal(trials.feasible, trials.column("latency:a") <= 4.0)
+    for t in s1.trials:  # budgets reach the sampler as Optuna constraints, not penalties
+        assert t.constraints["latency:a"] == pytest.approx(t.values[1] - 4.0)
+    fronts = device_fronts(trials, SPACE)
+    assert set(fronts) == {"a", "b"}
+    for f in fronts.values():
+        assert f.points and all(p.predicted["latency:a"] <= 4.0 for p in f.points)
+
+
+def test_incremental_nsga2_proposes_exactly_what_optunas_does():
+    """Our generation bookkeeping is a speed-up only: same seed, same trials as stock NSGA-II."""
+    from search._loop import optimize_batches
+
+    params = []
+    for cls in (optuna.samplers.NSGAIISampler, _NSGAII):
+        sampler = cls(population_size=20, seed=7)
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        optimize_batches(study, SPACE, toy_objectives(), [Budget("latency:a", 4.0)], 200, 20)
+        params.append([t.params for t in study.trials])
+        gens = [t.system_attrs[optuna.samplers.NSGAIISampler._GENERATION_KEY] for t in study.trials]
+        assert gens == sorted(gens) and max(gens) == 9
+    assert params[0] == params[1]
+
+
+def test_nsga2_finds_the_true_front_of_the_toy_space():
+    budget = 4.0
+    study = run_search(SPACE, toy_objectives(), 2000, budgets=[Budget("latency:a", budget)], seed=0, progress=False)
+    fronts = device_fronts(Trials.from_study(study), SPACE)
+    for dev, lat, b in (("a", toy_latency_a, budget), ("b", toy_latency_b, None)):
+        q, c, ok = true_hypervolume(lat)
+        feasible = toy_latency_a(ALL_ARCHS) <= budget
+        ref = fronts[dev].reference
+        best = hypervolume_2d(np.where(feasible, q, -np.inf), c, *ref)
+        assert fronts[dev].hypervolume / best > 0.97, dev
+
+
+@pytest.mark.parametrize("sampler", ["nsga3", "tpe", "gp", "random"])
+def test_every_sampler_runs_with_budgets(sampler):
+    n = 11 if sampler == "gp" else 40
+    study = run_search(SPACE, toy_objectives(), n, budgets=[Budget("latency:a", 4.0)], sampler=sampler, seed=0,
+                       progress=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == n and all("latency:a" in t.constraints for t in done)
+
+
+def test_resume_continues_the_same_study(tmp_path):
+    storage = str(tmp_path / "s.journal")
+    first = run_search(SPACE, toy_objectives(), 60, storage=storage, study_name="r", seed=0, population_size=20,
+                       progress=False)
+    before = [t.params for t in first.trials]
+    again = run_search(SPACE, toy_objectives(), 100, storage=storage, study_name="r", seed=0, population_size=20,
+                       progress=False)
+    assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 100
+    assert [t.params for t in again.trials[:60]] == before
+    with pytest.raises(SearchError, match="was run with objectives .* pass a new --study name"):
+        run_search(SPACE, toy_objectives()[:2], 120, storage=storage, study_name="r", progress=False)
+    with pytest.raises(SearchError, match="was run with budgets"):
+        run_search(SPACE, toy_objectives(), 120, storage=storage, study_name="r", budgets=[Budget("latency:a", 3.0)],
+                   progress=False)
+
+
+def test_ctrl_c_leaves_a_resumable_storage(tmp_path):
+    calls = {"n": 0}
+
+    def interrupting(archs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 1st call is the preflight; interrupt the 3rd batch
+            raise KeyboardInterrupt
+        return toy_latency_a(archs)
+
+    objs = toy_objectives()[:1] + [Objective("latency:a", "minimize", interrupting, device="a")]
+    storage = str(tmp_path / "s.db")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(SPACE, objs, 40, storage=storage, study_name="c", batch_size=8, progress=False)
+    study = optuna.load_study(study_name="c", storage=open_storage(storage))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 16 and states.count(TrialState.RUNNING) == 0
+    run_search(SPACE, toy_objectives()[:2], 40, storage=storage, study_name="c", batch_size=8, progress=False)
+    study = optuna.load_study(study_name="c", storage=open_storage(storage))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 40
+
+
+def test_a_killed_run_is_recovered_on_resume(tmp_path):
+    """RUNNING trials of a killed (not interrupted) run are failed at start-up; the total stays exact."""
+    storage = str(tmp_path / "s.journal")
+    run_search(SPACE, toy_objectives(), 20, storage=storage, study_name="k", progress=False)
+    study = optuna.load_study(study_name="k", storage=open_storage(storage))
+    for _ in range(3):
+        study.ask()  # as if a process died holding them
+    run_search(SPACE, toy_objectives(), 30, storage=storage, study_name="k", progress=False)
+    states = [t.state for t in optuna.load_study(study_name="k", storage=open_storage(storage)).trials]
+    assert states.count(TrialState.COMPLETE) == 30 and states.count(TrialState.FAIL) == 3
+
+
+def test_non_finite_values_fail_the_trial_not_the_run():
+    def sometimes_nan(archs):
+        v = toy_latency_a(archs)
+        return np.where(np.asarray([a[0] for a in archs]) == 4, np.nan, v)
+
+    objs = toy_objectives()[:1] + [Objective("latency:a", "minimize", sometimes_nan, device="a")]
+    study = run_search(SPACE, objs, 80, sampler="random", seed=0, progress=False)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 80 and failed
+    assert "non-finite" in failed[0].user_attrs["hwnas:error"]
+
+
+# ---- verification and outputs ----------------------------------------------------------------
+
+def test_verification_recomputes_the_front_on_measured_values(tmp_path):
+    study = run_search(SPACE, toy_objectives(), 400, budgets=[Budget("latency:a", 4.0)], seed=0, progress=False)
+    trials = Trials.from_study(study)
+    fronts = device_fronts(trials, SPACE)
+    # "measured" latency on a: 20% slower than the table; measured accuracy: lower for gene 0 = 4
+    slow = Objective("latency:a", "minimize", lambda archs: toy_latency_a(archs) * 1.2, device="a", measured=True)
+    real_acc = Objective("accuracy", "maximize",
+                         lambda archs: toy_accuracy(archs) - 0.05 * (np.asarray([a[0] for a in archs]) == 4), measured=True)
+    verify_fronts(fronts, measure={"a": slow}, evaluate=real_acc, max_candidates=8)
+    fa, fb = fronts["a"], fronts["b"]
+    measured = [p for p in fa.points if p.measured]
+    assert len(measured) == min(8, len(fa.points))
+    for p in measured:
+        assert p.measured["latency:a"] == pytest.approx(1.2 * p.predicted["latency:a"])
+    on = [fa.points[i] for i in fa.measured_front]
+    assert on and all(p.measured["latency:a"] <= 4.0 for p in on)  # budget re-checked on measured latency
+    q = np.asarray([p.value("accuracy") for p in on])
+    c = np.asarray([p.value("latency:a") for p in on])
+    assert len(pareto_front_2d(q, c)) == len(on)
+    assert any("not reachable" in n for n in fb.notes)
+    assert all("latency:b" not in p.measured for p in fb.points)
+    assert any("accuracy" in p.measured for p in fb.points)
+
+    files = write_report(tmp_path, trials, fronts, {"sampler": "nsga2", "trials": 400})
+    names = sorted(f.name for f in files)
+    assert names == ["front_a.png", "front_b.png", "hypervolume.png", "pareto_a.json", "pareto_b.json", "summary.md"]
+    for f in files:
+        if f.suffix == ".png":
+            assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((tmp_path / "pareto_a.json").read_text())
+    assert doc["format"] == "hwnas-pareto" and doc["budget"] == 4.0 and doc["run"]["trials"] == 400
+    row = next(r for r in doc["front"] if "measured" in r["latency_ms"])
+    assert set(row["latency_ms"]) == {"predicted", "measured"} and set(row["accuracy"]) == {"predicted", "measured"}
+    assert row["flops"] == sum(SPACE.from_params({f"g{i}": v for i, v in enumerate(eval(row["arch"]))})) * 1e6
+    assert doc["measured_front"] and doc["hypervolume"]["history"][-1][1] == pytest.approx(doc["hypervolume"]["value"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## a (budget 4)" in summary and "front_a.png" in summary
+    table = format_fronts(fronts)
+    assert "== a:" in table and "not reachable" in table and " / " in table
+
+
+# ---- Ray: workers sharing a storage, device tasks, a killed worker ----------------------------
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    from search._ray import init_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    init_ray(num_cpus=2, local_devices=["a"])
+    yield ray
+    ray.shutdown()
+
+
+def pid_latency(archs):
+    """Latency of device a, plus the process that computed it (in the values' fractional digits)."""
+    return toy_latency_a(archs) + (os.getpid() % 1000) * 1e-9
+
+
+def test_ray_workers_share_a_journal_with_an_exact_total(ray_instance, tmp_path):
+    storage = str(tmp_path / "s.journal")
+    study = run_search(SPACE, toy_objectives(), 75, storage=storage, workers=2, batch_size=10, seed=0,
+                       progress=False)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 75 and states.count(TrialState.RUNNING) == 0
+    surplus = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get("hwnas:surplus") for t in surplus)
+
+
+def test_device_objectives_run_as_ray_tasks_on_the_device_node(ray_instance, tmp_path):
+    from search._ray import cluster_devices
+
+    assert "a" in cluster_devices()
+    on_device = Objective("latency:a", "minimize", pid_latency, device="a", measured=True, resources={"device:a": 1})
+    study = run_search(SPACE, [toy_objectives()[0], on_device], 40, storage=str(tmp_path / "s.journal"),
+                       workers=2, batch_size=10, seed=0, progress=False)
+    pids = {round((t.values[1] - toy_latency_a([SPACE.from_params(t.params)])[0]) * 1e9) for t in study.trials
+            if t.state == TrialState.COMPLETE}
+    assert pids and os.getpid() % 1000 not in pids  # measured in Ray task processes, not here
+
+
+class DiesOnce:
+    """Latency of device a that kills its (Ray worker) process the first time it runs there."""
+
+    def __init__(self, marker, driver_pid):
+        self.marker, self.driver_pid = str(marker), driver_pid
+
+    def __call__(self, archs):
+        if os.getpid() != self.driver_pid and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)  # abrupt: no exception handler runs, the trials stay RUNNING
+        return toy_latency_a(archs)
+
+
+def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
+    """RDB + heartbeat: the dead worker's trials are failed as stale, retried, and the run
+    finishes with exactly the requested number of completed trials."""
+    marker = tmp_path / "died"
+    objs = [toy_objectives()[0], Objective("latency:a", "minimize", DiesOnce(marker, os.getpid()), device="a")]
+    study = run_search(SPACE, objs, 30, storage=f"sqlite:///{tmp_path / 's.db'}", workers=2, batch_size=5, seed=0,
+                       progress=False, heartbeat_interval=1, grace_period=2)
+    states = [t.state for t in study.trials]
+    assert marker.exists()  # a worker did die
+    assert states.count(TrialState.COMPLETE) == 30 and states.count(TrialState.RUNNING) == 0
+    retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert retried and all(t.state == TrialState.COMPLETE for t in retried)
