@@ -19,9 +19,10 @@ from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
                                    train_supernet)
 
-# Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes.
+# Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes; dropout draws from
+# torch's global RNG, so the exact-resume test also checks that its state is restored.
 DIGITS_SPACE = {
-    "name": "tiny-digits", "in_channels": 1, "num_classes": 10, "resolutions": [8, 6],
+    "name": "tiny-digits", "in_channels": 1, "num_classes": 10, "resolutions": [8, 6], "dropout": 0.2,
     "stem": {"channels": 8, "kernel": 3, "stride": 1},
     "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
                  "expansions": {"mbconv": [2], "resnet": [1]}},
@@ -178,7 +179,7 @@ def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(DIGITS_SPACE))
     out = tmp_path / "run"
     args = ["supernet", "train", "--space", str(cfg), "--dataset", "digits", "--epochs", "2", "--out", str(out),
-            "--batch-size", str(BATCH), "--device", "cpu", "--quiet"]
+            "--batch-size", str(BATCH), "--lr", "0.3", "--device", "cpu", "--quiet"]
     assert main(args) == 0
     assert "trained 2 epochs" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -175,6 +175,8 @@ def _eval(args) -> int:
     results = {name: evaluate_archs(supernet, [arch], calib, split_batches(split, bundle, args.eval_batch_size),
                                     args.calib_batches, autocast)[0]
                for name, split in (("val", bundle.val), ("test", bundle.test))}
+    calib_size = min(args.eval_batch_size, len(bundle.train))
+    calib_images = min(args.calib_batches, len(bundle.train) // calib_size) * calib_size
     print(f"{arch}\n  {dataset}: val accuracy {results['val']:.4f}  test accuracy {results['test']:.4f}  "
-          f"(BN recalibrated on {args.calib_batches} batches of {args.eval_batch_size} training images)")
+          f"(BN recalibrated on {calib_images} training images)")
     return 0

@@ -1,0 +1,276 @@
+"""Train the ``cifar`` preset supernet on JPEG-CIFAR-10 on one GPU within a time budget, then report
+the BN-recalibrated test accuracy of its largest and smallest subnets (issue 4 targets: largest
+>= 92%, smallest >= 85%, on JPEG-CIFAR-10).
+
+The number of epochs is chosen from measured speed, not guessed: a throw-away supernet first runs
+timed sandwich steps (plus one evaluation and one checkpoint save), then the real run gets as many
+epochs as fit ``--time-budget-min``, so its cosine schedule ends exactly at the last epoch.
+Training is ``search_space.training.train_supernet`` wired as ``hwnas supernet train`` wires it.
+
+    PYTHONPATH=. python experiments/train_cifar_gpu.py                        # ~6.5 min of training
+    PYTHONPATH=. python experiments/train_cifar_gpu.py --epochs 60            # fixed epochs instead
+    PYTHONPATH=. python experiments/train_cifar_gpu.py --resume               # continue a killed run
+    PYTHONPATH=. python experiments/train_cifar_gpu.py --smoke                # CPU, small space, seconds
+
+Outputs: runs/cifar_supernet/{supernet.pt, metrics.jsonl} (the checkpoint stays out of git);
+metrics.jsonl, train_cifar_results.json/.md and train_cifar_curves.png in $OUT (when set) and,
+except for --smoke, in experiments/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from experiments.bench_supernet import machine
+from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
+from hwnas.datasets import Split
+from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
+from search_space.checkpoint import read_checkpoint
+from search_space.evaluation import evaluate_archs
+from search_space.io import atomic_write_json, atomic_write_text
+from search_space.train_state import write_metrics
+from search_space.train_dist import DistContext, resolve_device
+from search_space.training import (TrainConfig, build_optimizer, sandwich_archs, sandwich_step, subnet_evaluator,
+                                   train_supernet)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"largest": 0.92, "smallest": 0.85}
+# --smoke: every block type, tiny widths, so a CPU run takes seconds.
+SMOKE_SPACE = {
+    "name": "smoke", "in_channels": 3, "num_classes": 10, "resolutions": [32],
+    "stem": {"channels": 8, "kernel": 3, "stride": 2},
+    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "fused_mbconv", "pconv", "resnet"], "kernels": [3],
+                 "expansions": {"mbconv": [2], "fused_mbconv": [1], "pconv": [2], "resnet": [1]}},
+    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 32, "stride": 2, "depths": [1]}],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=".data/cifar10_jpeg.npz", help="cifar10_jpeg.npz (default .data/cifar10_jpeg.npz)")
+    p.add_argument("--time-budget-min", type=float, default=6.5, help="minutes of training incl. evaluations and "
+                   "checkpoints; sets the epochs (default 6.5)")
+    p.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of the time budget")
+    p.add_argument("--batch-size", type=int, default=512, help="default 512")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    p.add_argument("--num-random", type=int, default=2, help="random subnets per step (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default="runs/cifar_supernet", help="checkpoint folder (default runs/cifar_supernet)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir (its settings)")
+    p.add_argument("--device", default="auto", help="default: cuda when available")
+    p.add_argument("--smoke", action="store_true", help="CPU check of the whole script: small space, data subset")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device, args.batch_size, args.time_budget_min = "cpu", 64, 0.4
+        args.run_dir = args.run_dir + "_smoke"
+    return args
+
+
+def load_data(args, space: SearchSpace, device: torch.device):
+    """JPEG-CIFAR-10 on the device (a fixed random subset with --smoke)."""
+    bundle = load_for_space("cifar10-jpeg", args.data, space, seed=args.seed, device=device)
+    if args.smoke:
+        g = torch.Generator().manual_seed(0)
+        bundle = dataclasses.replace(bundle, train=_subset(bundle.train, 640, g), val=_subset(bundle.val, 256, g),
+                                     test=_subset(bundle.test, 256, g))
+    return bundle
+
+
+def _subset(split: Split, n: int, g: torch.Generator) -> Split:
+    """``n`` random samples of ``split`` (the files are sorted by class)."""
+    idx = torch.randperm(len(split), generator=g)[:n].to(split.x.device)
+    return Split(split.x[idx], split.y[idx])
+
+
+def plan_epochs(args, space, bundle, config: TrainConfig, steps: int, evaluator, device) -> dict:
+    """Measure step, evaluation and checkpoint times on a throw-away supernet; return the plan
+    (epochs, eval_every, checkpoint_every) that fits the time budget."""
+    torch.manual_seed(config.seed + 1)
+    net = Supernet(space).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    opt = build_optimizer(net, config)
+    rng = np.random.default_rng(config.seed + 1)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    warm, timed = (2, 4) if args.smoke else (20, 40)
+    batches = iter(epoch_batches(bundle, config.batch_size, config.seed + 1, device)(0))
+
+    def run(n):
+        for _ in range(n):
+            try:
+                x, y = next(batches)
+            except StopIteration:  # a small training set: start another pass
+                x, y = next(iter(epoch_batches(bundle, config.batch_size, config.seed + 2, device)(0)))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            sandwich_step(net, net, sandwich_archs(space, rng, config.num_random), x, y, opt, config, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(warm)
+    start = time.perf_counter()
+    run(timed)
+    step_s = (time.perf_counter() - start) / timed
+    start = time.perf_counter()
+    evaluator(net)
+    eval_s = time.perf_counter() - start
+    probe = Path(args.run_dir) / "probe.pt"
+    start = time.perf_counter()
+    save_supernet(probe, net, {}, train_state={"optimizer": opt.state_dict()})
+    save_s = time.perf_counter() - start
+    probe.unlink()
+    del net, opt
+    budget = args.time_budget_min * 60 * 0.97  # 3% margin for speed drift
+    epoch_s = steps * step_s
+    # Evaluate ~10 times per run; save every epoch unless saving would cost over 3% of the budget.
+    epochs, eval_every, ckpt_every = 1, 1, 1
+    for _ in range(3):  # fixed point: the intervals depend on the epochs and back
+        per_epoch = epoch_s + eval_s / eval_every + save_s / ckpt_every
+        epochs = max(1, int((budget - eval_s) // per_epoch))  # the final test evaluation costs ~eval_s
+        eval_every = max(1, epochs // 10)
+        ckpt_every = max(1, math.ceil(save_s * epochs / (0.03 * budget)))
+    return {"step_s": step_s, "eval_s": eval_s, "save_s": save_s, "epoch_s_estimate": epoch_s,
+            "epochs": epochs, "eval_every": eval_every, "checkpoint_every": ckpt_every,
+            "budget_s": args.time_budget_min * 60}
+
+
+def final_accuracy(supernet: Supernet, bundle, device, archs: dict) -> dict:
+    """BN-recalibrated val and test accuracy of each named arch."""
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    calib = calibration_batches(bundle, 256, device)
+    out = {}
+    for split_name, split in (("val", bundle.val), ("test", bundle.test)):
+        accs = evaluate_archs(supernet, list(archs.values()), calib, split_batches(split, bundle, 1000), 20, autocast)
+        for name, acc in zip(archs, accs):
+            out.setdefault(name, {})[f"{split_name}_acc"] = acc
+    for name, arch in archs.items():
+        out[name].update(arch=str(arch), mflops=supernet.space.flops(arch) / 1e6,
+                         mparams=supernet.space.params(arch) / 1e6)
+    return out
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    """Two panels (training losses; accuracies) per epoch as a PNG, drawn with Pillow so that the
+    GPU machine needs no matplotlib."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 1000, 380, 50
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, 8), title, fill="black")
+    panels = [("loss", [("loss", "largest CE", (31, 119, 180)), ("distill_loss", "students KD", (255, 127, 14))]),
+              ("accuracy", [("train_acc_largest", "train largest", (150, 150, 150)),
+                            ("val_acc_largest", "val largest", (44, 160, 44)),
+                            ("val_acc_smallest", "val smallest", (214, 39, 40))])]
+    epochs = [r["epoch"] for r in history]
+    for i, (ylabel, series) in enumerate(panels):
+        x0, x1 = pad + i * width // 2, (i + 1) * width // 2 - 20
+        y0, y1 = height - pad, 40
+        points = {key: [(r["epoch"], r[key]) for r in history if key in r] for key, _, _ in series}
+        values = [v for pts in points.values() for _, v in pts]
+        if not values:
+            continue
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1
+        ex0, ex1 = min(epochs), max(max(epochs), min(epochs) + 1)
+        to_px = lambda e, v: (x0 + (e - ex0) / (ex1 - ex0) * (x1 - x0), y0 - (v - lo) / (hi - lo) * (y0 - y1))
+        draw.rectangle((x0, y1, x1, y0), outline="black")
+        draw.text((x0 - 45, y1), f"{hi:.3f}", fill="black")
+        draw.text((x0 - 45, y0 - 10), f"{lo:.3f}", fill="black")
+        draw.text((x0, y0 + 5), f"epoch {ex0}", fill="black")
+        draw.text((x1 - 60, y0 + 5), f"epoch {ex1}", fill="black")
+        draw.text((x0 + 5, y1 - 15), ylabel, fill="black")
+        for k, (key, label, color) in enumerate(series):
+            pts = [to_px(e, v) for e, v in points[key]]
+            if len(pts) > 1:
+                draw.line(pts, fill=color, width=2)
+            for px, py in pts:
+                draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
+            draw.text((x0 + 90 + 110 * k, y1 - 15), label, fill=color)  # legend above the frame
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def markdown(res: dict) -> str:
+    """The short table printed at the end and saved next to the JSON."""
+    lines = [f"# Supernet on JPEG-CIFAR-10 ({res['machine'].get('gpu', res['machine']['cpu'])})", "",
+             f"{res['machine']['date']}; `{res['command']}`; {res['epochs']} epochs, batch {res['config']['batch_size']}, "
+             f"training {res['train_time_s']:.0f} s ({res['img_per_s']:.0f} img/s), whole script {res['wall_s']:.0f} s", "",
+             "| subnet | MFLOPs | params M | val acc | test acc | target (test) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, r in res["subnets"].items():
+        target = f">= {TARGETS[name]:.0%}: {'met' if r['test_acc'] >= TARGETS[name] else 'missed'}" if name in TARGETS else "-"
+        lines.append(f"| {name} | {r['mflops']:.1f} | {r['mparams']:.2f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {target} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    device = resolve_device(args.device)
+    space = SearchSpace.from_config(SMOKE_SPACE if args.smoke else "cifar")
+    bundle = load_data(args, space, device)
+    run_dir = Path(args.run_dir)
+    checkpoint = run_dir / "supernet.pt"
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    evaluator = subnet_evaluator({"largest": space.largest(), "smallest": space.smallest()},
+                                 calibration_batches(bundle, 256, device), split_batches(bundle.val, bundle, 1000),
+                                 20, autocast)
+    steps = len(bundle.train) // args.batch_size
+    if args.resume and checkpoint.exists():  # the run's own settings, so the schedule continues unchanged
+        blob = read_checkpoint(checkpoint)
+        config, plan = TrainConfig(**blob["train_state"]["config"]), blob["meta"].get("plan", {})
+    else:
+        if checkpoint.exists():
+            sys.exit(f"train_cifar_gpu: {checkpoint} exists; expected --resume or another --run-dir")
+        config = TrainConfig(epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, num_random=args.num_random, seed=args.seed)
+        plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
+        if args.epochs is None:
+            plan = plan_epochs(args, space, bundle, config, steps, evaluator, device)
+            print(f"plan: {plan}", file=sys.stderr)
+        config = dataclasses.replace(config, epochs=plan["epochs"])
+    torch.manual_seed(config.seed)
+    supernet = Supernet(space)
+    meta = {"dataset": "cifar10-jpeg", "data": str(Path(args.data).resolve()), "val_fraction": 0.1,
+            "split_seed": args.seed, "plan": plan}
+    t_train = time.perf_counter()
+    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, device), steps, config,
+                             checkpoint, metrics_path=run_dir / "metrics.jsonl", resume=args.resume,
+                             evaluate=evaluator, eval_every=plan.get("eval_every", 1),
+                             checkpoint_every=plan.get("checkpoint_every", 1), meta=meta,
+                             dist=DistContext(device=device))
+    train_wall = time.perf_counter() - t_train
+    subnets = final_accuracy(supernet, bundle, device, {"largest": space.largest(), "smallest": space.smallest()})
+    train_time = sum(r["time_s"] for r in history)
+    res = {"experiment": "cifar supernet, one GPU, time budget", "dataset": "JPEG-CIFAR-10 (cifar10_jpeg.npz)",
+           "machine": machine(device), "command": " ".join(["train_cifar_gpu.py"] + sys.argv[1:]),
+           "config": config.to_json(), "plan": plan, "epochs": config.epochs, "steps_per_epoch": steps,
+           "train_time_s": train_time, "train_wall_s_this_call": train_wall,
+           "img_per_s": steps * config.batch_size * len(history) / train_time, "wall_s": time.perf_counter() - t_start,
+           "subnets": subnets, "targets_test_acc": TARGETS,
+           "targets_met": {k: subnets[k]["test_acc"] >= v for k, v in TARGETS.items()},
+           "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "smoke": args.smoke}
+    text = markdown(res)
+    folders = ([] if args.smoke else [RESULTS]) + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    for folder in folders:
+        atomic_write_json(folder / "train_cifar_results.json", res)
+        atomic_write_text(folder / "train_cifar_results.md", text)
+        write_metrics(folder / "train_cifar_metrics.jsonl", history)
+        plot_curves(folder / "train_cifar_curves.png", history, f"supernet on JPEG-CIFAR-10, {config.epochs} epochs")
+    if args.smoke:  # check the plot path too, next to the smoke checkpoint
+        plot_curves(run_dir / "curves.png", history, "smoke")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
