@@ -14,6 +14,7 @@ its slice of the same global batch.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -109,10 +110,18 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     if not ctx.distributed:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    # broadcast_buffers=False: each rank keeps its own BN statistics (they are recalibrated
-    # before any evaluation anyway), which saves a broadcast per forward.
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True,
-                                               broadcast_buffers=False)
+    # No buffer sync per forward: each rank keeps its own BN statistics (they are recalibrated
+    # before any evaluation anyway), which saves a broadcast per subnet. Newer torch renamed the flag.
+    ddp = nn.parallel.DistributedDataParallel
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                      else {"broadcast_buffers": False})
+    return ddp(model, device_ids=ids, find_unused_parameters=True, **no_buffer_sync)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group (no-op on one process)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def maybe_no_sync(model: nn.Module, skip_sync: bool):

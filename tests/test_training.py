@@ -14,7 +14,7 @@ import yaml
 from hwnas.cli import main
 from hwnas.cli.supernet import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet, load_supernet
-from search_space.train_dist import DistContext, init_distributed
+from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
                                    train_supernet)
@@ -147,7 +147,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     train_supernet(net, epoch_batches(digits, BATCH, config.seed, ctx.device), 3, config, dist=ctx, progress=False)
     torch.save({"initial": initial, "final": net.state_dict()}, f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    shutdown_distributed(ctx)
 
 
 def test_ddp_ranks_stay_identical_and_every_subnet_trains(tmp_path):

@@ -15,7 +15,7 @@ from hwnas.cli.space import add_space_arg
 from hwnas.datasets import DatasetBundle, DatasetError, Split, iterate_batches, load_dataset
 from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
 from search_space.evaluation import Batches, evaluate_archs
-from search_space.train_dist import init_distributed, resolve_device
+from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
 from search_space.training import EpochBatches, TrainConfig, subnet_evaluator, train_supernet
 
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
@@ -144,10 +144,13 @@ def _train(args) -> int:
     out = Path(args.out)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
             "val_fraction": 0.1, "split_seed": args.seed}
-    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device), steps,
-                             config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
-                             evaluate=evaluate, eval_every=args.eval_every, meta=meta, dist=ctx,
-                             progress=not args.quiet)
+    try:
+        history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device), steps,
+                                 config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
+                                 evaluate=evaluate, eval_every=args.eval_every, meta=meta, dist=ctx,
+                                 progress=not args.quiet)
+    finally:
+        shutdown_distributed(ctx)
     if ctx.is_main and history:
         last = history[-1]
         accs = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_acc"))
