@@ -44,6 +44,7 @@ TARGET_RATIO = 1.3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--space", default="cifar", help="space preset or config file (default cifar)")
@@ -263,6 +264,7 @@ def _progress(total: int):
 
 
 def main(argv=None) -> int:
+    """Run the experiment, write its files, print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_case:

@@ -55,6 +55,7 @@ SMOKE_SPACE = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=".data/cifar10_jpeg.npz", help="cifar10_jpeg.npz (default .data/cifar10_jpeg.npz)")
     p.add_argument("--time-budget-min", type=float, default=6.5, help="minutes of training incl. evaluations and "
@@ -213,6 +214,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the experiment, write its files, print the table."""
     args = parse_args(argv)
     t_start = time.perf_counter()
     device = resolve_device(args.device)
