@@ -435,3 +435,106 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
     assert states.count(TrialState.COMPLETE) == 30 and states.count(TrialState.RUNNING) == 0
     retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
+
+
+# ---- the command line, on the cifar space with stand-in tables and a fitted predictor ---------
+
+TINY_SPACE = {
+    "name": "tiny", "in_channels": 3, "num_classes": 10, "resolutions": [8],
+    "stem": {"channels": 8, "kernel": 3, "stride": 1},
+    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
+                 "expansions": {"mbconv": [2], "resnet": [1]}},
+    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}],
+}
+
+
+def stand_in_table(space, device, path, ms_per_mflop, remote=False):
+    """A complete latency table whose block latencies come from FLOPs (not measured): enough
+    for the CLI's plumbing; ``remote`` gives it another machine's fingerprint."""
+    from latency_tables import Calibration, LatencyTable, TimingStats, make_backend
+
+    table = LatencyTable.new(space, make_backend("onnxruntime", batch_size=1, threads=1), device)
+    for spec in space.unique_block_specs():
+        ms = 0.005 + spec.flops() / 1e6 * ms_per_mflop.get(spec.block, 0.002)
+        table.data["blocks"][spec.key] = TimingStats(ms, 1.1 * ms, 0.1, 10, ms).to_json()
+    table.calibration = Calibration()
+    if remote:
+        table.data["fingerprint"]["cpu_model"] = "some other machine"
+    return table.save(path)
+
+
+def stand_in_predictor(space, path):
+    from predictors import make_predictor
+
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(60)]
+    flops = np.log([space.flops(a) for a in archs])
+    acc = 0.6 + 0.3 * (flops - flops.min()) / np.ptp(flops)
+    make_predictor("gp", space).fit(space.encode_many(archs), acc).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from search_space import SearchSpace
+
+    d = tmp_path_factory.mktemp("cli")
+    cifar, tiny = SearchSpace.from_config("cifar"), SearchSpace.from_config(TINY_SPACE)
+    return {
+        "cpu": stand_in_table(cifar, "cpu", d / "cpu.json", {"mbconv": 0.004, "pconv": 0.003}),
+        "gpu": stand_in_table(cifar, "gpu", d / "gpu.json", {"mbconv": 0.002, "resnet": 0.0005}, remote=True),
+        "tiny_table": stand_in_table(tiny, "cpu", d / "tiny.json", {}),
+        "predictor": stand_in_predictor(cifar, d / "pred.pt"),
+        "tiny_predictor": stand_in_predictor(tiny, d / "tiny_pred.pt"),
+    }
+
+
+def run_cli(argv, capsys):
+    from hwnas.cli import main
+
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_help(capsys):
+    from hwnas.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--help"])
+    assert e.value.code == 0 and "--budget DEVICE=LIMIT" in capsys.readouterr().out
+
+
+def test_cli_searches_verifies_and_writes_fronts(cli_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["search", "--predictor", str(cli_files["predictor"]), "--table", f"cpu={cli_files['cpu']}",
+                               "--table", f"gpu={cli_files['gpu']}", "--budget", "cpu=3ms", "--trials", "200",
+                               "--population", "40", "--verify-top", "2", "--out", str(out), "--quiet"], capsys)
+    assert rc == 0, err
+    assert "== cpu:" in stdout and "== gpu:" in stdout and "not reachable" in stdout
+    doc = json.loads((out / "pareto_cpu.json").read_text())
+    assert doc["budget"] == 3.0 and doc["run"]["trials"] == 200
+    measured = [r for r in doc["front"] if "measured" in r["latency_ms"]]
+    assert len(measured) == 2 and all(r["latency_ms"]["measured"] > 0 for r in measured)  # measured with ORT here
+    gpu = json.loads((out / "pareto_gpu.json").read_text())
+    assert all("measured" not in r["latency_ms"] for r in gpu["front"]) and gpu["front"]
+    for name in ("front_cpu.png", "front_gpu.png", "hypervolume.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"--budget": "cpu=fast"}, "invalid budget 'cpu=fast'"),
+    ({"--budget": "h100=2ms"}, "names device 'h100', which has no latency table: expected one of ['cpu']"),
+    ({"--table": "x y=z.json"}, "device name 'x y' is invalid"),
+    ({"--trials": "0"}, "--trials 0 is invalid"),
+    ({"--storage": "s.txt"}, "storage 's.txt' is not recognised"),
+    ({"--table": "tiny_table"}, "was built for space 'tiny'"),
+    ({"--predictor": "tiny_predictor"}, "space 'tiny'"),
+])
+def test_cli_rejects_bad_input_before_any_work(cli_files, tmp_path, capsys, change, needle):
+    out = tmp_path / "run"
+    opts = {"--predictor": str(cli_files["predictor"]), "--table": f"cpu={cli_files['cpu']}", "--trials": "50"}
+    opts.update({k: str(cli_files[v]) if v in cli_files else v for k, v in change.items()})
+    rc, _, err = run_cli(["search", *[x for kv in opts.items() for x in kv], "--out", str(out), "--quiet"], capsys)
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # nothing ran

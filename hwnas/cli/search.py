@@ -1,0 +1,217 @@
+"""``hwnas search``: multi-objective search (predicted accuracy vs latency per device), verified
+by measurement, written as one Pareto front per device."""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hwnas.cli.space import add_space_arg
+from search import (SAMPLERS, SearchError, Trials, device_fronts, flops_objective, format_fronts, measured_accuracy,
+                    measured_latency, params_objective, parse_budget, predicted_accuracy, run_search, storage_url,
+                    table_latency, verify_fronts, write_report)
+from search_space import SearchSpace
+
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+EXTRA_OBJECTIVES = {"flops": flops_objective, "params": params_objective}
+
+
+def register(sub) -> None:
+    """Add ``hwnas search``."""
+    p = sub.add_parser(
+        "search", help="search Pareto-optimal architectures per device",
+        description="Search architectures that maximise predicted accuracy and minimise the latency of every "
+                    "device (from its latency table), under optional latency budgets; re-measure the fronts on "
+                    "the devices that are reachable and write pareto_<device>.json, plots and summary.md.")
+    add_space_arg(p)
+    p.add_argument("--predictor", required=True, help="accuracy predictor file from 'hwnas predictor fit'")
+    p.add_argument("--table", action="append", required=True, metavar="[DEVICE=]TABLE",
+                   help="latency table of a device (a file or a shipped table name); repeat per device; "
+                        "DEVICE defaults to the table's own device label")
+    p.add_argument("--budget", action="append", default=[], metavar="DEVICE=LIMIT",
+                   help="latency budget, e.g. cpu=5ms or h100=800us; repeat per device")
+    p.add_argument("--objective", action="append", default=[], choices=sorted(EXTRA_OBJECTIVES),
+                   help="extra objective to minimise (repeatable)")
+    p.add_argument("--trials", type=int, required=True, help="completed trials the study should hold in total")
+    p.add_argument("--sampler", default="nsga2", choices=SAMPLERS, help="Optuna sampler (default nsga2)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0; reproducible with one worker)")
+    p.add_argument("--population", type=int, default=None, help="population size of nsga2/nsga3 (default 100)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="trials asked and scored at once (default: one generation for nsga2/nsga3)")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers sharing the study storage (default 1: no Ray; more need --storage, default OUT/study.journal)")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto or ray://host:10001)")
+    p.add_argument("--storage", default=None,
+                   help="study storage: memory (default), a .journal file, a .db SQLite file or an RDB URL; "
+                        "the same storage and --study resume")
+    p.add_argument("--study", default=None, help="study name (default hwnas-<space>)")
+    v = p.add_argument_group("verification")
+    v.add_argument("--no-verify", action="store_true", help="skip re-measuring the fronts")
+    v.add_argument("--verify-top", type=int, default=12, help="front points re-measured per device, spread along the front (default 12)")
+    v.add_argument("--checkpoint", default=None, help="supernet checkpoint: re-evaluate the fronts' accuracy on it")
+    v.add_argument("--dataset", default=None, help="dataset of the accuracy re-evaluation (default: the checkpoint's)")
+    v.add_argument("--data", "--data-dir", dest="data", default=None, help="dataset file or folder")
+    v.add_argument("--eval-device", default="auto", help="auto, cpu, cuda or cuda:N for the accuracy re-evaluation (default auto)")
+    v.add_argument("--eval-limit", type=int, default=None, help="evaluate on a fixed random subset of this many images")
+    p.add_argument("--out", required=True, help="run directory for the outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_search)
+
+
+def parse_table_args(specs: list[str]) -> list[tuple[str | None, str]]:
+    """``[DEVICE=]PATH`` options as (device or None, path); device names must be distinct and simple."""
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = None, spec
+        elif not _DEVICE_RE.match(name):
+            raise SearchError(f"--table {spec!r}: device name {name!r} is invalid: expected letters, digits, '_', '.', '-'")
+        if not path:
+            raise SearchError(f"--table {spec!r} names no table: expected [DEVICE=]PATH")
+        out.append((name, path))
+    return out
+
+
+def _positive(value, option: str) -> None:
+    if value is not None and value < 1:
+        raise SearchError(f"{option} {value} is invalid: expected an integer >= 1")
+
+
+def load_tables(specs: list[tuple[str | None, str]], space: SearchSpace) -> dict:
+    """Device name -> LatencyTable, each checked against ``space``; another space's table is refused."""
+    from latency_tables import FingerprintWarning, LatencyTable
+
+    tables = {}
+    for name, path in specs:
+        with warnings.catch_warnings():  # a remote device's table is expected to differ from this machine
+            warnings.simplefilter("ignore", FingerprintWarning)
+            table = LatencyTable.load(path, space=space)
+        device = name or table.device
+        if not _DEVICE_RE.match(device):
+            raise SearchError(f"latency table {path!r} has device label {device!r}: name it with --table NAME={path}")
+        if device in tables:
+            raise SearchError(f"device {device!r} has two --table options: expected one table per device")
+        tables[device] = table
+    return tables
+
+
+def local_devices(tables: dict) -> list[str]:
+    """Devices whose table was measured on this machine (same relevant fingerprint fields)."""
+    from latency_tables import FingerprintWarning
+
+    here = []
+    for device, table in tables.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FingerprintWarning)
+            if not table.check_machine():
+                here.append(device)
+    return here
+
+
+class CheckpointAccuracy:
+    """Accuracy of archs on a supernet checkpoint, BN recalibrated, measured as
+    ``hwnas predictor dataset`` measures it (val split), cached in a resumable .jsonl file.
+    Picklable: it loads the checkpoint and dataset in whichever process it runs."""
+
+    def __init__(self, checkpoint: str, out: str, dataset: str | None, data: str | None, device: str,
+                 eval_limit: int | None):
+        self.checkpoint, self.out, self.dataset, self.data = checkpoint, out, dataset, data
+        self.device, self.eval_limit = device, eval_limit
+
+    def __call__(self, archs):
+        from hwnas.cli.predictor import measure_accuracy_dataset
+
+        ds = measure_accuracy_dataset(self.checkpoint, list(archs), self.out, dataset=self.dataset, data=self.data,
+                                      device=self.device, eval_limit=self.eval_limit, progress=False)
+        acc = {r["arch"]: r["accuracy"] for r in ds.records}
+        return [acc[str(a)] for a in archs]
+
+
+def _search(args) -> int:
+    start = time.time()
+    _positive(args.trials, "--trials")
+    _positive(args.workers, "--workers")
+    _positive(args.population, "--population")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.verify_top, "--verify-top")
+    _positive(args.eval_limit, "--eval-limit")
+    storage_url(args.storage)  # a malformed storage fails now, not after loading everything
+    table_specs = parse_table_args(args.table)
+    if (args.dataset or args.data) and not args.checkpoint:
+        raise SearchError("--dataset/--data re-evaluate accuracy on a supernet: pass --checkpoint too")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"--out {str(out)!r} is a file: expected a directory")
+
+    space = SearchSpace.from_config(args.space)
+    tables = load_tables(table_specs, space)
+    budgets = [parse_budget(b, list(tables)) for b in args.budget]
+    from predictors import load_predictor
+
+    predictor = load_predictor(args.predictor, space)
+    if args.checkpoint:
+        from search_space import load_supernet
+
+        load_supernet(args.checkpoint, space)  # missing, corrupt or another space's checkpoint: fail now
+    objectives = ([predicted_accuracy(predictor, space)] + [table_latency(t, d) for d, t in tables.items()]
+                  + [EXTRA_OBJECTIVES[name](space) for name in dict.fromkeys(args.objective)])
+
+    here = local_devices(tables)
+    use_ray = args.workers > 1 or bool(args.ray_address)
+    if use_ray:
+        from search import init_ray
+
+        init_ray(args.ray_address, local_devices=here)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1 and args.storage is None:
+        args.storage = str(out / "study.journal")  # workers need a storage they can all open
+        print(f"storage: {args.storage}")
+    study = run_search(space, objectives, args.trials, budgets=budgets, sampler=args.sampler, seed=args.seed,
+                       population_size=args.population, storage=args.storage, study_name=args.study,
+                       workers=args.workers, ray_address=args.ray_address, batch_size=args.batch_size,
+                       progress=not args.quiet)
+    search_s = time.time() - start
+    trials = Trials.from_study(study)
+    fronts = device_fronts(trials, space)
+    run = _run_info(args, space, tables, budgets, trials, study, search_s)
+    write_report(out, trials, fronts, run)  # the search's result is safe before the (slow) verification
+    if not args.no_verify:
+        reachable = _reachable(tables, here, use_ray)
+        measure = {d: measured_latency(tables[d], space, d) for d in reachable}
+        evaluate = None
+        if args.checkpoint:
+            resources = {"GPU": 1} if use_ray and args.eval_device.startswith("cuda") else {"CPU": 1}
+            evaluate = measured_accuracy(CheckpointAccuracy(args.checkpoint, str(out / "verified_accuracy.jsonl"),
+                                                            args.dataset, args.data, args.eval_device, args.eval_limit),
+                                         resources=resources if use_ray else None)
+        verify_fronts(fronts, measure=measure, evaluate=evaluate, max_candidates=args.verify_top, use_ray=use_ray)
+        run["total_seconds"] = round(time.time() - start, 1)
+        write_report(out, trials, fronts, run)
+    print(format_fronts(fronts))
+    print(f"wrote {out}/pareto_<device>.json, front_<device>.png, hypervolume.png, summary.md "
+          f"({len(trials)} trials, {time.time() - start:.1f} s)")
+    return 0
+
+
+def _reachable(tables: dict, here: list[str], use_ray: bool) -> list[str]:
+    """Devices whose latency can be measured: with Ray, those with a ``device:NAME`` node;
+    without, those whose table was measured on this machine."""
+    if not use_ray:
+        return [d for d in tables if d in here]
+    from search import cluster_devices
+
+    on_cluster = cluster_devices()
+    return [d for d in tables if d in on_cluster]
+
+
+def _run_info(args, space, tables, budgets, trials, study, search_s: float) -> dict:
+    """The settings and provenance recorded in every output of the run."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "space": f"{space.name} ({space.fingerprint})", "predictor": args.predictor,
+            "tables": {d: f"{t.path} ({t.backend_spec}, batch {t.batch_size}, {t.dtype})" for d, t in tables.items()},
+            "budgets_ms": {b.objective: b.limit for b in budgets}, "trials": len(trials), "sampler": args.sampler,
+            "seed": args.seed, "storage": storage_url(args.storage), "study": study.study_name,
+            "workers": args.workers, "search_seconds": round(search_s, 1)}
