@@ -1,0 +1,79 @@
+"""Device fingerprint: what identifies the machine and software a table was measured with."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from functools import lru_cache
+
+# Fields that change latency, per backend family; a difference in one of them makes a
+# table's numbers describe another machine (other fields are recorded for the record only).
+RELEVANT_FIELDS = {
+    "onnxruntime": ("cpu_model", "cpu_cores", "onnxruntime", "provider", "threads"),
+    "cuda": ("gpu_name", "gpu_driver", "cuda", "torch"),
+}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_smi() -> tuple[str | None, str | None]:
+    """(GPU name, driver version) of GPU 0 from nvidia-smi, or (None, None)."""
+    if not shutil.which("nvidia-smi"):
+        return None, None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    if not out:
+        return None, None
+    name, _, driver = out[0].partition(",")
+    return name.strip(), driver.strip() or None
+
+
+@lru_cache(maxsize=None)
+def _machine() -> dict:
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    gpu, driver = _nvidia_smi()
+    if gpu is None and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "gpu_name": gpu,
+        "gpu_driver": driver,
+        "cuda": torch.version.cuda if gpu else None,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def device_fingerprint(provider: str | None, threads: int | None, batch_size: int, dtype: str) -> dict:
+    """This machine's fingerprint plus the measurement settings that define a table."""
+    return {**_machine(), "provider": provider, "threads": threads, "batch_size": batch_size, "dtype": dtype}
+
+
+def fingerprint_differences(recorded: dict, current: dict, family: str) -> list[str]:
+    """Human-readable ``field: recorded -> current`` for each relevant field that differs."""
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
+            for k in RELEVANT_FIELDS.get(family, ()) if recorded.get(k) != current.get(k)]

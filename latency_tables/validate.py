@@ -1,0 +1,177 @@
+"""Validating a table: random subnets measured end to end against the table's predictions.
+
+Each subnet is measured twice, in two passes over all subnets (minutes apart), so the
+report can say how repeatable the measurement itself is: a table cannot be judged more
+precisely than the device can be measured. The reference "measured" latency is the mean
+of the two passes. In the same run a FLOPs proxy (latency = a + b * FLOPs, fitted on the
+table's calibration networks) is scored on the same subnets.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from search_space.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+from .calibration import fit_flops_proxy
+from .errors import TableError
+from .measure import NET_CHUNK, measure_networks, sample_archs
+from .metrics import accuracy_metrics, repeatability
+from .table import LatencyTable, now
+from .timing import TimingStats
+
+TARGET_WITHIN_10 = 0.95
+TARGET_TAU = 0.9
+DEFAULT_SEED = 1000  # calibration uses the build seed (0 by default); archs are also excluded explicitly
+
+
+def _measure_pass(table: LatencyTable, archs, state: dict, key: str, state_path: Path, chunk: int) -> list[dict]:
+    """Measure every arch not yet in ``state[key]``, saving the state after each chunk."""
+    done = state.setdefault(key, {})
+    todo = [a for a in archs if str(a) not in done]
+    backend = table.make_backend()
+    for k, (a, st) in enumerate(measure_networks(backend, table.space, todo, chunk, desc=f"validation {key}"), 1):
+        done[str(a)] = st.to_json()
+        if k % chunk == 0 or k == len(todo):
+            atomic_write_json(state_path, state)
+    return [done[str(a)] for a in archs]
+
+
+def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, out_dir: str | Path = "experiments/results",
+                   name: str | None = None, command: str = "", chunk: int = NET_CHUNK, save_table: bool = True) -> dict:
+    """Measure ``n`` random subnets (disjoint from the calibration ones) twice and score the
+    table and a FLOPs proxy; writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` to
+    ``out_dir`` and stores the summary in the table. Resumable (a ``.partial.json`` file)."""
+    if not table.is_complete:
+        raise TableError(f"latency table {table._where()} is incomplete: finish it with `{table.build_command()}`")
+    if n < 4:
+        raise TableError(f"--n {n}: expected at least 4 validation subnets")
+    space = table.space
+    out_dir = Path(out_dir)
+    name = name or f"latency_{Path(table.path).stem if table.path else table.device}_validation"
+    cal_archs = {c["arch"] for c in table.data["calibration_nets"]}
+    archs = sample_archs(space, n, seed, exclude=cal_archs)
+    state_path = out_dir / f".{name}.partial.json"
+    ident = {"table_updated": table.data["updated"], "n": n, "seed": seed}
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("ident") != ident:
+        state = {"ident": ident}
+    t0 = time.time()
+    first = _measure_pass(table, archs, state, "first", state_path, chunk)
+    second = _measure_pass(table, archs, state, "second", state_path, chunk)
+    seconds = time.time() - t0
+
+    a = np.array([TimingStats.from_json(s).ms for s in first])
+    b = np.array([TimingStats.from_json(s).ms for s in second])
+    measured = (a + b) / 2
+    flops = np.array([space.flops(x) for x in archs], dtype=np.float64)
+    cal = table.data["calibration_nets"]
+    fa, fb = fit_flops_proxy([space.flops(space.parse(c["arch"])) for c in cal],
+                             [TimingStats.from_json(c["stats"]).ms for c in cal])
+    preds = {"table": table.predict_many(archs), "raw block sum": np.array([table.raw_sum(x) for x in archs]),
+             "FLOPs proxy": fa + fb * flops / 1e9}
+    scores = {k: accuracy_metrics(p, measured) for k, p in preds.items()}
+    summary = {
+        "date": now(), "command": command, "n": n, "seed": seed, "seconds": round(seconds, 1),
+        "scores": scores, "flops_proxy": {"intercept_ms": fa, "ms_per_gflop": fb},
+        "repeatability": repeatability(a, b),
+        "repeatability_median": repeatability([TimingStats.from_json(s).median_ms for s in first],
+                                              [TimingStats.from_json(s).median_ms for s in second]),
+        "targets": {"within_10": TARGET_WITHIN_10, "kendall_tau": TARGET_TAU,
+                    "met": bool(scores["table"]["within_10"] >= TARGET_WITHIN_10 and scores["table"]["kendall_tau"] >= TARGET_TAU)},
+        "files": {k: str(out_dir / f"{name}.{k}") for k in ("md", "csv", "png")},
+    }
+    rows = [{"arch": str(x), "flops": int(f), "measured_ms": m, "first_ms": p, "second_ms": q,
+             "first_median_ms": TimingStats.from_json(s1).median_ms, "second_median_ms": TimingStats.from_json(s2).median_ms,
+             **{f"{k.replace(' ', '_')}_ms": float(v[i]) for k, v in preds.items()}}
+            for i, (x, f, m, p, q, s1, s2) in enumerate(zip(archs, flops, measured, a, b, first, second))]
+    _write_csv(out_dir / f"{name}.csv", rows)
+    _write_plot(out_dir / f"{name}.png", measured, preds, scores, table)
+    atomic_write_text(out_dir / f"{name}.md", render_report(table, summary))
+    if save_table and table.path is not None:
+        table.data["validation"] = summary
+        table.save()
+    state_path.unlink(missing_ok=True)
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_plot(path: Path, measured, preds: dict, scores: dict, table: LatencyTable) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    lo, hi = float(measured.min()) * 0.8, float(measured.max()) * 1.25
+    x = np.array([lo, hi])
+    ax.fill_between(x, x * 0.9, x * 1.1, color="0.85", label="±10%")
+    ax.plot(x, x, color="0.4", lw=1)
+    for (k, p), style in zip(preds.items(), ("o", "x", "^")):
+        s = scores[k]
+        ax.scatter(measured, p, s=12, marker=style, alpha=0.7,
+                   label=f"{k}: {100 * s['within_10']:.0f}% within ±10%, tau {s['kendall_tau']:.2f}")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)",
+           ylabel="predicted latency (ms)",
+           title=f"{table.device}: {table.backend_spec}, batch {table.batch_size}, {table.dtype}")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def render_report(table: LatencyTable, s: dict) -> str:
+    """The markdown validation report."""
+    fp, b, build = table.fingerprint, table.backend_settings, table.data["build"]
+    rep, repm = s["repeatability"], s["repeatability_median"]
+    lines = [
+        f"# Latency table validation: {table.device} ({table.backend_spec}, batch {table.batch_size}, {table.dtype})",
+        "",
+        f"- table: `{table.path}` (space `{table.data['space']['name']}` {table.space_fingerprint}, "
+        f"{len(table.data['blocks'])} blocks, {len(table.data['calibration_nets'])} calibration nets)",
+        f"- validated {s['date']} with `{s['command'] or 'validate_table(...)'}`: {s['n']} random subnets "
+        f"(seed {s['seed']}, disjoint from the calibration nets), each measured in two passes; {s['seconds']:.0f} s",
+        f"- machine: {fp.get('cpu_model')} ({fp.get('cpu_cores')} cores), GPU {fp.get('gpu_name')} "
+        f"(driver {fp.get('gpu_driver')}, CUDA {fp.get('cuda')}), torch {fp.get('torch')}, onnxruntime {fp.get('onnxruntime')}",
+        f"- settings: " + ", ".join(f"{k}={v}" for k, v in b.items()),
+        f"- build: `{build.get('command', '')}`; blocks {build.get('block_seconds', '?')} s, calibration "
+        f"{build.get('calibration_seconds', '?')} s; calibration model `{table.calibration.model}` "
+        f"(ridge {table.calibration.ridge:g}, leave-one-out MAPE {100 * table.calibration.cv.get('mape', float('nan')):.1f}%)",
+        "",
+        "## Measurement repeatability (pass 2 vs pass 1 on the same subnets)",
+        "",
+        "| statistic | within ±10% | median difference |",
+        "| --- | --- | --- |",
+        f"| 10th percentile (what tables use) | {100 * rep['within_10']:.1f}% | {100 * rep['median_rel_diff']:.1f}% |",
+        f"| median | {100 * repm['within_10']:.1f}% | {100 * repm['median_rel_diff']:.1f}% |",
+        "",
+        "## Prediction vs measured (mean of both passes)",
+        "",
+        "| predictor | MAPE | within ±10% | Kendall tau | median predicted/measured |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for k, m in s["scores"].items():
+        lines.append(f"| {k} | {100 * m['mape']:.1f}% | {100 * m['within_10']:.1f}% | {m['kendall_tau']:.3f} | {m['median_ratio']:.3f} |")
+    t, tm = s["scores"]["table"], s["targets"]
+    verdict = "met" if tm["met"] else "MISSED"
+    lines += ["", f"Target (>= {100 * tm['within_10']:.0f}% within ±10% and Kendall tau >= {tm['kendall_tau']}): **{verdict}** "
+              f"({100 * t['within_10']:.1f}%, tau {t['kendall_tau']:.3f}).",
+              f"FLOPs proxy: latency = {s['flops_proxy']['intercept_ms']:.4f} ms + {s['flops_proxy']['ms_per_gflop']:.4f} ms/GFLOP "
+              f"(fitted on the calibration nets).", ""]
+    return "\n".join(lines)

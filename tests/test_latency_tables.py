@@ -1,0 +1,287 @@
+"""Latency tables: file format, errors, atomic writes, resume, calibration, a real tiny build."""
+
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import latency_tables as lt
+from hwnas.cli import main
+from latency_tables.calibration import Calibration
+from latency_tables.timing import time_interleaved
+from search_space import SearchSpace, UserError
+
+TINY = {
+    "name": "tiny-lat", "in_channels": 3, "num_classes": 4, "resolutions": [8],
+    "stem": {"channels": 8, "kernel": 3, "stride": 1},
+    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
+                 "expansions": {"mbconv": [2], "resnet": [1]}},
+    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}],
+}
+# As short as timing can be while still going through every step (warm-up, rounds, stop rule).
+FAST = dict(min_rounds=2, max_rounds=3, round_ms=0.3, warmup_ms=1.0, min_runs_per_round=2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return SearchSpace.from_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return SearchSpace.from_config("cifar")
+
+
+def synthetic_table(space, path=None):
+    """A complete table with made-up block times (FLOPs-based), for format and prediction tests."""
+    table = lt.LatencyTable.new(space, lt.make_backend("onnxruntime"), "cpu", command="hwnas latency build ...")
+    for s in space.unique_block_specs():
+        ms = 0.01 + s.flops() * 1e-9
+        table.data["blocks"][s.key] = lt.TimingStats(ms * 1.1, ms * 1.3, 0.2, 30, ms).to_json()
+    table.calibration = Calibration("per_type", 0.05, {"mbconv": 1.2, "resnet": 0.9}, {"resnet": 0.01})
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def test_round_trip_and_prediction_consistency(cifar, tmp_path):
+    table = synthetic_table(cifar, tmp_path / "t.json")
+    loaded = lt.LatencyTable.load(tmp_path / "t.json", space=cifar)
+    assert loaded.data == json.loads(json.dumps(table.data))
+    assert (loaded.device, loaded.backend_spec, loaded.batch_size, loaded.dtype) == \
+        ("cpu", "onnxruntime:CPUExecutionProvider", 1, "fp32")
+    assert loaded.space_fingerprint == cifar.fingerprint and loaded.is_complete
+    rng = np.random.default_rng(0)
+    archs = [cifar.sample(rng) for _ in range(50)]
+    fast = loaded.predict_many(archs)
+    slow = [loaded.breakdown(a)["total_ms"] for a in archs]
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
+    np.testing.assert_allclose(loaded.predict_many([str(a) for a in archs]), fast)
+    bd = loaded.breakdown(archs[0])
+    assert [r["key"] for r in bd["blocks"]] == [s.key for s in cifar.block_specs(archs[0])]
+    # the space stored in the file rebuilds the same space when none is passed
+    assert lt.LatencyTable.load(tmp_path / "t.json").space.fingerprint == cifar.fingerprint
+
+
+def test_predict_many_is_fast(cifar):
+    table = synthetic_table(cifar)
+    rng = np.random.default_rng(1)
+    archs = [cifar.sample(rng) for _ in range(4000)] * 5  # sampling is slower than predicting
+    table.predict_many(archs[:4000])  # fills the slot cache
+    best = min(_timed(table.predict_many, archs) for _ in range(3))
+    assert len(archs) / best > 20000, f"{len(archs) / best:.0f} archs/s"
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"format": "hwnas-latency-table", "schema_ver', "corrupt: invalid JSON"),
+    ('[1, 2]', "not a hwnas latency table"),
+    ('{"format": "something-else"}', "not a hwnas latency table"),
+])
+def test_corrupt_files_give_one_line_errors(tmp_path, content, needle):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    with pytest.raises(lt.TableError, match=needle) as e:
+        lt.LatencyTable.load(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_wrong_schema_version_and_missing_keys(cifar, tmp_path):
+    data = synthetic_table(cifar).data
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(lt.TableError, match="schema version 99, this hwnas reads version 1"):
+        lt.LatencyTable.load(p)
+    p.write_text(json.dumps({k: v for k, v in data.items() if k != "blocks"}))
+    with pytest.raises(lt.TableError, match="key 'blocks' missing"):
+        lt.LatencyTable.load(p)
+    p.write_text(json.dumps({**data, "blocks": {"mbconv:x": {"median_ms": 1}}}))
+    with pytest.raises(lt.TableError, match="bad statistics for block 'mbconv:x'"):
+        lt.LatencyTable.load(p)
+    with pytest.raises(lt.TableError, match="cannot read latency table"):
+        lt.LatencyTable.load(tmp_path / "absent.json")
+
+
+def test_missing_block_and_calibration_name_the_fix(cifar, tmp_path):
+    table = synthetic_table(cifar)
+    arch = cifar.sample(np.random.default_rng(2))
+    key = cifar.block_specs(arch)[1].key
+    del table.data["blocks"][key]
+    table.save(tmp_path / "t.json")
+    table = lt.LatencyTable.load(tmp_path / "t.json")
+    with pytest.raises(lt.TableError, match=f"block '{key}' is missing.*hwnas latency build"):
+        table.predict(arch)
+    assert key in table.missing_keys() and not table.is_complete
+    table.calibration = None
+    with pytest.raises(lt.TableError, match="no calibration yet.*hwnas latency build"):
+        table.predict(cifar.smallest())
+
+
+def test_foreign_space_is_refused(cifar, tiny, tmp_path):
+    synthetic_table(cifar, tmp_path / "t.json")
+    with pytest.raises(lt.TableError, match="built for space 'cifar'.*not for space 'tiny-lat'"):
+        lt.LatencyTable.load(tmp_path / "t.json", space=tiny)
+
+
+def test_interrupted_write_leaves_old_file(cifar, tmp_path, monkeypatch):
+    p = tmp_path / "t.json"
+    table = synthetic_table(cifar, p)
+    before = p.read_bytes()
+    table.data["device"] = "changed"
+
+    def crash(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", crash)  # dies after the new content is written, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        table.save(p)
+    monkeypatch.undo()
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["t.json"]
+    assert lt.LatencyTable.load(p).device == "cpu"
+
+
+def test_fingerprint_mismatch_warns_or_refuses(cifar, tmp_path):
+    table = synthetic_table(cifar)
+    table.data["fingerprint"]["cpu_model"] = "Some Other CPU"
+    table.save(tmp_path / "t.json")
+    with pytest.warns(lt.FingerprintWarning, match="cpu_model: 'Some Other CPU'"):
+        lt.LatencyTable.load(tmp_path / "t.json")
+    with pytest.raises(lt.TableError, match="measured on another machine.*strict"):
+        lt.LatencyTable.load(tmp_path / "t.json", strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same machine: no warning
+        synthetic_table(cifar, tmp_path / "same.json")
+        lt.LatencyTable.load(tmp_path / "same.json")
+
+
+def test_backend_errors_name_the_bad_value():
+    for spec, kw, needle in [("tensorrt", {}, "backend 'tensorrt': expected"),
+                             ("onnxruntime:NoSuchProvider", {}, "provider 'NoSuchProvider' is not available"),
+                             ("onnxruntime", {"dtype": "bf16"}, "dtype 'bf16' is not supported by the onnxruntime"),
+                             ("onnxruntime", {"batch_size": 0}, "batch size 0"),
+                             ("onnxruntime", {"spin": True}, "unknown option 'spin'")]:
+        with pytest.raises(lt.BackendError, match=needle):
+            lt.make_backend(spec, **kw)
+    with pytest.raises(lt.BackendError, match=r"input shape \(2, 3, 8, 8\)"):
+        lt.make_backend("onnxruntime").prepare(None, (2, 3, 8, 8))
+
+
+def test_timing_protocol_interleaves_and_uses_low_percentile():
+    calls = []
+
+    def make(name, base):
+        def timer(k):
+            calls.append(name)
+            # 1 run in 4 is slowed down (another process took the core)
+            return np.array([base * (3.0 if (len(calls) + i) % 4 == 0 else 1.0) for i in range(k)])
+        return timer
+
+    plan = lt.TimingPlan(min_rounds=4, max_rounds=6, round_ms=1.0, warmup_ms=0.0)
+    a, b = time_interleaved([make("a", 0.5), make("b", 0.25)], plan)
+    assert a.ms == pytest.approx(0.5) and b.ms == pytest.approx(0.25)
+    assert a.p90_ms > a.ms and a.n >= plan.min_rounds * plan.min_runs_per_round
+    rounds = calls[2:]  # after the warm-up (one call each with warmup_ms=0)
+    assert rounds[:4] == ["a", "b", "b", "a"]  # alternating order between rounds
+    assert lt.TimingStats.from_json(a.to_json()) == lt.TimingStats(**a.to_json())
+
+
+def test_calibration_recovers_known_model():
+    rng = np.random.default_rng(3)
+    nets, y = [], []
+    for _ in range(60):
+        net = [("stem", 0.05), ("head", 0.02)] + [(t, rng.uniform(0.05, 1.0)) for t in
+                                                  rng.choice(["mbconv", "resnet", "pconv"], rng.integers(3, 9))]
+        nets.append(net)
+        scale = {"mbconv": 1.3, "resnet": 0.8}
+        y.append(0.1 + sum(scale.get(t, 1.0) * ms + (0.02 if t == "pconv" else 0.0) for t, ms in net))
+    cal = lt.fit_calibration(nets, y)
+    assert cal.model.startswith("per_type") and cal.cv["mape"] < 1e-3
+    assert cal.scale["mbconv"] == pytest.approx(1.3, rel=1e-2) and cal.scale["resnet"] == pytest.approx(0.8, rel=1e-2)
+    a, b = lt.fit_flops_proxy([1e9, 2e9, 4e9], [1.5, 2.5, 4.5])
+    assert (a, b) == (pytest.approx(0.5), pytest.approx(1.0))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_build_resumes_then_validates_for_real(tiny, tmp_path, monkeypatch):
+    """A real ORT build on a tiny space, interrupted after the first chunk, resumed, validated."""
+    backend = lt.make_backend("onnxruntime", **FAST)
+    out = tmp_path / "tiny.json"
+    measured, calls = [], []
+    real = backend.measure_many
+
+    def spy(items):
+        items = list(items)
+        measured.append(len(items))
+        calls.append(1)
+        if len(calls) == 2:  # dies in the second chunk of the first build
+            raise Interrupt
+        return real(items)
+
+    monkeypatch.setattr(backend, "measure_many", spy)
+    with pytest.raises(Interrupt):
+        lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4)
+    partial = lt.LatencyTable.load(out)
+    n_blocks = len(tiny.unique_block_specs())
+    assert len(partial.data["blocks"]) == 4 and not partial.is_complete
+    measured.clear()
+    table = lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4)
+    assert sum(measured) == (n_blocks - 4) + 5  # only the missing blocks, then the calibration nets
+    assert table.is_complete and lt.LatencyTable.load(out).is_complete
+    monkeypatch.undo()
+
+    arch = tiny.largest()
+    assert table.predict(arch) > 0 and table.measure_arch(arch) > 0
+    s = lt.validate_table(table, n=4, out_dir=tmp_path / "report", command="pytest", chunk=4)
+    cal_archs = {c["arch"] for c in table.data["calibration_nets"]}
+    rows = (tmp_path / "report" / "latency_tiny_validation.csv").read_text().splitlines()
+    assert len(rows) == 5 and not cal_archs & {r.split(",")[0] for r in rows[1:]}
+    assert (tmp_path / "report" / "latency_tiny_validation.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "report" / "latency_tiny_validation.md").read_text()
+    assert "Measurement repeatability" in report and "FLOPs proxy" in report
+    assert set(s["scores"]) == {"table", "raw block sum", "FLOPs proxy"}
+    assert 0 <= s["repeatability"]["within_10"] <= 1
+    assert lt.LatencyTable.load(out).data["validation"]["n"] == 4
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    out = tmp_path / "t.json"
+    lt.LatencyTable.new(tiny, lt.make_backend("onnxruntime"), "cpu").save(out)
+    with pytest.raises(lt.TableError, match="built with threads=1, not 2"):
+        lt.build_table(tiny, lt.make_backend("onnxruntime", threads=2), out)
+
+
+def test_cli_show_query_and_errors(cifar, tmp_path, capsys):
+    p = tmp_path / "t.json"
+    synthetic_table(cifar, p)
+    arch = str(cifar.smallest())
+    assert main(["latency", "show", str(p)]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert main(["latency", "query", "--table", str(p), arch]) == 0
+    out = capsys.readouterr().out
+    assert "predicted" in out and "stem:" in out
+    assert main(["latency", "query", "--table", str(p), "r32/bad"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwnas: error: malformed") and err.count("\n") == 1
+    assert main(["latency", "show", str(tmp_path / "absent.json")]) == 2
+    assert issubclass(lt.TableError, UserError)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_times_a_block(tiny):
+    from search_space import build_block
+
+    spec = tiny.unique_block_specs()[0]
+    stats = lt.make_backend("cuda", dtype="bf16", **FAST).measure(build_block(spec), (spec.c_in, spec.size, spec.size))
+    assert 0 < stats.ms <= stats.median_ms <= stats.p90_ms
