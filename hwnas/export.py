@@ -203,7 +203,7 @@ def export_one(req: ExportRequest) -> dict:
             raise ExportError(f"latency table for {table.device!r} was built for another space "
                               f"({table.space_fingerprint}, expected {space.fingerprint})")
     model = supernet.extract(arch)
-    shape = (1, space.config.in_channels, arch.resolution, arch.resolution)
+    shape = (space.config.in_channels, arch.resolution, arch.resolution)
     batches = _data_batches(req, blob.get("meta", {}), arch.resolution)
     meta = {"arch": str(arch), "space": space.name, "space_fingerprint": space.fingerprint,
             "checkpoint_hash": checkpoint_hash(req.checkpoint), "flops": space.flops(arch), "params": space.params(arch)}
@@ -212,7 +212,7 @@ def export_one(req: ExportRequest) -> dict:
         recalibrate_bn(model, batches[0])
         meta["test_accuracy"] = round(accuracy(model, batches[1], arch.resolution), 5)
     model.eval()
-    example = batches[1][0][0][:8] if batches is not None else torch.randn(8, *shape[1:])
+    example = batches[1][0][0][:8] if batches is not None else torch.randn(8, *shape)
     backend = latency_tables.make_backend("onnxruntime", batch_size=1, threads=req.threads)
     measured = backend.measure(model, shape).median_ms
     predicted = {name: float(table.predict(arch)) for name, table in tables}
