@@ -12,6 +12,7 @@ import copy
 import inspect
 import io
 import warnings
+from time import perf_counter_ns
 from abc import ABC, abstractmethod
 from dataclasses import fields
 from typing import Iterable, Sequence
@@ -48,8 +49,6 @@ def full_shape(input_shape: Sequence[int], batch_size: int) -> tuple[int, ...]:
 
 class Backend(ABC):
     """Times modules on one device with fixed settings (batch size, dtype, threads, options)."""
-
-    family = ""  # "onnxruntime" | "cuda": selects the relevant fingerprint fields
 
     def __init__(self, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan):
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -133,8 +132,6 @@ class OrtBackend(Backend):
     later agreed within +-10% for only 51% of them (nets 29%); with 1 thread, 100% (nets 82%).
     """
 
-    family = "onnxruntime"
-
     def __init__(self, provider: str, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan,
                  spinning: bool = False, opset: int = 17):
         super().__init__(batch_size, dtype, DEFAULT_ORT_THREADS if threads is None else int(threads), plan)
@@ -179,7 +176,6 @@ class OrtBackend(Backend):
                                              providers=[self._provider])
         feed = {session.get_inputs()[0].name: x.numpy()}
         run = session.run
-        from time import perf_counter_ns
 
         def timer(k: int) -> np.ndarray:
             out = np.empty(k)
@@ -200,8 +196,6 @@ class CudaBackend(Backend):
     otherwise time the graph launch, not themselves); the per-invocation time is reported.
     Whole networks get ``r = 1`` in practice, i.e. the time of one replay of a deployed graph.
     """
-
-    family = "cuda"
 
     def __init__(self, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan, channels_last: bool = True,
                  cuda_graph: bool = True, cudnn_benchmark: bool = True, min_graph_us: float = 100.0, device: int = 0):
@@ -252,7 +246,12 @@ class CudaBackend(Backend):
             for _ in range(reps):
                 m(x)
         torch.cuda.synchronize(dev)
-        return g.replay, reps
+
+        def run() -> None:
+            g.replay()
+
+        run.keep_alive = (m, x)  # the graph reads their memory: they must outlive it
+        return run, reps
 
 
 def _event_timer(fn, reps: int, dev) -> Timer:
