@@ -12,6 +12,7 @@ Predictors read ``X = space.encode_many(archs)`` and return ``(mean, std)`` of a
 
 from .accuracy_dataset import AccuracyDataset, AccuracyDatasetError, build_accuracy_dataset
 from .base import PREDICTORS, Predictor, PredictorError, load_predictor, make_predictor, register_predictor
+from .blend import BlendPredictor
 from .features import FEATURE_RECIPES, decode_encoding, make_features
 from .gp import GPPredictor
 from .metrics import rank_metrics
@@ -22,7 +23,8 @@ from .selection import cross_val_kendall, select_predictor
 from .trees import GBTEnsemble
 
 __all__ = [
-    "AccuracyDataset", "AccuracyDatasetError", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor", "MLPEnsemble",
+    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor",
+    "MLPEnsemble",
     "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "cross_val_kendall", "decode_encoding",
     "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
     "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",

@@ -79,7 +79,8 @@ class AccuracyDataset:
         for i, line in enumerate(lines[1:], start=2):
             try:
                 rec = json.loads(line)
-                records.append({"arch": str(rec["arch"]), "accuracy": float(rec["accuracy"]), "flops": int(rec["flops"])})
+                records.append({"arch": str(rec["arch"]), "accuracy": float(rec["accuracy"]),
+                                "flops": int(rec["flops"])})
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise AccuracyDatasetError(f"accuracy dataset {str(path)!r} line {i} is malformed: "
                                            'expected {"arch": str, "accuracy": float, "flops": int}') from None

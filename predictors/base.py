@@ -155,7 +155,8 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
     """Load a saved predictor; with ``space`` given, refuse one fitted on another space."""
     path = Path(path)
     if not path.is_file():
-        raise PredictorError(f"predictor file {str(path)!r} not found: expected a file written by 'hwnas predictor fit'")
+        raise PredictorError(f"predictor file {str(path)!r} not found: "
+                             "expected a file written by 'hwnas predictor fit'")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -170,7 +171,8 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
                              f"({blob['space_fingerprint']}), not on space {space.name!r} ({space.fingerprint}): "
                              "fit a predictor on this space's accuracy dataset")
     if blob["kind"] not in PREDICTORS:
-        raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: expected one of {sorted(PREDICTORS)}")
+        raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: "
+                             f"expected one of {sorted(PREDICTORS)}")
     pred = PREDICTORS[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
                                     seed=blob["seed"], **blob["hparams"])
     pred._scalers = blob["scalers"]

@@ -20,7 +20,7 @@ class GPPredictor(Predictor):
 
     @classmethod
     def default_hparams(cls) -> dict:
-        return {"length_scale": 10.0, "noise": 0.1, "restarts": 1}
+        return {"length_scale": 10.0, "noise": 0.1, "restarts": 0}
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:
         h = self.hparams

@@ -5,6 +5,7 @@ their predictions (the ensemble std) measures disagreement: large away from the 
 The loss is MSE on standardised accuracy plus a pairwise logistic ranking loss (RankNet),
 because a search only needs the *order* of candidates; pairs are weighted by how far apart
 their measured accuracies are, so near-ties (mostly measurement noise) count little.
+Members stop early on their own held-out part, so noisy, small datasets are not overfitted.
 """
 
 from __future__ import annotations
@@ -41,44 +42,73 @@ class EnsembleMLP(nn.Module):
         return x.squeeze(-1)  # (E, B)
 
 
-def ranking_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """RankNet loss over all ordered pairs of each member's batch, weighted by the target gap."""
-    d_pred = pred[:, :, None] - pred[:, None, :]
-    d_true = target[:, :, None] - target[:, None, :]
-    weight = d_true.clamp(min=0.0, max=1.0)  # only pairs with i better than j; gap capped at 1 std
-    return (weight * F.softplus(-d_pred / temperature)).sum() / weight.sum().clamp_min(1e-12)
+def member_losses(pred: torch.Tensor, target: torch.Tensor, rank_weight: float, temperature: float) -> torch.Tensor:
+    """Per-member loss (E,): MSE plus ``rank_weight`` x a RankNet loss over all ordered pairs of
+    each member's batch, each pair weighted by its target gap (capped at 1 std)."""
+    loss = ((pred - target) ** 2).mean(1)
+    if rank_weight:
+        d_pred = pred[:, :, None] - pred[:, None, :]
+        weight = (target[:, :, None] - target[:, None, :]).clamp(min=0.0, max=1.0)  # pairs with i better than j
+        rank = (weight * F.softplus(-d_pred / temperature)).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1e-12)
+        loss = loss + rank_weight * rank
+    return loss
 
 
 @register_predictor("mlp")
 class MLPEnsemble(Predictor):
-    """Ensemble of MLPs; std = disagreement of the members."""
+    """Ensemble of MLPs; std = disagreement of the members.
+
+    Each member holds out its own random ``val_fraction`` of the data and keeps the weights of
+    its lowest held-out loss (checked every ``eval_every`` steps; training stops once no member
+    improved by a factor ``min_delta`` for ``patience`` checks). So the training length adapts to the
+    amount and noise of the data, and members see different subsets (bagging), which spreads their predictions
+    where data is thin. Below 20 samples there is no hold-out and all ``steps`` are run."""
 
     @classmethod
     def default_hparams(cls) -> dict:
-        return {"members": 5, "hidden": 128, "layers": 2, "steps": 2000, "batch_size": 128, "lr": 2e-3,
-                "weight_decay": 1e-3, "rank_weight": 1.0, "temperature": 0.2}
+        return {"members": 5, "hidden": 128, "layers": 2, "steps": 3000, "batch_size": 128, "lr": 1e-3,
+                "weight_decay": 1e-3, "rank_weight": 1.0, "temperature": 0.2, "val_fraction": 0.2,
+                "eval_every": 25, "patience": 10, "min_delta": 0.01}
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:
         h = self.hparams
+        E = h["members"]
         g = torch.Generator().manual_seed(self.seed)
         x = torch.as_tensor(F_, dtype=torch.float32)
         t = torch.as_tensor(z, dtype=torch.float32)
         n = x.shape[0]
-        self.net = EnsembleMLP(h["members"], x.shape[1], h["hidden"], h["layers"], g)
+        n_val = int(round(h["val_fraction"] * n)) if n >= 20 else 0
+        perms = torch.stack([torch.randperm(n, generator=g) for _ in range(E)])
+        val_idx, train_idx = perms[:, :n_val], perms[:, n_val:]
+        self.net = EnsembleMLP(E, x.shape[1], h["hidden"], h["layers"], g)
         opt = torch.optim.AdamW(self.net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=h["steps"])
-        batch = min(h["batch_size"], n)
-        self.net.train()
-        for _ in range(h["steps"]):
-            idx = torch.randint(n, (h["members"], batch), generator=g)  # each member its own batch
-            pred, target = self.net(x[idx]), t[idx]
-            loss = F.mse_loss(pred, target)
-            if h["rank_weight"]:
-                loss = loss + h["rank_weight"] * ranking_loss(pred, target, h["temperature"])
+        batch = min(h["batch_size"], train_idx.shape[1])
+        best_loss = torch.full((E,), float("inf"))
+        best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        since_best = 0
+        for step in range(h["steps"]):
+            self.net.train()
+            idx = torch.gather(train_idx, 1, torch.randint(train_idx.shape[1], (E, batch), generator=g))
+            loss = member_losses(self.net(x[idx]), t[idx], h["rank_weight"], h["temperature"]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if n_val and (step + 1) % h["eval_every"] == 0:
+                with torch.no_grad():
+                    val = member_losses(self.net(x[val_idx]), t[val_idx], h["rank_weight"], h["temperature"])
+                better = val < best_loss
+                # Only a clear gain restarts the patience: tiny ones would keep a noisy fit running.
+                clear_gain = bool((val < best_loss * (1 - h["min_delta"])).any())
+                best_loss = torch.where(better, val, best_loss)
+                for k, v in self.net.state_dict().items():  # every parameter has the member axis first
+                    best_state[k][better] = v[better]
+                since_best = 0 if clear_gain else since_best + 1
+                if since_best >= h["patience"]:
+                    break
+        if n_val:
+            self.net.load_state_dict(best_state)
         self.net.eval()
 
     @torch.no_grad()

@@ -26,8 +26,9 @@ DIGITS_SPACE = {
                  "expansions": {"mbconv": [2, 4], "fused_mbconv": [1, 2], "pconv": [1, 2], "resnet": [0.5, 1]}},
     "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 24, "stride": 2, "depths": [1, 2]}],
 }
-KINDS = ["mlp", "gbt", "gp"]
+KINDS = ["mlp", "gbt", "gp", "blend"]
 FAST = {"mlp": {"steps": 600}, "gbt": {"members": 3}, "gp": {}}  # test-sized settings
+FAST["blend"] = {"members": dict(FAST)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,10 +117,10 @@ def test_bad_inputs_are_one_line_user_errors(cifar, synthetic, tmp_path):
 def test_select_predictor_prefers_better_ranking(cifar, synthetic):
     X, y = synthetic
     candidates = {"gp": lambda: make_predictor("gp", cifar),
-                  "gp-encoding-only-tiny": lambda: make_predictor("gbt", cifar, members=1, max_iter=2, max_leaf_nodes=2)}
+                  "two-stumps": lambda: make_predictor("gbt", cifar, members=1, max_iter=2, max_leaf_nodes=2)}
     best, scores = select_predictor(X[:200], y[:200], candidates, k=3)
     assert best == "gp" and set(scores) == set(candidates)
-    assert scores["gp"] > 0.85 > scores["gp-encoding-only-tiny"]
+    assert scores["gp"] > 0.85 > scores["two-stumps"]
 
 
 def test_rank_metrics_known_values():
@@ -218,9 +219,10 @@ def test_cli_dataset_fit_eval_end_to_end(digits_setup, tmp_path, capsys):
     data = AccuracyDataset.load(train)
     assert len(data) == 36 and data.header["dataset"] == "digits" and data.header["split"] == "val"
     assert data.header["space_fingerprint"] == space.fingerprint
-    assert main(["predictor", "fit", "--data", train, "--model", "auto", "--folds", "2", "--out", pred]) == 0
+    assert main(["predictor", "fit", "--data", train, "--model", "auto", "--folds", "2", "--candidates", "gbt,gp",
+                 "--out", pred]) == 0
     out = capsys.readouterr().out
-    assert "2-fold Kendall tau: gbt" in out and "fitted" in out
+    assert "2-fold Kendall tau: gbt" in out and " gp " in out and "fitted" in out
     assert main(["predictor", "eval", "--predictor", pred, "--data", held, "--plot", plot, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out.splitlines()[0])
     assert metrics["n"] == 16 and -1 <= metrics["kendall_tau"] <= 1 and metrics["rmse"] >= 0
@@ -228,5 +230,22 @@ def test_cli_dataset_fit_eval_end_to_end(digits_setup, tmp_path, capsys):
     # bad input: exit code 2 and one line naming the value
     assert main(["predictor", "dataset", *common, "--n", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert main(["predictor", "eval", "--predictor", pred, "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["predictor", "fit", "--data", train, "--candidates", "gbt,svm", "--out", pred]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--n 0" in err[0] and "missing.jsonl" in err[1]
+    assert len(err) == 3 and "--n 0" in err[0] and "missing.jsonl" in err[1] and "'svm'" in err[2]
+
+
+def test_compare_predictors_writes_report(cifar, synthetic, tmp_path):
+    from predictors.benchmark import compare_predictors, holdout_split, write_report
+
+    X, y = synthetic
+    fit_idx, test_idx = holdout_split(200, 150, seed=0)
+    assert len(np.intersect1d(fit_idx, test_idx)) == 0 and len(fit_idx) + len(test_idx) == 200
+    result = compare_predictors(cifar, X[:200], y[:200], fit_idx, test_idx, kinds=("gp",), features=("cost",),
+                                folds=2, log=lambda *_: None)
+    assert result["selection"]["selected"] == "gp" and result["selected_test"]["kendall_tau"] > 0.8
+    assert result["baselines_kendall_tau"]["flops"] > 0.5  # the synthetic target grows with FLOPs
+    paths = write_report(tmp_path, "bench", "synthetic", result, {"command": "pytest"})
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"]
+    assert json.loads(paths[0].read_text())["rows"][0]["kind"] == "gp"
+    assert "| gp | cost |" in paths[1].read_text()

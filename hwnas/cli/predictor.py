@@ -12,15 +12,16 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches
 from hwnas.datasets import DatasetBundle, Split
-from predictors import (PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset, load_predictor,
-                        make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
-from search_space import UserError, checkpoint_hash, load_supernet
+from predictors import (FEATURE_RECIPES, PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset,
+                        load_predictor, make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
+from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
 
 SPLITS = ("val", "test")
@@ -46,7 +47,10 @@ def register(sub) -> None:
     ds.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     ds.add_argument("--split", default="val", choices=SPLITS, help="split to measure on (default val: predictors "
                     "are fitted on validation accuracies; keep test for final reports)")
-    ds.add_argument("--seed", type=int, default=0, help="seed of the subnet sample and eval subset (default 0)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the subnet sample (default 0); another seed gives "
+                    "other subnets measured the same way, e.g. a held-out set")
+    ds.add_argument("--measure-seed", type=int, default=0, help="seed of the calibration images and the eval subset "
+                    "(default 0); accuracies are comparable only between equal measure seeds")
     ds.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
     ds.add_argument("--calib-batch-size", type=int, default=256, help="batch size of BN recalibration (default 256)")
     ds.add_argument("--eval-batch-size", type=int, default=1000, help="batch size of evaluation (default 1000)")
@@ -64,9 +68,11 @@ def register(sub) -> None:
     fit.add_argument("--model", default="auto", choices=sorted(PREDICTORS) + ["auto"],
                      help="predictor kind, or auto: select by k-fold Kendall tau (default auto)")
     fit.add_argument("--out", required=True, help="predictor file to write (.pt)")
-    fit.add_argument("--features", default="cost", choices=["cost", "encoding"],
+    fit.add_argument("--features", default="cost", choices=FEATURE_RECIPES,
                      help="cost: encoding plus log FLOPs/params per stage (default); encoding: the encoding only")
     fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
+    fit.add_argument("--candidates", default=",".join(sorted(PREDICTORS)),
+                     help=f"comma-separated kinds auto selects among (default {','.join(sorted(PREDICTORS))})")
     fit.add_argument("--seed", type=int, default=0, help="seed of the predictor and the folds (default 0)")
     fit.set_defaults(func=_fit)
 
@@ -97,20 +103,27 @@ def random_subset(split: Split, limit: int | None, seed: int) -> Split:
     return Split(split.x[idx], split.y[idx])
 
 
-def measure_accuracy_dataset(checkpoint: str | Path, n: int, out: str | Path, *, dataset: str | None = None,
-                             data: str | None = None, device: str | torch.device = "auto", split: str = "val",
-                             seed: int = 0, calib_batches: int = 20, calib_batch_size: int = 256,
+def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], out: str | Path, *,
+                             dataset: str | None = None, data: str | None = None,
+                             device: str | torch.device = "auto", split: str = "val", seed: int = 0,
+                             measure_seed: int = 0, calib_batches: int = 20, calib_batch_size: int = 256,
                              eval_batch_size: int = 1000, eval_limit: int | None = None,
-                             time_budget_s: float | None = None, progress: bool = True,
-                             bundle: DatasetBundle | None = None) -> AccuracyDataset:
-    """Measure ``n`` spread-sampled subnets of ``checkpoint`` on ``split`` of its dataset (or the
-    one named) and store them in ``out`` (resumable). ``bundle`` skips loading the dataset again."""
-    for value, option in ((n, "--n"), (calib_batches, "--calib-batches"), (calib_batch_size, "--calib-batch-size"),
-                          (eval_batch_size, "--eval-batch-size"), (eval_limit, "--eval-limit")):
+                             time_budget_s: float | None = None, channels_last: bool | None = None,
+                             progress: bool = True, bundle: DatasetBundle | None = None) -> AccuracyDataset:
+    """Measure ``n`` spread-sampled subnets (or the archs given) of ``checkpoint`` on ``split`` of
+    its dataset (or the one named) and store them in ``out`` (resumable). ``seed`` picks the
+    sample; ``measure_seed`` the calibration images and the eval subset (a measurement setting,
+    recorded in the file's header). On CUDA, calibration and evaluation run under bf16 autocast
+    and (``channels_last`` None or True) in channels-last layout, as training does.
+    ``bundle`` (already on ``device``) skips loading the dataset again."""
+    for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
+                          (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
+                          (eval_limit, "--eval-limit")):
         _positive(value, option)
     if split not in SPLITS:
         raise UserError(f"split {split!r} is invalid; expected one of {list(SPLITS)}")
     device = resolve_device(device)
+    cuda = device.type == "cuda"
     supernet, blob = load_supernet(checkpoint)
     meta = blob.get("meta", {})
     dataset = dataset or meta.get("dataset")
@@ -122,16 +135,19 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int, out: str | Path, *,
     if bundle is None:
         bundle = load_for_space(dataset, data, space, seed=meta.get("split_seed", 0),
                                 val_fraction=meta.get("val_fraction", 0.1), device=device)
-    eval_split = random_subset(getattr(bundle, split), eval_limit, seed)
-    supernet.to(device)
-    settings = {"calib_batch_size": calib_batch_size, "eval_samples": len(eval_split), "eval_subset_seed": seed,
+    eval_split = random_subset(getattr(bundle, split), eval_limit, measure_seed)
+    fmt = torch.channels_last if cuda and channels_last is not False else torch.preserve_format
+    supernet.to(device, memory_format=fmt)
+    settings = {"calib_batch_size": calib_batch_size, "eval_samples": len(eval_split), "measure_seed": measure_seed,
                 "split_seed": meta.get("split_seed", 0), "val_fraction": meta.get("val_fraction", 0.1)}
-    return build_accuracy_dataset(
-        supernet, space, n, calibration_batches(bundle, calib_batch_size, device),
-        split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
-        dataset=dataset, split=split, num_calib_batches=calib_batches,
-        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None, settings=settings, seed=seed,
-        time_budget_s=time_budget_s, progress=progress)
+    autocast = torch.bfloat16 if cuda else None
+    # The outer autocast covers BN recalibration too (evaluate_archs autocasts only the scoring).
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        return build_accuracy_dataset(
+            supernet, space, n, calibration_batches(bundle, calib_batch_size, device, measure_seed),
+            split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
+            dataset=dataset, split=split, num_calib_batches=calib_batches, autocast_dtype=autocast,
+            settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress)
 
 
 def _dataset(args) -> int:
@@ -139,6 +155,7 @@ def _dataset(args) -> int:
     before = len(AccuracyDataset.load(args.out)) if Path(args.out).exists() else 0
     data = measure_accuracy_dataset(args.checkpoint, args.n, args.out, dataset=args.dataset, data=args.data,
                                     device=args.device, split=args.split, seed=args.seed,
+                                    measure_seed=args.measure_seed,
                                     calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
                                     eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
                                     time_budget_s=args.time_budget, progress=not args.quiet)
@@ -156,15 +173,19 @@ def _dataset(args) -> int:
 
 
 def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = "cost", folds: int = 5,
-                  seed: int = 0) -> tuple[Predictor, dict[str, float] | None]:
-    """Fit a predictor of kind ``model`` on ``data``; ``auto`` selects the kind by ``folds``-fold
-    Kendall tau first and also returns every kind's score."""
+                  seed: int = 0, candidates: list[str] | None = None) -> tuple[Predictor, dict[str, float] | None]:
+    """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
+    (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
     space = data.space()
     X, y = data.arrays(space)
     scores = None
     if model == "auto":
+        kinds = candidates or sorted(PREDICTORS)
+        unknown = [k for k in kinds if k not in PREDICTORS]
+        if unknown:
+            raise UserError(f"candidate kind {unknown[0]!r} is unknown; expected some of {sorted(PREDICTORS)}")
         candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed))
-                      for kind in sorted(PREDICTORS)}
+                      for kind in kinds}
         model, scores = select_predictor(X, y, candidates, k=folds, seed=seed)
     predictor = make_predictor(model, space, features=features, seed=seed).fit(X, y)
     predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
@@ -175,7 +196,9 @@ def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str =
 def _fit(args) -> int:
     data = AccuracyDataset.load(args.data)
     start = time.monotonic()
-    predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed)
+    candidates = [k.strip() for k in args.candidates.split(",") if k.strip()]
+    predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed,
+                                      candidates=candidates)
     if scores:
         print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     predictor.save(args.out, {"data": str(args.data)})

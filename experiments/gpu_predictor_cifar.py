@@ -1,0 +1,255 @@
+"""Accuracy-predictor benchmark on JPEG-CIFAR-10, on one GPU, within one 9-minute call.
+
+1. loads a trained supernet (``hwnas supernet train``) and JPEG-CIFAR-10 (decoded once, cached
+   in $HWNAS_CACHE, default runs/cache);
+2. picks the faster memory layout (channels-last or not) on a short interleaved probe;
+3. measures as many spread-sampled subnets as a time budget allows, at least a floor (1,500),
+   each BN-recalibrated and scored on the whole validation split (5,000 images carved out of
+   the training set, never trained on) under bf16 autocast; resumable (runs/gpu_predictor_cifar/);
+4. re-measures 100 of them with other calibration images (the measurement's repeatability);
+5. fits every predictor on at most 1,000 subnets, scores Kendall tau / Spearman / RMSE on all the
+   others (at least 500), and selects a kind by 5-fold Kendall tau on the fitted part.
+
+    PYTHONPATH=. python experiments/gpu_predictor_cifar.py --checkpoint runs/cifar_supernet/supernet.pt
+    PYTHONPATH=. python experiments/gpu_predictor_cifar.py --smoke      # CPU, random weights, ~2 min
+
+Writes to $OUT (default runs/gpu_predictor_cifar/out): predictor_cifar.{json,md,png},
+predictor_cifar_dataset.jsonl, predictor_cifar_repeat.jsonl, predictor_cifar_best.pt.
+Accuracies are on JPEG-CIFAR-10 (JPEG quality ~75), not on the original CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HWNAS_CACHE", str(ROOT / "runs" / "cache"))  # decoded JPEGs, reused by later calls
+
+import numpy as np  # noqa: E402  (after HWNAS_CACHE is set)
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from hwnas.cli.predictor import measure_accuracy_dataset  # noqa: E402
+from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
+from predictors import AccuracyDataset, make_predictor, rank_metrics, sample_archs_spread  # noqa: E402
+from predictors.benchmark import compare_predictors, holdout_split, write_report  # noqa: E402
+from search_space import SearchSpace, Supernet, checkpoint_hash, load_supernet, save_supernet  # noqa: E402
+from search_space.evaluation import evaluate_archs  # noqa: E402
+
+WORK = ROOT / "runs" / "gpu_predictor_cifar"
+T0 = time.perf_counter()
+
+
+def elapsed() -> float:
+    """Seconds since the script started (imports included)."""
+    return time.perf_counter() - T0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--checkpoint", default=str(ROOT / "runs" / "cifar_supernet" / "supernet.pt"),
+                   help="supernet.pt from 'hwnas supernet train' (default runs/cifar_supernet/supernet.pt)")
+    p.add_argument("--data", default=str(ROOT / ".data" / "cifar10_jpeg.npz"), help="cifar10_jpeg.npz "
+                   "(default .data/cifar10_jpeg.npz)")
+    p.add_argument("--measure-until", type=float, default=240, help="stop measuring at this many seconds after "
+                   "start once the floor is met (default 240)")
+    p.add_argument("--deadline", type=float, default=330, help="stop measuring here even below the floor, so "
+                   "fitting and reports finish within the call (default 330)")
+    p.add_argument("--floor", type=int, default=1500, help="subnets to measure at least (default 1500)")
+    p.add_argument("--max-n", type=int, default=6000, help="size of the spread sample to draw from (default 6000)")
+    p.add_argument("--n-fit", type=int, default=1000, help="subnets to fit on, at most (default 1000)")
+    p.add_argument("--min-test", type=int, default=500, help="held-out subnets, at least (default 500)")
+    p.add_argument("--calib-batches", type=int, default=2, help="BN recalibration batches (default 2)")
+    p.add_argument("--calib-batch-size", type=int, default=1024, help="BN recalibration batch size (default 1024)")
+    p.add_argument("--eval-batch-size", type=int, default=2500, help="evaluation batch size (default 2500)")
+    p.add_argument("--eval-limit", type=int, default=None, help="validation images per subnet (default: all 5000)")
+    p.add_argument("--repeat", type=int, default=100, help="subnets re-measured for repeatability (default 100)")
+    p.add_argument("--layout", default="auto", choices=["auto", "channels_last", "contiguous"],
+                   help="memory layout; auto = the faster on a probe (default auto)")
+    p.add_argument("--device", default="cuda", help="default cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and scikit-learn (default: "
+                   "all; --smoke uses 1, as oversubscribed shared machines run many times slower)")
+    p.add_argument("--out", default=os.environ.get("OUT", str(WORK / "out")), help="output folder (default $OUT)")
+    p.add_argument("--smoke", action="store_true", help="CPU, random-weight supernet, a few subnets: checks the "
+                   "script, numbers are meaningless")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device, args.floor, args.max_n, args.n_fit, args.min_test, args.repeat = "cpu", 24, 40, 16, 8, 6
+        args.measure_until, args.deadline, args.calib_batches, args.calib_batch_size = 60, 90, 1, 32
+        args.eval_batch_size, args.eval_limit, args.threads = 100, 100, 1
+        args.checkpoint = str(WORK / "smoke" / "supernet.pt")
+        args.out = str(WORK / "smoke" / "out")
+        if not Path(args.data).exists():
+            args.data = str(ROOT.parent / "shared" / "data" / "cifar10_jpeg.npz")
+    return args
+
+
+def make_smoke_checkpoint(path: Path, data: str) -> None:
+    """A randomly initialised cifar supernet, so that --smoke runs without a trained one."""
+    if not path.exists():
+        torch.manual_seed(0)
+        save_supernet(path, Supernet(SearchSpace.from_config("cifar")),
+                      meta={"dataset": "cifar10-jpeg", "data": data, "val_fraction": 0.1, "split_seed": 0})
+
+
+def probe_layout(args, bundle, device: torch.device) -> tuple[bool, dict]:
+    """Time the same subnets in both layouts, interleaved twice (the first round warms up);
+    return whether channels-last is faster and the seconds per subnet of each."""
+    if args.layout != "auto" or device.type != "cuda":
+        return args.layout == "channels_last" and device.type == "cuda", {}
+    supernet, _ = load_supernet(args.checkpoint)
+    space = supernet.space
+    archs = sample_archs_spread(space, 16, np.random.default_rng(123))
+    calib = calibration_batches(bundle, args.calib_batch_size, device)
+    evalb = split_batches(bundle.val, bundle, args.eval_batch_size)
+    times = {"channels_last": [], "contiguous": []}
+    for _ in range(2):
+        for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
+            supernet.to(device, memory_format=fmt)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                evaluate_archs(supernet, archs, calib, evalb, args.calib_batches, torch.bfloat16)
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t) / len(archs))
+    per = {k: round(v[-1], 4) for k, v in times.items()}  # second round: after warm-up
+    del supernet
+    return per["channels_last"] < per["contiguous"], per
+
+
+def device_name(device: torch.device) -> str:
+    """GPU (or CPU) model, for the report."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    return platform.processor() or "CPU"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = WORK / "smoke" if args.smoke else WORK
+    work.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        make_smoke_checkpoint(Path(args.checkpoint), args.data)
+    if not Path(args.checkpoint).is_file():
+        print(f"error: checkpoint {args.checkpoint!r} not found: train one first, e.g. 'hwnas supernet train "
+              "--space cifar --dataset cifar10-jpeg --data .data/cifar10_jpeg.npz --out runs/cifar_supernet'",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # scikit-learn's OpenMP and BLAS pools
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    timings = {}
+    _, blob = load_supernet(args.checkpoint)
+    meta = blob.get("meta", {})
+    space = SearchSpace.from_config(blob["space"])
+    bundle = load_for_space("cifar10-jpeg", args.data, space, seed=meta.get("split_seed", 0),
+                            val_fraction=meta.get("val_fraction", 0.1), device=device)
+    timings["setup_s"] = round(elapsed(), 1)
+    print(f"[{elapsed():5.0f} s] data and checkpoint loaded; val split {len(bundle.val)} images")
+
+    channels_last, probe = probe_layout(args, bundle, device)
+    timings["probe_s"] = round(elapsed() - timings["setup_s"], 1)
+    print(f"[{elapsed():5.0f} s] layout: {'channels_last' if channels_last else 'contiguous'} "
+          f"(probe, s per subnet: {probe or 'skipped'})")
+
+    ck_hash = checkpoint_hash(args.checkpoint)  # a retrained checkpoint starts a new file
+    dataset_path = work / f"acc_val_{ck_hash}.jsonl"
+    common = dict(dataset="cifar10-jpeg", data=args.data, device=device, calib_batches=args.calib_batches,
+                  calib_batch_size=args.calib_batch_size, eval_batch_size=args.eval_batch_size,
+                  eval_limit=args.eval_limit, channels_last=channels_last, bundle=bundle)
+    before = len(AccuracyDataset.load(dataset_path)) if dataset_path.exists() else 0
+    t = time.perf_counter()
+    data = measure_accuracy_dataset(args.checkpoint, args.max_n, dataset_path,
+                                    time_budget_s=max(0.0, args.measure_until - elapsed()), **common)
+    if len(data) < args.floor and elapsed() < args.deadline:
+        print(f"[{elapsed():5.0f} s] {len(data)} < floor {args.floor}: measuring on until {args.deadline:.0f} s")
+        data = measure_accuracy_dataset(args.checkpoint, args.max_n, dataset_path,
+                                        time_budget_s=max(0.0, args.deadline - elapsed()), **common)
+    measure_s = time.perf_counter() - t
+    new = len(data) - before
+    rate = 60 * new / measure_s if measure_s > 0 else 0.0
+    timings.update(measure_s=round(measure_s, 1), subnets_per_min=round(rate, 1))
+    floor_met = len(data) >= args.floor
+    print(f"[{elapsed():5.0f} s] {len(data)} subnets ({new} new, {rate:.0f} per minute); floor {args.floor} "
+          f"{'met' if floor_met else 'NOT MET: re-run to add more (resumes)'}")
+    shutil.copyfile(dataset_path, out / "predictor_cifar_dataset.jsonl")  # kept even if the call is cut short
+
+    t = time.perf_counter()
+    first = {r["arch"]: r["accuracy"] for r in data.records}
+    repeat_path = work / f"acc_val_repeat_{ck_hash}.jsonl"
+    again = measure_accuracy_dataset(args.checkpoint, data.archs(space)[:args.repeat], repeat_path,
+                                     measure_seed=1, **common)
+    pairs = np.array([(first[r["arch"]], r["accuracy"]) for r in again.records])
+    repeat = rank_metrics(pairs[:, 0], pairs[:, 1])
+    shutil.copyfile(repeat_path, out / "predictor_cifar_repeat.jsonl")
+    timings["repeat_s"] = round(time.perf_counter() - t, 1)
+    print(f"[{elapsed():5.0f} s] repeatability (other calibration images): tau {repeat['kendall_tau']:.4f}, "
+          f"RMSE {100 * repeat['rmse']:.3f} pts on {repeat['n']} subnets")
+
+    t = time.perf_counter()
+    X, y = data.arrays(space)
+    n_fit = min(args.n_fit, len(y) - args.min_test)
+    if n_fit < 10:
+        print(f"error: {len(y)} subnets measured, too few to fit and hold out {args.min_test}", file=sys.stderr)
+        return 1
+    fit_idx, test_idx = holdout_split(len(y), n_fit, seed=0)
+    hparams = {"mlp": {"steps": 300}} if args.smoke else {}
+    result = compare_predictors(space, X, y, fit_idx, test_idx, features=("cost",), folds=3 if args.smoke else 5,
+                                hparams=hparams)
+    best = result["selection"]["selected"]
+    make_predictor(best, space, **hparams.get(best, {})).fit(X[fit_idx], y[fit_idx]).save(
+        out / "predictor_cifar_best.pt", {"fitted_on": data.header["checkpoint_hash"], "n_train": int(n_fit)})
+    timings["predictors_s"] = round(time.perf_counter() - t, 1)
+    timings["total_s"] = round(elapsed(), 1)
+
+    context = {
+        "command": "PYTHONPATH=. python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores",
+        "checkpoint": f"{args.checkpoint} ({ck_hash}), meta epochs {meta.get('epoch')}",
+        "space": f"{space.name} ({space.fingerprint}), encoding length {space.encoding_size}",
+        "accuracy dataset": f"{len(y)} subnets (floor {args.floor} {'met' if floor_met else 'NOT met'}), "
+                            f"JPEG-CIFAR-10 validation accuracy {y.min():.4f}..{y.max():.4f} (median "
+                            f"{np.median(y):.4f}) on {data.header['settings']['eval_samples']} images each, BN "
+                            f"recalibrated on {args.calib_batches} x {args.calib_batch_size} training images",
+        "throughput": f"{rate:.0f} subnets per minute ({'channels_last' if channels_last else 'contiguous'}, bf16, "
+                      f"eval batch {args.eval_batch_size})",
+        "repeatability (measurement noise)": f"Kendall tau {repeat['kendall_tau']:.4f}, RMSE "
+                                             f"{100 * repeat['rmse']:.3f} pts on {repeat['n']} subnets re-measured "
+                                             "with other calibration images",
+        "target": "Kendall tau >= 0.85 on >= 500 held-out subnets, fitted on <= 1000",
+        "timings": timings, "layout_probe_s_per_subnet": probe, "repeatability": repeat,
+        "dataset_header": {k: v for k, v in data.header.items() if k != "space_config"},
+    }
+    title = "Accuracy predictors on JPEG-CIFAR-10 (GPU)"
+    write_report(out, "predictor_cifar", title, result, context)
+    sel = result["selected_test"]
+    print(f"\n{'predictor':10s} {'tau':>7s} {'spearman':>8s} {'rmse pts':>8s}  (fit {result['n_fit']}, test "
+          f"{result['n_test']})")
+    for r in result["rows"]:
+        print(f"{r['kind']:10s} {r['kendall_tau']:7.4f} {r['spearman']:8.4f} {100 * r['rmse']:8.3f}")
+    print(f"{'FLOPs':10s} {result['baselines_kendall_tau']['flops']:7.4f}")
+    print(f"selected {sel['kind']}: held-out Kendall tau {sel['kendall_tau']:.4f} (target 0.85: "
+          f"{'met' if sel['kendall_tau'] >= 0.85 else 'NOT met'}); repeatability tau {repeat['kendall_tau']:.4f}; "
+          f"{len(y)} subnets at {rate:.0f}/min; total {elapsed():.0f} s")
+    print(f"files in {out}: {sorted(p.name for p in out.iterdir())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
