@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from ._errors import SearchError
@@ -69,10 +70,14 @@ def _score(objective: Objective, archs: list) -> Any:
     return objective(archs)
 
 
+@lru_cache(maxsize=None)
+def _remote_score():
+    return _ray().remote(_score)  # registered with Ray once per process
+
+
 def submit_score(objective: Objective, archs: Sequence[Any]):
     """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
-    ray = _ray()
-    return ray.remote(_score).options(**_task_options(objective.resources)).remote(objective, list(archs))
+    return _remote_score().options(**_task_options(objective.resources)).remote(objective, list(archs))
 
 
 @dataclass

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -132,6 +133,23 @@ def test_objective_must_return_one_value_per_arch():
     bad = Objective("acc", "maximize", lambda archs: [0.5])
     with pytest.raises(SearchError, match="returned 1 values for 2 archs"):
         bad([(0,) * 6, (1,) * 6])
+
+
+def test_objectives_score_each_distinct_arch_once_and_cache_when_asked():
+    calls = []
+
+    def counting(archs):
+        calls.append(len(archs))
+        return toy_latency_a(archs)
+
+    a, b = (0,) * 6, (1,) * 6
+    plain = Objective("latency:a", "minimize", counting)
+    assert list(plain([a, b, a])) == list(toy_latency_a([a, b, a])) and calls == [2]
+    plain([a])
+    assert calls == [2, 1]  # no cache: scored again
+    cached = Objective("latency:a", "minimize", counting, cache=True)
+    cached([a, b])
+    assert list(cached([b, a, b])) == list(toy_latency_a([b, a, b])) and calls == [2, 1, 2]
 
 
 @pytest.mark.parametrize("text,ms", [("a=5ms", 5.0), ("a=2.5", 2.5), ("b = 500us", 0.5), ("a=0.01s", 10.0)])
@@ -294,13 +312,13 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path):
     objs = toy_objectives()[:1] + [Objective("latency:a", "minimize", interrupting, device="a")]
     storage = str(tmp_path / "s.db")
     with pytest.raises(KeyboardInterrupt):
-        run_search(SPACE, objs, 40, storage=storage, study_name="c", batch_size=8, progress=False)
+        run_search(SPACE, objs, 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 16 and states.count(TrialState.RUNNING) == 0
-    run_search(SPACE, toy_objectives()[:2], 40, storage=storage, study_name="c", batch_size=8, progress=False)
+    assert states.count(TrialState.COMPLETE) == 12 and states.count(TrialState.RUNNING) == 0
+    run_search(SPACE, toy_objectives()[:2], 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 40
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 24
 
 
 def test_a_killed_run_is_recovered_on_resume(tmp_path):
@@ -538,3 +556,44 @@ def test_cli_rejects_bad_input_before_any_work(cli_files, tmp_path, capsys, chan
     rc, _, err = run_cli(["search", *[x for kv in opts.items() for x in kv], "--out", str(out), "--quiet"], capsys)
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()  # nothing ran
+
+
+def test_cli_verifies_accuracy_on_the_supernet(tmp_path, capsys):
+    """--checkpoint: the fronts' accuracy is re-evaluated on the supernet (BN recalibrated), as
+    'hwnas predictor dataset' measures it, and reported next to the prediction."""
+    from search_space import SearchSpace, Supernet, save_supernet
+
+    config = Path(__file__).resolve().parents[1] / "hwnas" / "configs" / "space_digits.yaml"
+    space = SearchSpace.from_config(config)
+    __import__("torch").manual_seed(0)
+    ckpt = save_supernet(tmp_path / "supernet.pt", Supernet(space), meta={"dataset": "digits"})
+    table = stand_in_table(space, "cpu", tmp_path / "cpu.json", {})
+    pred = stand_in_predictor(space, tmp_path / "pred.pt")
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["search", "--space", str(config), "--predictor", str(pred), "--table", f"cpu={table}",
+                               "--trials", "60", "--population", "20", "--verify-top", "2", "--checkpoint", str(ckpt),
+                               "--eval-device", "cpu", "--eval-limit", "100", "--out", str(out), "--quiet"], capsys)
+    assert rc == 0, err
+    doc = json.loads((out / "pareto_cpu.json").read_text())
+    verified = [r for r in doc["front"] if "measured" in r["accuracy"]]
+    assert len(verified) == min(2, len(doc["front"]))
+    assert all(0 <= r["accuracy"]["measured"] <= 1 and "measured" in r["latency_ms"] for r in verified)
+    lines = (out / "verified_accuracy.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["dataset"] == "digits" and len(lines) == 1 + len({r["arch"] for r in verified})
+    assert doc["measured_front"]
+
+
+def test_single_process_search_needs_no_ray():
+    import subprocess
+
+    code = ("import sys; sys.modules['ray'] = None  # any 'import ray' now fails\n"
+            "from search import Objective, run_search\n"
+            "class S:\n"
+            "    def suggest(self, t): return t.suggest_categorical('g', [0, 1, 2])\n"
+            "    def from_params(self, p): return p['g']\n"
+            "    def encode_many(self, a): return a\n"
+            "objs = [Objective('q', 'maximize', lambda a: [float(x) for x in a]), Objective('c', 'minimize', lambda a: [x * x for x in a])]\n"
+            "print(len(run_search(S(), objs, 30, progress=False).trials))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "30", done.stderr
