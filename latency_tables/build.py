@@ -13,11 +13,11 @@ from search_space import SearchSpace
 
 from .calibration import fit_calibration
 from .errors import TableError
-from .measure import measure_blocks, measure_networks, sample_archs
+from .measure import measure_blocks, measure_passes, passes_ms, sample_archs
 from .table import LatencyTable
-from .timing import TimingStats
 
 DEFAULT_CALIBRATION_NETS = 100
+DEFAULT_PASSES = 3
 RESUME_FIELDS = ("cpu_model", "gpu_name", "provider", "threads", "batch_size", "dtype", "torch", "onnxruntime")
 
 
@@ -42,21 +42,26 @@ def _resume(out: Path, space: SearchSpace, backend, device: str | None) -> Laten
 
 
 def default_device_name(backend) -> str:
-    """``cpu`` for ONNX Runtime on the CPU provider, else the GPU / provider name and batch size."""
+    """``cpu`` for ONNX Runtime on the CPU provider, else ``<gpu>-b<batch>`` (``h200-b1``): the GPU
+    name's first word with a digit in it (``NVIDIA H200 NVL`` -> ``h200``)."""
     if backend.spec == "onnxruntime:CPUExecutionProvider":
         return "cpu"
-    gpu = (backend.fingerprint().get("gpu_name") or backend.spec).split()[-1].lower()
+    words = (backend.fingerprint().get("gpu_name") or backend.spec.partition(":")[2] or backend.spec).split()
+    gpu = next((w for w in words if any(c.isdigit() for c in w)), words[-1]).lower()
     return f"{gpu}-b{backend.batch_size}"
 
 
 def build_table(space: SearchSpace, backend, out: str | Path, device: str | None = None,
                 calibration_nets: int = DEFAULT_CALIBRATION_NETS, seed: int = 0, command: str = "",
-                block_chunk: int = 40, net_chunk: int = 20) -> LatencyTable:
+                block_chunk: int = 40, net_chunk: int = 20, calibration_passes: int = DEFAULT_PASSES) -> LatencyTable:
     """Measure every unique block spec of ``space`` with ``backend``, then ``calibration_nets``
-    random networks end to end (seed ``seed``, smallest and largest included), fit the
-    calibration and write the table to ``out``. Resumes a partial table at ``out``."""
+    random networks end to end in ``calibration_passes`` passes (seed ``seed``, smallest and
+    largest included), fit the calibration and write the table to ``out``. Resumes a partial
+    table at ``out``."""
     if calibration_nets < 4:
         raise TableError(f"calibration nets {calibration_nets}: expected at least 4 (the fit needs them)")
+    if calibration_passes < 1:
+        raise TableError(f"calibration passes {calibration_passes}: expected at least 1")
     out = Path(out)
     if out.exists():
         table = _resume(out, space, backend, device)
@@ -64,10 +69,12 @@ def build_table(space: SearchSpace, backend, out: str | Path, device: str | None
         table = LatencyTable.new(space, backend, device or default_device_name(backend), command)
         table.save(out)
     build = table.data["build"]
-    build.update(calibration_nets=calibration_nets, seed=seed)
+    if command:  # the latest command is the one that completes this table
+        build["command"] = command
+    build.update(calibration_nets=calibration_nets, seed=seed, calibration_passes=calibration_passes)
 
-    missing = table.missing_keys(space)
-    specs = [s for s in space.unique_block_specs() if s.key in set(missing)]
+    missing = set(table.missing_keys(space))
+    specs = [s for s in space.unique_block_specs() if s.key in missing]
     total = len(space.unique_block_specs())
     t0 = time.time()
     for part in measure_blocks(backend, specs, block_chunk, "blocks", done=total - len(specs), total=total):
@@ -77,21 +84,19 @@ def build_table(space: SearchSpace, backend, out: str | Path, device: str | None
         table.save(out)
 
     archs = sample_archs(space, calibration_nets, seed, anchors=True)
-    measured = {n["arch"]: n for n in table.data["calibration_nets"]}
-    todo = [a for a in archs if str(a) not in measured]
+    done = {n["arch"]: n["passes"] for n in table.data["calibration_nets"]}
     t0 = time.time()
-    nets = measure_networks(backend, space, todo, net_chunk, desc="calibration nets")
-    for k, (a, st) in enumerate(nets, 1):
-        measured[str(a)] = {"arch": str(a), "stats": st.to_json()}
-        if k % net_chunk == 0 or k == len(todo):  # one save per measured chunk
-            table.data["calibration_nets"] = list(measured.values())
-            build["calibration_seconds"] = round(build.get("calibration_seconds", 0.0) + time.time() - t0, 1)
-            t0 = time.time()
-            table.save(out)
 
-    wanted = [measured[str(a)] for a in archs]
-    nets = [[(s.block, table.block_ms(s.key)) for s in space.block_specs(space.parse(n["arch"]))] for n in wanted]
-    table.calibration = fit_calibration(nets, [TimingStats.from_json(n["stats"]).ms for n in wanted])
+    def save():
+        nonlocal t0
+        table.data["calibration_nets"] = [{"arch": a, "passes": p} for a, p in done.items()]
+        build["calibration_seconds"] = round(build.get("calibration_seconds", 0.0) + time.time() - t0, 1)
+        t0 = time.time()
+        table.save(out)
+
+    measure_passes(backend, space, archs, calibration_passes, done, save, net_chunk, desc="calibration nets")
+    nets = [[(s, table.block_ms(s.key)) for s in space.block_specs(a)] for a in archs]
+    table.calibration = fit_calibration(nets, [passes_ms(done[str(a)]) for a in archs])
     table._lut.clear()
     table.save(out)
     return table

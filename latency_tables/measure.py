@@ -2,6 +2,12 @@
 
 Chunks bound memory (every module of a chunk is prepared before the rounds start) and
 are the unit of resumable progress: callers save after each one.
+
+Whole networks are measured in several passes over the whole list (minutes apart) and a
+network's latency is the minimum over its passes: interference from other processes only
+ever adds time, and on the shared development VM it can slow a whole pass of ~2 minutes
+(re-measuring 100 nets: 46% within +-10% of the first pass, the later pass 10% slower on
+average; see ``experiments/results/latency_cpu_notes.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,28 @@ def measure_networks(backend, space: SearchSpace, archs: Sequence[Arch], chunk: 
     finally:
         if bar:
             bar.close()
+
+
+def passes_ms(passes: list[dict]) -> float:
+    """A network's latency from its passes (``TimingStats`` JSON each): the minimum estimate."""
+    return min(TimingStats.from_json(s).ms for s in passes)
+
+
+def measure_passes(backend, space: SearchSpace, archs: Sequence[Arch], passes: int, done: dict[str, list],
+                   save, chunk: int = NET_CHUNK, desc: str = "nets") -> dict[str, list]:
+    """Measure each arch ``passes`` times, one pass over all archs after the other.
+
+    ``done`` maps arch strings to the passes (stats JSON) already measured and is updated in
+    place; ``save()`` is called after every chunk, so an interrupted run resumes.
+    """
+    for p in range(passes):
+        todo = [a for a in archs if len(done.get(str(a), [])) <= p]
+        nets = measure_networks(backend, space, todo, chunk, desc=f"{desc}, pass {p + 1}/{passes}")
+        for k, (a, st) in enumerate(nets, 1):
+            done.setdefault(str(a), []).append(st.to_json())
+            if k % chunk == 0 or k == len(todo):
+                save()
+    return done
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int, exclude: set[str] = frozenset(),

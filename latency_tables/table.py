@@ -12,7 +12,8 @@ File format (JSON, one file per device x backend x batch size x dtype), ``schema
                       "onnxruntime", "python", "os", "provider", "threads", "batch_size", "dtype"},
       "build": {"command", "block_seconds", "calibration_seconds", "calibration_nets", "seed"},
       "blocks": {BlockSpec.key: {"p10_ms", "median_ms", "p90_ms", "spread", "n"}},
-      "calibration_nets": [{"arch", "stats": {...}}],      # whole nets measured end to end
+      "calibration_nets": [{"arch", "passes": [{stats}, ...]}],  # whole nets, measured end to end
+                                                     # in passes; latency = min over passes
       "calibration": null | {"model", "intercept_ms", "scale", "offset_ms", "ridge", "cv", ...},
       "validation": null | {summary of the last `hwnas latency validate`}
     }
@@ -134,6 +135,9 @@ class LatencyTable:
                 TimingStats.from_json(stats)
             except (KeyError, TypeError, ValueError):
                 raise TableError(f"latency table {str(p)!r} is corrupt: bad statistics for block {key!r}") from None
+        for net in data["calibration_nets"]:
+            if not (isinstance(net, dict) and isinstance(net.get("arch"), str) and isinstance(net.get("passes"), list)):
+                raise TableError(f"latency table {str(p)!r} is corrupt: bad calibration net entry {str(net)[:60]!r}")
         cal = data.get("calibration")
         if cal is not None:
             try:
@@ -279,7 +283,7 @@ class LatencyTable:
         if len(slots) != len(specs):
             raise TableError(f"arch {arch}: {len(specs)} blocks but {len(slots)} slots (a space this table cannot index)")
         for slot, spec in zip(slots, specs):
-            self._lut[slot] = cal.block_ms(spec.block, self.block_ms(spec.key))
+            self._lut[slot] = cal.block_ms(spec, self.block_ms(spec.key))
 
     def predict_many(self, archs) -> np.ndarray:
         """Predicted latency (ms) of many archs (``Arch`` or strings), as one array.
@@ -313,7 +317,7 @@ class LatencyTable:
         for s in self.space.block_specs(arch):
             st = self.stats(s.key)
             rows.append({"key": s.key, "type": s.block, "ms": st.ms, "p90_ms": st.p90_ms,
-                         "calibrated_ms": cal.block_ms(s.block, st.ms)})
+                         "calibrated_ms": cal.block_ms(s, st.ms)})
         return {"arch": str(arch), "total_ms": cal.intercept_ms + sum(r["calibrated_ms"] for r in rows),
                 "raw_sum_ms": sum(r["ms"] for r in rows), "intercept_ms": cal.intercept_ms, "blocks": rows}
 

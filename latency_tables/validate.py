@@ -1,10 +1,11 @@
 """Validating a table: random subnets measured end to end against the table's predictions.
 
-Each subnet is measured twice, in two passes over all subnets (minutes apart), so the
-report can say how repeatable the measurement itself is: a table cannot be judged more
-precisely than the device can be measured. The reference "measured" latency is the mean
-of the two passes. In the same run a FLOPs proxy (latency = a + b * FLOPs, fitted on the
-table's calibration networks) is scored on the same subnets.
+Each subnet is measured in several passes over all subnets (minutes apart). Pass 2 against
+pass 1 says how repeatable the measurement itself is: a table cannot be judged more precisely
+than the device can be measured. The reference "measured" latency is the minimum over the
+passes, as for calibration networks (interference only adds time). In the same run a FLOPs
+proxy (latency = a + b * FLOPs, fitted on the table's calibration networks) is scored on the
+same subnets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from search_space.io import atomic_write_bytes, atomic_write_json, atomic_write_
 
 from .calibration import fit_flops_proxy
 from .errors import TableError
-from .measure import NET_CHUNK, measure_networks, sample_archs
+from .build import DEFAULT_PASSES
+from .measure import NET_CHUNK, measure_passes, passes_ms, sample_archs
 from .metrics import accuracy_metrics, repeatability
 from .table import LatencyTable, now
 from .timing import TimingStats
@@ -31,74 +34,95 @@ TARGET_TAU = 0.9
 DEFAULT_SEED = 1000  # calibration uses the build seed (0 by default); archs are also excluded explicitly
 
 
-def _measure_pass(table: LatencyTable, archs, state: dict, key: str, state_path: Path, chunk: int) -> list[dict]:
-    """Measure every arch not yet in ``state[key]``, saving the state after each chunk."""
-    done = state.setdefault(key, {})
-    todo = [a for a in archs if str(a) not in done]
-    backend = table.make_backend()
-    for k, (a, st) in enumerate(measure_networks(backend, table.space, todo, chunk, desc=f"validation {key}"), 1):
-        done[str(a)] = st.to_json()
-        if k % chunk == 0 or k == len(todo):
-            atomic_write_json(state_path, state)
-    return [done[str(a)] for a in archs]
-
-
 def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, out_dir: str | Path = "experiments/results",
-                   name: str | None = None, command: str = "", chunk: int = NET_CHUNK, save_table: bool = True) -> dict:
-    """Measure ``n`` random subnets (disjoint from the calibration ones) twice and score the
-    table and a FLOPs proxy; writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` to
+                   name: str | None = None, command: str = "", chunk: int = NET_CHUNK, passes: int = DEFAULT_PASSES,
+                   save_table: bool = True) -> dict:
+    """Measure ``n`` random subnets (disjoint from the calibration ones) in ``passes`` passes and
+    score the table and a FLOPs proxy; writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` to
     ``out_dir`` and stores the summary in the table. Resumable (a ``.partial.json`` file)."""
     if not table.is_complete:
         raise TableError(f"latency table {table._where()} is incomplete: finish it with `{table.build_command()}`")
     if n < 4:
         raise TableError(f"--n {n}: expected at least 4 validation subnets")
+    if passes < 2:
+        raise TableError(f"--passes {passes}: expected at least 2 (repeatability compares pass 2 with pass 1)")
     space = table.space
     out_dir = Path(out_dir)
-    name = name or f"latency_{Path(table.path).stem if table.path else table.device}_validation"
-    cal_archs = {c["arch"] for c in table.data["calibration_nets"]}
-    archs = sample_archs(space, n, seed, exclude=cal_archs)
+    name = name or report_name(table)
+    archs = sample_archs(space, n, seed, exclude={c["arch"] for c in table.data["calibration_nets"]})
     state_path = out_dir / f".{name}.partial.json"
     ident = {"table_updated": table.data["updated"], "n": n, "seed": seed}
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("ident") != ident:
-        state = {"ident": ident}
+        state = {"ident": ident, "done": {}}
     t0 = time.time()
-    first = _measure_pass(table, archs, state, "first", state_path, chunk)
-    second = _measure_pass(table, archs, state, "second", state_path, chunk)
+    measure_passes(table.make_backend(), space, archs, passes, state["done"],
+                   lambda: atomic_write_json(state_path, state), chunk, desc="validation nets")
     seconds = time.time() - t0
 
-    a = np.array([TimingStats.from_json(s).ms for s in first])
-    b = np.array([TimingStats.from_json(s).ms for s in second])
-    measured = (a + b) / 2
+    runs = [[TimingStats.from_json(st) for st in state["done"][str(a)][:passes]] for a in archs]
+    first, second = np.array([r[0].ms for r in runs]), np.array([r[1].ms for r in runs])
+    measured = np.array([passes_ms(state["done"][str(a)][:passes]) for a in archs])
     flops = np.array([space.flops(x) for x in archs], dtype=np.float64)
     cal = table.data["calibration_nets"]
-    fa, fb = fit_flops_proxy([space.flops(space.parse(c["arch"])) for c in cal],
-                             [TimingStats.from_json(c["stats"]).ms for c in cal])
+    fa, fb = fit_flops_proxy([space.flops(space.parse(c["arch"])) for c in cal], [passes_ms(c["passes"]) for c in cal])
     preds = {"table": table.predict_many(archs), "raw block sum": np.array([table.raw_sum(x) for x in archs]),
              "FLOPs proxy": fa + fb * flops / 1e9}
     scores = {k: accuracy_metrics(p, measured) for k, p in preds.items()}
     summary = {
-        "date": now(), "command": command, "n": n, "seed": seed, "seconds": round(seconds, 1),
+        "date": now(), "command": command, "n": n, "seed": seed, "passes": passes, "seconds": round(seconds, 1),
         "scores": scores, "flops_proxy": {"intercept_ms": fa, "ms_per_gflop": fb},
-        "repeatability": repeatability(a, b),
-        "repeatability_median": repeatability([TimingStats.from_json(s).median_ms for s in first],
-                                              [TimingStats.from_json(s).median_ms for s in second]),
+        "repeatability": repeatability(first, second),
+        "repeatability_median": repeatability([r[0].median_ms for r in runs], [r[1].median_ms for r in runs]),
         "targets": {"within_10": TARGET_WITHIN_10, "kendall_tau": TARGET_TAU,
                     "met": bool(scores["table"]["within_10"] >= TARGET_WITHIN_10 and scores["table"]["kendall_tau"] >= TARGET_TAU)},
-        "files": {k: str(out_dir / f"{name}.{k}") for k in ("md", "csv", "png")},
+        "files": {k: f"{name}.{k}" for k in ("md", "csv", "png")},
     }
-    rows = [{"arch": str(x), "flops": int(f), "measured_ms": m, "first_ms": p, "second_ms": q,
-             "first_median_ms": TimingStats.from_json(s1).median_ms, "second_median_ms": TimingStats.from_json(s2).median_ms,
-             **{f"{k.replace(' ', '_')}_ms": float(v[i]) for k, v in preds.items()}}
-            for i, (x, f, m, p, q, s1, s2) in enumerate(zip(archs, flops, measured, a, b, first, second))]
-    _write_csv(out_dir / f"{name}.csv", rows)
-    _write_plot(out_dir / f"{name}.png", measured, preds, scores, table)
+    _write_csv(out_dir / f"{name}.csv", _csv_rows(archs, flops, measured, runs, preds))
+    if not _write_plot(out_dir / f"{name}.png", measured, preds, scores, table):
+        summary["files"]["png"] = None
     atomic_write_text(out_dir / f"{name}.md", render_report(table, summary))
     if save_table and table.path is not None:
         table.data["validation"] = summary
         table.save()
     state_path.unlink(missing_ok=True)
     return summary
+
+
+def _csv_rows(archs, flops, measured, runs, preds: dict) -> list[dict]:
+    """One row per subnet: FLOPs, measured (and every pass: estimate and median), predictions."""
+    rows = []
+    for i, (a, r) in enumerate(zip(archs, runs)):
+        row = {"arch": str(a), "flops": int(flops[i]), "measured_ms": float(measured[i])}
+        row.update({f"pass{p + 1}_ms": st.ms for p, st in enumerate(r)})
+        row.update({f"pass{p + 1}_median_ms": st.median_ms for p, st in enumerate(r)})
+        row.update({f"{k.replace(' ', '_')}_ms": float(v[i]) for k, v in preds.items()})
+        rows.append(row)
+    return rows
+
+
+def report_name(table: LatencyTable) -> str:
+    """Default file stem of a table's validation report: ``latency_<table file stem>_validation``."""
+    return f"latency_{Path(table.path).stem if table.path else table.device}_validation"
+
+
+def replot_validation(table: LatencyTable, csv_path: str | Path) -> Path:
+    """Redraw the scatter plot (PNG next to the CSV) from a validation CSV, without measuring."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        measured = np.array([float(r["measured_ms"]) for r in rows])
+        cols = [c for c in rows[0] if c.endswith("_ms") and c != "measured_ms" and not c.startswith("pass")]
+        preds = {c[:-3].replace("_", " "): np.array([float(r[c]) for r in rows]) for c in cols}
+    except (OSError, KeyError, ValueError, IndexError) as e:
+        raise TableError(f"validation CSV {str(csv_path)!r} cannot be read ({e}): expected one written by "
+                         f"`hwnas latency validate`") from None
+    scores = {k: accuracy_metrics(p, measured) for k, p in preds.items()}
+    png = csv_path.with_suffix(".png")
+    if not _write_plot(png, measured, preds, scores, table):
+        raise TableError("matplotlib is not installed: expected it to draw the plot")
+    return png
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -110,9 +134,14 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _write_plot(path: Path, measured, preds: dict, scores: dict, table: LatencyTable) -> None:
-    import matplotlib
-
+def _write_plot(path: Path, measured, preds: dict, scores: dict, table: LatencyTable) -> bool:
+    """Scatter of predicted vs measured; False (and a warning) where matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        warnings.warn(f"matplotlib is not installed: no plot {path}; re-plot elsewhere with "
+                      f"`hwnas latency validate --replot`", RuntimeWarning)
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -134,6 +163,7 @@ def _write_plot(path: Path, measured, preds: dict, scores: dict, table: LatencyT
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+    return True
 
 
 def render_report(table: LatencyTable, s: dict) -> str:
@@ -146,7 +176,7 @@ def render_report(table: LatencyTable, s: dict) -> str:
         f"- table: `{table.path}` (space `{table.data['space']['name']}` {table.space_fingerprint}, "
         f"{len(table.data['blocks'])} blocks, {len(table.data['calibration_nets'])} calibration nets)",
         f"- validated {s['date']} with `{s['command'] or 'validate_table(...)'}`: {s['n']} random subnets "
-        f"(seed {s['seed']}, disjoint from the calibration nets), each measured in two passes; {s['seconds']:.0f} s",
+        f"(seed {s['seed']}, disjoint from the calibration nets), each measured in {s['passes']} passes; {s['seconds']:.0f} s",
         f"- machine: {fp.get('cpu_model')} ({fp.get('cpu_cores')} cores), GPU {fp.get('gpu_name')} "
         f"(driver {fp.get('gpu_driver')}, CUDA {fp.get('cuda')}), torch {fp.get('torch')}, onnxruntime {fp.get('onnxruntime')}",
         f"- settings: " + ", ".join(f"{k}={v}" for k, v in b.items()),
@@ -161,7 +191,7 @@ def render_report(table: LatencyTable, s: dict) -> str:
         f"| 10th percentile (what tables use) | {100 * rep['within_10']:.1f}% | {100 * rep['median_rel_diff']:.1f}% |",
         f"| median | {100 * repm['within_10']:.1f}% | {100 * repm['median_rel_diff']:.1f}% |",
         "",
-        "## Prediction vs measured (mean of both passes)",
+        f"## Prediction vs measured (minimum over the {s['passes']} passes)",
         "",
         "| predictor | MAPE | within ±10% | Kendall tau | median predicted/measured |",
         "| --- | --- | --- | --- | --- |",

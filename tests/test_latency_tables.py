@@ -41,7 +41,7 @@ def synthetic_table(space, path=None):
     for s in space.unique_block_specs():
         ms = 0.01 + s.flops() * 1e-9
         table.data["blocks"][s.key] = lt.TimingStats(ms * 1.1, ms * 1.3, 0.2, 30, ms).to_json()
-    table.calibration = Calibration("per_type", 0.05, {"mbconv": 1.2, "resnet": 0.9}, {"resnet": 0.01})
+    table.calibration = Calibration("per_type+weights", 0.05, {"mbconv": 1.2, "resnet": 0.9}, {"resnet": 0.01}, 0.02)
     if path is not None:
         table.save(path)
     return table
@@ -194,18 +194,19 @@ def test_timing_protocol_interleaves_and_uses_low_percentile():
     assert lt.TimingStats.from_json(a.to_json()) == lt.TimingStats(**a.to_json())
 
 
-def test_calibration_recovers_known_model():
+def test_calibration_recovers_known_model(cifar):
     rng = np.random.default_rng(3)
+    ms = {s: float(rng.uniform(0.01, 0.5)) for s in cifar.unique_block_specs()}
+    scale = {"mbconv": 1.3, "resnet": 0.8}
     nets, y = [], []
     for _ in range(60):
-        net = [("stem", 0.05), ("head", 0.02)] + [(t, rng.uniform(0.05, 1.0)) for t in
-                                                  rng.choice(["mbconv", "resnet", "pconv"], rng.integers(3, 9))]
+        net = [(s, ms[s]) for s in cifar.block_specs(cifar.sample(rng))]
         nets.append(net)
-        scale = {"mbconv": 1.3, "resnet": 0.8}
-        y.append(0.1 + sum(scale.get(t, 1.0) * ms + (0.02 if t == "pconv" else 0.0) for t, ms in net))
+        y.append(0.1 + sum(scale.get(s.block, 1.0) * m + 0.05 * s.params() / 1e6 for s, m in net))
     cal = lt.fit_calibration(nets, y)
-    assert cal.model.startswith("per_type") and cal.cv["mape"] < 1e-3
+    assert cal.model == "per_type_scale+weights" and cal.cv["mape"] < 1e-3
     assert cal.scale["mbconv"] == pytest.approx(1.3, rel=1e-2) and cal.scale["resnet"] == pytest.approx(0.8, rel=1e-2)
+    assert cal.ms_per_mparam == pytest.approx(0.05, rel=1e-2)
     a, b = lt.fit_flops_proxy([1e9, 2e9, 4e9], [1.5, 2.5, 4.5])
     assert (a, b) == (pytest.approx(0.5), pytest.approx(1.0))
 
@@ -231,19 +232,19 @@ def test_build_resumes_then_validates_for_real(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(backend, "measure_many", spy)
     with pytest.raises(Interrupt):
-        lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4)
+        lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4, calibration_passes=2)
     partial = lt.LatencyTable.load(out)
     n_blocks = len(tiny.unique_block_specs())
     assert len(partial.data["blocks"]) == 4 and not partial.is_complete
     measured.clear()
-    table = lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4)
-    assert sum(measured) == (n_blocks - 4) + 5  # only the missing blocks, then the calibration nets
+    table = lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4, calibration_passes=2)
+    assert sum(measured) == (n_blocks - 4) + 2 * 5  # only the missing blocks, then 2 passes of calibration nets
     assert table.is_complete and lt.LatencyTable.load(out).is_complete
     monkeypatch.undo()
 
     arch = tiny.largest()
     assert table.predict(arch) > 0 and table.measure_arch(arch) > 0
-    s = lt.validate_table(table, n=4, out_dir=tmp_path / "report", command="pytest", chunk=4)
+    s = lt.validate_table(table, n=4, out_dir=tmp_path / "report", command="pytest", chunk=4, passes=2)
     cal_archs = {c["arch"] for c in table.data["calibration_nets"]}
     rows = (tmp_path / "report" / "latency_tiny_validation.csv").read_text().splitlines()
     assert len(rows) == 5 and not cal_archs & {r.split(",")[0] for r in rows[1:]}

@@ -58,9 +58,12 @@ def register(sub) -> None:
     b.add_argument("--calibration-nets", type=int, default=100, help="whole networks measured to fit the "
                    "calibration (default 100)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration networks (default 0)")
+    b.add_argument("--passes", type=int, default=3, help="passes over the calibration networks; each net's "
+                   "latency is its fastest pass (default 3)")
     b.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="backend or timing option, repeatable: spinning, opset (onnxruntime); channels_last, "
-                   "cuda_graph, cudnn_benchmark, min_graph_us (cuda); min_rounds, max_rounds, round_ms, tol")
+                   "cuda_graph, cudnn_benchmark, min_graph_us (cuda); min_rounds, max_rounds, round_ms, tol, nice "
+                   "(scheduling priority while timing, e.g. nice=-15 as root: less preemption by other processes)")
     b.add_argument("--out", required=True, help="table file to write (e.g. latency_tables/tables/NAME.json)")
     b.set_defaults(func=_build)
 
@@ -76,15 +79,18 @@ def register(sub) -> None:
     s.set_defaults(func=_show)
 
     v = cmds.add_parser("validate", help="measure random subnets here and score the table and a FLOPs proxy",
-                        description="Measure N random subnets (disjoint from the calibration ones) twice, end "
-                        "to end, and report MAPE, share within ±10%% and Kendall tau of the table and of a "
+                        description="Measure N random subnets (disjoint from the calibration ones) end to end, "
+                        "in several passes, and report MAPE, share within ±10%% and Kendall tau of the table and of a "
                         "FLOPs proxy, next to the measurement's own repeatability (markdown, CSV, PNG). "
                         "Resumable.")
     _add_table_arg(v)
     v.add_argument("--n", type=int, default=200, help="number of subnets (default 200)")
     v.add_argument("--seed", type=int, default=1000, help="seed of the subnets (default 1000)")
+    v.add_argument("--passes", type=int, default=3, help="passes over the subnets; measured = fastest pass, "
+                   "repeatability = pass 2 vs pass 1 (default 3)")
     v.add_argument("--out-dir", default="experiments/results", help="where the report goes (default experiments/results)")
     v.add_argument("--name", default=None, help="report file stem (default latency_<table>_validation)")
+    v.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing CSV (no measuring)")
     v.set_defaults(func=_validate)
 
     m = cmds.add_parser("measure", help="measure archs end to end here with a table's settings, next to its prediction")
@@ -109,12 +115,12 @@ def _build(args) -> int:
              str(args.batch_size), "--dtype", args.dtype]
     parts += ["--threads", str(args.threads)] if args.threads is not None else []
     parts += ["--device-name", args.device_name] if args.device_name else []
-    parts += ["--calibration-nets", str(args.calibration_nets), "--seed", str(args.seed)]
+    parts += ["--calibration-nets", str(args.calibration_nets), "--seed", str(args.seed), "--passes", str(args.passes)]
     for k, val in args.opt:
         parts += ["--opt", f"{k}={val}"]
     parts += ["--out", args.out]
     table = build_table(space, backend, args.out, device=args.device_name, calibration_nets=args.calibration_nets,
-                        seed=args.seed, command=" ".join(shlex.quote(x) for x in parts))
+                        seed=args.seed, calibration_passes=args.passes, command=" ".join(shlex.quote(x) for x in parts))
     _print_summary(table)
     return 0
 
@@ -151,6 +157,7 @@ def _print_summary(table) -> None:
         print(f"  calibration {cal.model} (ridge {cal.ridge:g}): intercept {cal.intercept_ms:+.4f} ms, scales "
               + ", ".join(f"{k} {v:.3f}" for k, v in sorted(cal.scale.items()))
               + (", offsets " + ", ".join(f"{k} {v:+.4f} ms" for k, v in sorted(cal.offset_ms.items())) if cal.offset_ms else "")
+              + (f", {cal.ms_per_mparam:+.4f} ms per M params" if cal.ms_per_mparam else "")
               + f"; leave-one-out MAPE {100 * cv.get('mape', float('nan')):.1f}%, within ±10% "
               f"{100 * cv.get('within_10', float('nan')):.0f}%")
     v = d.get("validation")
@@ -172,12 +179,19 @@ def _show(args) -> int:
 
 
 def _validate(args) -> int:
-    from latency_tables import validate_table
+    from pathlib import Path
+
+    from latency_tables.validate import replot_validation, report_name, validate_table
 
     table = _load(args)
+    if args.replot:
+        print(replot_validation(table, Path(args.out_dir) / f"{args.name or report_name(table)}.csv"))
+        return 0
     cmd = (f"hwnas latency validate --table {shlex.quote(str(args.table))} --n {args.n} --seed {args.seed} "
+           f"--passes {args.passes} "
            f"--out-dir {shlex.quote(args.out_dir)}" + (f" --name {shlex.quote(args.name)}" if args.name else ""))
-    s = validate_table(table, n=args.n, seed=args.seed, out_dir=args.out_dir, name=args.name, command=cmd)
+    s = validate_table(table, n=args.n, seed=args.seed, out_dir=args.out_dir, name=args.name, command=cmd,
+                       passes=args.passes)
     for k, m in s["scores"].items():
         print(f"{k:14s} MAPE {100 * m['mape']:5.1f}%  within ±10% {100 * m['within_10']:5.1f}%  tau {m['kendall_tau']:.3f}")
     r = s["repeatability"]
