@@ -101,8 +101,10 @@ def resolve_tables(args, space: SearchSpace) -> list[list[str]]:
         if p.name.startswith(f"{space.name}_"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if LatencyTable.load(p, space=space).is_complete:
-                    specs.append([p.stem, str(p)])
+                table = LatencyTable.load(p, space=space)
+            if table.is_complete:
+                taken = {name for name, _ in specs}
+                specs.append([table.device if table.device not in taken else p.stem, str(p)])
     return specs
 
 

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import queue
 import sys
 import tempfile
 import time
@@ -136,7 +137,13 @@ def _one_child(name: str, n: int, args) -> dict:
     q = ctx.Queue()
     p = ctx.Process(target=run_config, args=(name, n, args, q))
     p.start()
-    result = q.get()
+    while True:  # a child that dies (e.g. killed for memory) must not leave us waiting forever
+        try:
+            result = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"benchmark child {name!r} died with exit code {p.exitcode}") from None
     p.join()
     print(json.dumps(result), flush=True)
     return result
