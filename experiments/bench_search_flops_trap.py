@@ -49,6 +49,7 @@ def accuracy_gap(table_front: tuple, flops_front: tuple, n_grid: int = 200) -> d
 
 
 def main() -> None:
+    """Search each device with FLOPs and with its table, compare, write search_flops_trap.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20_000)
     ap.add_argument("--seeds", type=int, default=3)
@@ -61,7 +62,7 @@ def main() -> None:
     import optuna
 
     from search import (Trials, device_fronts, flops_objective, measured_latency, predicted_accuracy, run_search,
-                        table_latency, verify_fronts)
+                        table_latency)
     from search._verify import spread_candidates
     from search_space import SearchSpace
     from search_space.io import atomic_write_json, atomic_write_text

@@ -71,6 +71,7 @@ def hv_at(trials, device: str, ref: dict, counts) -> list[float]:
 
 
 def main() -> None:
+    """Reference front, runs of every sampler and seed, write search_quality.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20_000)
     ap.add_argument("--small", type=int, default=2_000, help="trials of the comparison that includes TPE")

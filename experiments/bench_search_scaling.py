@@ -47,6 +47,7 @@ class LogFlopsAccuracy:
 
 
 def main() -> None:
+    """1 and 2 Ray workers, with the simulated and with a free objective; write search_scaling.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=150)
     ap.add_argument("--objective-ms", type=float, default=50.0)

@@ -47,7 +47,7 @@ class Timed:
 
 
 def _setting(args):
-    from search import Objective, predicted_accuracy, table_latency
+    from search import predicted_accuracy, table_latency
     from search_space import SearchSpace
 
     space = SearchSpace.from_config("cifar")
@@ -91,6 +91,7 @@ def run_config(name: str, n: int, args, queue) -> None:
                 optimize_batches(study, space, timed, budgets, n, DEFAULT_POPULATION)
             else:  # optuna_optimize: one arch per trial, as a plain Optuna objective
                 def objective(trial):
+                    """One architecture per trial, as Optuna's tutorials write it."""
                     arch = space.suggest(trial)
                     values = [float(o([arch])[0]) for o in timed]
                     trial.set_constraint(budgets[0].objective, values[1 + list(tables).index(dev)] - budget)
@@ -163,6 +164,7 @@ def in_child(name: str, n: int, args) -> dict:
 
 
 def main() -> None:
+    """Run every configuration, write search_speed.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20_000)
     ap.add_argument("--baseline-trials", type=int, default=5_000)

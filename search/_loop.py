@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import optuna
 from optuna.storages import fail_stale_trials
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ._objectives import Budget, Objective
 from ._storage import has_heartbeat

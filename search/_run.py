@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from typing import Sequence
 
 import optuna
@@ -16,8 +17,7 @@ from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import SAMPLERS, default_batch_size, make_sampler
-from ._storage import (HEARTBEAT_INTERVAL_S, has_heartbeat, is_shared, is_single_host, open_storage,
-                       storage_url)
+from ._storage import HEARTBEAT_INTERVAL_S, is_shared, is_single_host, open_storage, storage_url
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
@@ -101,6 +101,24 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
         _positive_int(batch_size, "batch size")
     if sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
+    with quiet_optuna():
+        return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
+                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period)
+
+
+@contextmanager
+def quiet_optuna():
+    """Optuna logs every told trial at INFO: silence it for the run, then restore the user's level."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
+                ray_address, batch_size, progress, heartbeat_interval, grace_period) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -111,7 +129,6 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     the_sampler = make_sampler(sampler, seed=seed, population_size=population_size)
     study = optuna.create_study(storage=store, sampler=the_sampler, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
@@ -132,6 +149,7 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
                desc=f"search {study_name}", unit="trial", disable=not progress, dynamic_ncols=True)
 
     def refresh(*_):
+        """Progress from the storage: counts every worker's completed trials."""
         bar.n = min(n_trials, trial_counts(study)[TrialState.COMPLETE])
         bar.refresh()
 
