@@ -42,7 +42,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="trials asked and scored at once (default: one generation for nsga2/nsga3)")
     p.add_argument("--workers", type=int, default=1, help="Ray workers sharing the study storage (default 1: no Ray; more need --storage, default OUT/study.journal)")
-    p.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto or ray://host:10001)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto); a device is re-measured on the node started with "
+                        "ray start --resources='{\"device:NAME\": 1}'")
     p.add_argument("--storage", default=None,
                    help="study storage: memory (default), a .journal file, a .db SQLite file or an RDB URL; "
                         "the same storage and --study resume")
