@@ -207,14 +207,14 @@ def export_one(req: ExportRequest) -> dict:
     batches = _data_batches(req, blob.get("meta", {}), arch.resolution)
     meta = {"arch": str(arch), "space": space.name, "space_fingerprint": space.fingerprint,
             "checkpoint_hash": checkpoint_hash(req.checkpoint), "flops": space.flops(arch), "params": space.params(arch)}
-    meta.update({k: v for k, v in req.known.items() if k not in meta and not isinstance(v, (dict, list))})
+    meta.update({k: v for k, v in _flatten(req.known).items() if k not in meta})
     if batches is not None and req.recalibrate:
         recalibrate_bn(model, batches[0])
         meta["test_accuracy"] = round(accuracy(model, batches[1], arch.resolution), 5)
     model.eval()
     example = batches[1][0][0][:8] if batches is not None else torch.randn(8, *shape)
     backend = latency_tables.make_backend("onnxruntime", batch_size=1, threads=req.threads)
-    measured = backend.measure(model, shape).median_ms
+    measured = backend.measure(model, shape).ms  # robust low percentile: repeats on a shared machine
     predicted = {name: float(table.predict(arch)) for name, table in tables}
     meta["latency_ms.local_ort_cpu.measured"] = round(measured, 4)
     meta.update({f"latency_ms.{d}.predicted": round(v, 4) for d, v in predicted.items()})
@@ -222,6 +222,17 @@ def export_one(req: ExportRequest) -> dict:
     save_model(pt_path, model, space, meta)
     return {"onnx": onnx_path, "pt": pt_path, "max_abs_diff": diff, "measured_ms": measured,
             "predicted_ms": predicted, "metadata": meta}
+
+
+def _flatten(entry: dict, prefix: str = "") -> dict:
+    """Scalars of a (nested) front entry as dotted keys, e.g. ``accuracy.measured``."""
+    flat = {}
+    for k, v in entry.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 def _load_table(spec: str):

@@ -12,7 +12,7 @@ import sys
 from search_space.errors import UserError
 
 # Each module registers its sub-commands and sets ``func`` on the parsed arguments.
-COMMAND_MODULES = ["space", "supernet", "predictor", "latency", "search", "export"]
+COMMAND_MODULES = ["space", "supernet", "predictor", "latency", "search", "export", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,29 @@
+"""``hwnas run``: the whole pipeline from one config file."""
+
+from __future__ import annotations
+
+from hwnas.pipeline import STAGES, Pipeline
+from hwnas.run_config import DEFAULT_CONFIG
+
+
+def register(sub) -> None:
+    """Add ``hwnas run``."""
+    p = sub.add_parser(
+        "run", help="train, measure, search and export in one go",
+        description="Train the supernet, build a latency table for every local device, fit the accuracy "
+        "predictor, search the Pareto fronts, verify them, export the best models to ONNX and write "
+        "OUT/report.md. Finished stages are skipped when their inputs are unchanged, so an interrupted "
+        "run resumes.")
+    p.add_argument("--config", default=None, help=f"run config (YAML; default: the embedded quickstart, {DEFAULT_CONFIG.name})")
+    p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    p.add_argument("--from", dest="redo_from", choices=STAGES, help="redo this stage and every later one")
+    p.add_argument("--until", choices=STAGES, help="stop after this stage (split a run over several sessions)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    result = Pipeline(args.config, args.out, args.redo_from, args.until).run()
+    print(f"done: {result}")
+    if result.name == "report.md":
+        print(result.read_text())
+    return 0

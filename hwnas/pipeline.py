@@ -1,0 +1,196 @@
+"""``hwnas run``: config -> trained supernet -> latency tables -> predictor -> search ->
+verified fronts -> ONNX models -> report. Each stage reuses the command that does it alone
+(``hwnas supernet train``, ``hwnas predictor ...``, ``hwnas search``, ``hwnas export``), so
+there is one implementation of every step; :class:`hwnas.stages.StageRunner` makes the
+whole run resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from hwnas.run_config import load_run_config
+from hwnas.stages import StageRunner
+from search_space import SearchSpace
+from search_space.errors import UserError
+from search_space.io import atomic_write_json
+
+STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
+
+
+class StageFailed(UserError):
+    """A stage's command exited with an error (its own message was printed above)."""
+
+
+def _cli(args: list[str], capture: bool = False) -> str:
+    """Run one ``hwnas`` command in-process; raise if it fails."""
+    from hwnas.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
+        rc = main([str(a) for a in args])
+    if rc != 0:
+        raise StageFailed(f"'hwnas {' '.join(str(a) for a in args[:2])}' failed with exit code {rc}; "
+                          f"fix the cause and re-run: finished stages are kept")
+    return out.getvalue()
+
+
+def _device(cfg: dict) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg["device"] == "auto" else cfg["device"]
+
+
+def _data_args(cfg: dict) -> list[str]:
+    args = ["--dataset", cfg["dataset"]["name"]]
+    return args + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
+
+
+class Pipeline:
+    """One ``hwnas run``: the stages and where each writes."""
+
+    def __init__(self, config_path: str | Path | None, out: str | Path, redo_from: str | None = None,
+                 until: str | None = None):
+        self.cfg = load_run_config(config_path)
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if until is not None and until not in STAGES:
+            raise UserError(f"--until {until!r}: unknown stage, expected one of {STAGES}")
+        self.until = until
+        self.space_arg = self._space_arg()
+        self.space = SearchSpace.from_config(self.space_arg)
+        self.runner = StageRunner(self.out, STAGES, redo_from)
+        self.checkpoint = self.out / "supernet" / "supernet.pt"
+        self.predictor = self.out / "predictor" / "predictor.pt"
+
+    def _space_arg(self) -> str:
+        """Spaces given inline are written next to the run, so every command can read them."""
+        space = self.cfg["space"]
+        if isinstance(space, dict):
+            path = self.out / "space.json"
+            atomic_write_json(path, space)
+            return str(path)
+        return space
+
+    def devices(self) -> list[dict]:
+        """Latency devices of the config that this machine can measure (CUDA ones need a GPU)."""
+        return [d for d in self.cfg["latency"]["devices"] if d["backend"] != "cuda" or torch.cuda.is_available()]
+
+    def table_path(self, device: dict) -> Path:
+        return self.out / "tables" / f"{device['name']}.json"
+
+    # ---- stages --------------------------------------------------------------------------
+    def train(self) -> dict:
+        c, run_dir = self.cfg["train"], self.checkpoint.parent
+        manifest_done = "train" in self.runner.manifest
+        if run_dir.exists() and manifest_done:  # inputs changed or --from: start again
+            shutil.rmtree(run_dir)
+        args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), "--epochs", c["epochs"],
+                "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"],
+                "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
+        if self.checkpoint.exists():
+            args.append("--resume")  # an interrupted training continues exactly
+        _cli(args)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return {"epochs": c["epochs"], "last_epoch": json.loads(lines[-1]) if lines else {}}
+
+    def latency(self) -> dict:
+        from latency_tables import LatencyTable, build_table, make_backend, validate_table
+
+        lat, summary = self.cfg["latency"], {}
+        skipped = [d["name"] for d in lat["devices"] if d not in self.devices()]
+        for d in self.devices():
+            backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"], threads=d["threads"])
+            path = self.table_path(d)
+            table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
+                                seed=self.cfg["seed"])
+            s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
+                               out_dir=path.parent, name=f"{d['name']}_validation")
+            summary[d["name"]] = {"table": str(path), "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
+                                  "scores": s["scores"], "repeatability": s["repeatability"],
+                                  "report": str(s["files"]["md"])}
+        summary["skipped_devices"] = skipped
+        return summary
+
+    def accuracy(self) -> dict:
+        p, out = self.cfg["predictor"], self.out / "predictor"
+        common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet"]
+        _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
+        _cli(common + ["--n", max(p["archs"] // 3, 10), "--seed", self.cfg["seed"] + 1,
+                       "--out", out / "accuracy_holdout.jsonl"])
+        return {"fit": p["archs"], "holdout": max(p["archs"] // 3, 10)}
+
+    def fit_predictor(self) -> dict:
+        out = self.out / "predictor"
+        _cli(["predictor", "fit", "--data", out / "accuracy_fit.jsonl", "--model", self.cfg["predictor"]["model"],
+              "--seed", self.cfg["seed"], "--out", self.predictor], capture=True)
+        metrics = _cli(["predictor", "eval", "--predictor", self.predictor, "--data", out / "accuracy_holdout.jsonl",
+                        "--plot", out / "predicted_vs_measured.png", "--json"], capture=True)
+        return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
+
+    def search(self) -> dict:
+        s, out = self.cfg["search"], self.out / "search"
+        args = ["search", "--space", self.space_arg, "--predictor", self.predictor, "--trials", s["trials"],
+                "--sampler", s["sampler"], "--seed", self.cfg["seed"], "--out", out, "--quiet",
+                "--verify-top", self.cfg["verify"]["top"], "--checkpoint", self.checkpoint,
+                "--eval-device", _device(self.cfg), "--storage", out / "study.journal"]
+        for d in self.devices():
+            args += ["--table", f"{d['name']}={self.table_path(d)}"]
+        for dev, ms in s["budgets"].items():
+            if any(d["name"] == dev for d in self.devices()):
+                args += ["--budget", f"{dev}={ms}ms"]
+        print(_cli(args, capture=True))
+        return {d["name"]: str(out / f"pareto_{d['name']}.json") for d in self.devices()}
+
+    def export(self) -> dict:
+        e, out, exported = self.cfg["export"], self.out / "models", {}
+        for d in self.devices():
+            front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
+            entries = sorted(front["front"], key=lambda x: -_accuracy_of(x))[: e["top"]]
+            top = self.out / "models" / f"top_{d['name']}.json"
+            atomic_write_json(top, {**front, "device": d["name"], "front": entries})
+            args = ["export", "--checkpoint", self.checkpoint, "--pareto", top, "--out", out, "--force",
+                    "--table", f"{d['name']}={self.table_path(d)}"]
+            _cli(args + (["--dynamic-batch"] if e["dynamic_batch"] else []), capture=True)
+            exported[d["name"]] = [str(out / f"{d['name']}_rank{i:02d}.onnx") for i in range(len(entries))]
+        return exported
+
+    def report(self) -> dict:
+        from hwnas.run_report import write_run_report
+
+        path = write_run_report(self)
+        return {"report": str(path)}
+
+    # ---- driver --------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run (or resume) every stage up to ``until``; returns the report path (or the run dir)."""
+        cfg = self.cfg
+        steps = [
+            ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"], "train": cfg["train"],
+                       "seed": cfg["seed"]}, [self.checkpoint], self.train),
+            ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
+             [self.table_path(d) for d in self.devices()], self.latency),
+            ("accuracy", {"predictor": cfg["predictor"]}, [self.out / "predictor" / "accuracy_holdout.jsonl"],
+             self.accuracy),
+            ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor),
+            ("search", {"search": cfg["search"], "verify": cfg["verify"]},
+             [self.out / "search" / f"pareto_{d['name']}.json" for d in self.devices()], self.search),
+            ("export", {"export": cfg["export"]}, [self.out / "models"], self.export),
+            ("report", {}, [self.out / "report.md"], self.report),
+        ]
+        for name, inputs, outputs, fn in steps:
+            self.runner.run(name, inputs, outputs, fn)
+            if name == self.until:
+                return self.out
+        return self.out / "report.md"
+
+
+def _accuracy_of(entry: dict) -> float:
+    """Best known accuracy of a front entry: measured when verified, else predicted."""
+    acc = entry.get("accuracy")
+    if isinstance(acc, dict):
+        return float(acc.get("measured", acc.get("predicted", 0.0)))
+    return float(acc) if isinstance(acc, (int, float)) else 0.0

@@ -1,0 +1,74 @@
+"""``DIR/report.md`` of an ``hwnas run``: fronts per device (table + plot), latency-table and
+predictor fidelity, exported models and the time of every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from search_space.io import atomic_write_text
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "-"
+
+
+def _num(pair, fmt: str) -> str:
+    """'predicted / measured' of a front value."""
+    if not isinstance(pair, dict):
+        return format(pair, fmt) if isinstance(pair, (int, float)) else "-"
+    p = format(pair["predicted"], fmt)
+    return f"{p} / {format(pair['measured'], fmt)}" if "measured" in pair else f"{p} / -"
+
+
+def front_table(front: dict) -> list[str]:
+    """Markdown rows of one device's front."""
+    cost = "latency_ms" if any("latency_ms" in r for r in front["front"]) else front["cost"]
+    lines = ["| # | arch | accuracy (pred / meas) | latency ms (pred / meas) | MFLOPs | params M |",
+             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for i, r in enumerate(front["front"]):
+        lines.append(f"| {i} | `{r['arch']}` | {_num(r.get('accuracy'), '.4f')} | {_num(r.get(cost), '.4f')} "
+                     f"| {r['flops'] / 1e6:.2f} | {r['params'] / 1e6:.3f} |")
+    return lines
+
+
+def write_run_report(pipeline) -> Path:
+    """Write ``report.md`` from the outputs and manifest of ``pipeline``'s run."""
+    out, cfg, man = pipeline.out, pipeline.cfg, pipeline.runner.manifest
+    lines = [f"# hwnas run: {cfg['name']}", "",
+             f"Space `{pipeline.space.name}` ({pipeline.space.fingerprint}, {pipeline.space.size():.3g} architectures), "
+             f"dataset `{cfg['dataset']['name']}`, device `{cfg['device']}`, seed {cfg['seed']}. "
+             "Accuracies are top-1 on the dataset's validation split (held out from training), BN recalibrated; "
+             "'pred' = predicted by the predictor or the latency table, 'meas' = measured on this machine.", ""]
+    lat = man.get("latency", {}).get("summary", {})
+    for d in pipeline.devices():
+        name = d["name"]
+        front = json.loads((out / "search" / f"pareto_{name}.json").read_text())
+        budget = cfg["search"]["budgets"].get(name)
+        lines += [f"## Device `{name}` ({d['backend']}, batch {d['batch_size']}, {d['dtype']})"
+                  + (f", budget {budget} ms" if budget else ""), ""]
+        lines += front_table(front) + [""]
+        if front.get("notes"):
+            lines += [f"Notes: {front['notes']}", ""]
+        lines += [f"![front {name}](search/front_{name}.png)", ""]
+    lines += ["## Latency-table fidelity (whole subnets measured on this machine)", "",
+              "| device | model | MAPE | within ±10% | Kendall tau | measurement repeatability (±10%) |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, s in lat.items():
+        if name == "skipped_devices":
+            continue
+        for model, m in s["scores"].items():
+            lines.append(f"| {name} | {model} | {_pct(m['mape'])} | {_pct(m['within_10'])} | {m['kendall_tau']:.3f} "
+                         f"| {_pct(s['repeatability']['within_10'])} |")
+    if lat.get("skipped_devices"):
+        lines += ["", f"Not measured here (no CUDA device): {', '.join(lat['skipped_devices'])}."]
+    pred = man.get("predictor", {}).get("summary", {})
+    lines += ["", "## Predictor fidelity (held-out subnets)", "",
+              "```", json.dumps(pred, indent=1), "```", "", "![predictor](predictor/predicted_vs_measured.png)", ""]
+    exported = man.get("export", {}).get("summary", {})
+    lines += ["## Exported models", ""]
+    for name, files in exported.items():
+        lines += [f"- `{name}`: " + ", ".join(f"`{Path(f).relative_to(out)}`" for f in files)]
+    lines += ["", "## Stage timings", "", "| stage | seconds |", "| --- | ---: |"]
+    lines += [f"| {s} | {t:.1f} |" for s, t in pipeline.runner.seconds().items()]
+    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

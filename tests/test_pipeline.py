@@ -1,0 +1,86 @@
+"""``hwnas run`` end to end on a reduced quickstart, resume, --from, and config errors."""
+
+import json
+
+import onnxruntime as ort
+import pytest
+import yaml
+
+from hwnas.cli import main
+from hwnas.run_config import RunConfigError, load_run_config, parse_run_config
+
+TINY_RUN = {
+    "name": "tiny", "seed": 0, "device": "cpu",
+    "space": {
+        "name": "tiny-digits", "in_channels": 1, "num_classes": 10, "resolutions": [8],
+        "stem": {"channels": 8, "kernel": 3, "stride": 1},
+        "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
+                     "expansions": {"mbconv": [2], "resnet": [1]}},
+        "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 16, "stride": 2, "depths": [1]}],
+    },
+    "dataset": {"name": "digits"},
+    "train": {"epochs": 2, "batch_size": 128, "lr": 0.05, "num_random": 1},
+    "latency": {"devices": [{"name": "cpu", "backend": "onnxruntime", "threads": 1},
+                            {"name": "gpu", "backend": "cuda", "batch_size": 1, "dtype": "bf16"}],
+                "calibration": 6, "validate": 6},
+    "predictor": {"archs": 30, "model": "gbt"},
+    "search": {"trials": 150, "sampler": "nsga2", "budgets": {"cpu": 50}},
+    "verify": {"top": 2},
+    "export": {"top": 1, "dynamic_batch": True},
+}
+
+
+def test_run_end_to_end_then_resume(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_RUN))
+    out = tmp_path / "run"
+    # an interrupted run: stop after the predictor stage
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--until", "predictor"]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert set(first) == {"train", "latency", "accuracy", "predictor"}
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    second = json.loads((out / "manifest.json").read_text())
+    for stage in first:  # finished stages were not redone
+        assert second[stage]["finished"] == first[stage]["finished"]
+    assert "up to date, skipped" in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "## Device `cpu`" in report and "| 0 | `r8/" in report
+    assert "gpu" in report  # the CUDA device is reported as not measured here
+    front = json.loads((out / "search" / "pareto_cpu.json").read_text())
+    assert front["front"]
+    onnx_file = out / "models" / "cpu_rank00.onnx"
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "input"
+    # --from redoes that stage and the later ones only
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0
+    third = json.loads((out / "manifest.json").read_text())
+    assert third["search"]["finished"] == second["search"]["finished"]
+    assert third["export"]["finished"] >= second["export"]["finished"]
+
+
+def test_bundled_quickstart_config_is_valid():
+    cfg = load_run_config(None)
+    assert cfg["dataset"]["name"] == "digits" and cfg["device"] == "cpu"
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"search": {"trials": "many"}}, "'search.trials': expected int"),
+    ({"search": {"budgets": {"tpu": 1}}}, "'search.budgets.tpu': unknown device"),
+    ({"train": {"epoch": 3}}, "'train.epoch': unknown key"),
+    ({"latency": {"devices": [{"backend": "onnxruntime"}]}}, "'latency.devices[0].name': missing"),
+    ({"latency": {"devices": [{"name": "x", "backend": "tensorrt"}]}}, "'latency.devices[0].backend'"),
+    ({"device": "tpu"}, "'device'"),
+])
+def test_run_config_errors_name_the_key(patch, needle):
+    with pytest.raises(RunConfigError) as e:
+        parse_run_config({**TINY_RUN, **patch})
+    assert needle in str(e.value)
+
+
+def test_run_cli_errors_exit_2(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_RUN, "search": {"sampler": 3}}))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "search.sampler" in capsys.readouterr().err
