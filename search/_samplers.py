@@ -1,11 +1,12 @@
 """Optuna samplers by name, always pinned explicitly (Optuna 5 defaults multi-objective to TPE).
 
-NSGA-II and NSGA-III keep Optuna's algorithm; only their generation bookkeeping is made
-incremental. Stock ``get_trial_generation`` and ``get_parent_population`` re-scan every
-trial of the study on every ``ask`` (and deep-copy the study's attributes), which makes a
-run quadratic: 20,000 trials took 441 s of sampler overhead here (see
-``experiments/results/search_speed.md``). Both answers depend only on completed trials,
-which never change, so each process remembers what it has already counted.
+NSGA-II and NSGA-III keep Optuna's algorithm; only their bookkeeping is made incremental.
+Stock ``get_trial_generation`` and ``get_parent_population`` re-scan every trial of the study
+on every ``ask`` (and deep-copy the study's attributes), which makes a run quadratic; the
+intersection search space is recomputed with Optuna's slow distribution equality. All three
+depend only on completed trials, which never change, so each process takes in each
+completed trial once. ``tests/test_search.py`` checks that the proposals stay identical to
+stock NSGA-II's; ``experiments/results/search_speed.md`` measures the gain.
 """
 
 from __future__ import annotations
@@ -23,24 +24,28 @@ DEFAULT_POPULATION = 100
 _LIVE = (TrialState.RUNNING, TrialState.WAITING)
 
 
-class _CompletedGenerations:
-    """Per-process count of completed trials per GA generation, updated incrementally."""
+class _Completed:
+    """What this process knows of the study's completed trials, updated incrementally: how
+    many there are per GA generation, and the intersection of their parameter distributions."""
 
     def __init__(self, key: str):
         self.key = key
         self.next_index = 0
         self.unfinished: set[int] = set()
         self.counts: Counter = Counter()
+        self.space: dict | None = None
 
     def update(self, trials: list[FrozenTrial]) -> None:
-        """Count trials completed since the last call (``trials`` ordered by number)."""
-        if trials and trials[-1].number != len(trials) - 1:  # not indexable by number: recount
-            self.next_index, self.unfinished, self.counts = 0, set(), Counter()
+        """Take in trials completed since the last call (``trials`` ordered by number)."""
+        if trials and trials[-1].number != len(trials) - 1:  # not indexable by number: start over
+            self.__init__(self.key)
             trials = sorted(trials, key=lambda t: t.number)
         for i in sorted(self.unfinished) + list(range(self.next_index, len(trials))):
             t = trials[i]
             if t.state == TrialState.COMPLETE:
                 self.counts[t.system_attrs.get(self.key, -1)] += 1
+                self.space = dict(t.distributions) if self.space is None else {
+                    n: d for n, d in self.space.items() if _same(t.distributions.get(n), d)}
                 self.unfinished.discard(i)
             elif t.state in _LIVE:
                 self.unfinished.add(i)
@@ -48,19 +53,30 @@ class _CompletedGenerations:
                 self.unfinished.discard(i)
         self.next_index = max(self.next_index, len(trials))
 
+    @property
+    def total(self) -> int:
+        """Completed trials taken in."""
+        return sum(self.counts.values())
+
     def current(self) -> tuple[int, int]:
         """(highest generation with a completed trial (at least 0), its completed count)."""
         top = max([g for g in self.counts if g >= 0], default=0)
         return top, self.counts.get(top, 0)
 
 
+def _same(a, b) -> bool:
+    """Optuna's distribution equality, with a fast path: comparing attribute dicts compares
+    categorical choices in C; only a difference (NaN choices) needs Optuna's own ``==``."""
+    return a is not None and type(a) is type(b) and (a.__dict__ == b.__dict__ or a == b)
+
+
 class _IncrementalGenerations:
     """Mixin for Optuna's GA samplers: same generations and parents, without the rescans."""
 
-    def _bookkeeping(self, study) -> tuple[_CompletedGenerations, dict]:
+    def _bookkeeping(self, study) -> tuple[_Completed, dict]:
         state = self.__dict__.setdefault("_hwnas_books", {})
         if study._study_id not in state:
-            state[study._study_id] = (_CompletedGenerations(self._get_generation_key()), {})
+            state[study._study_id] = (_Completed(self._get_generation_key()), {})
         return state[study._study_id]
 
     def get_trial_generation(self, study, trial: FrozenTrial) -> int:
@@ -86,13 +102,14 @@ class _IncrementalGenerations:
         return selected
 
     def infer_relative_search_space(self, study, trial: FrozenTrial) -> dict:
-        """As Optuna's, recomputed only when more trials have completed (it depends on nothing else)."""
+        """As Optuna's (the intersection of the completed trials' distributions, by name, without
+        single-valued ones), kept up to date with each completed trial instead of recomputed."""
         counted, _ = self._bookkeeping(study)
         counted.update(study._get_trials(deepcopy=False))
-        done = sum(counted.counts.values())
         cached = self.__dict__.get("_hwnas_space")
-        if cached is None or cached[0] != (study._study_id, done) or done == 0:
-            self._hwnas_space = ((study._study_id, done), super().infer_relative_search_space(study, trial))
+        if cached is None or cached[0] != (study._study_id, counted.total):
+            space = {n: d for n, d in sorted((counted.space or {}).items()) if not d.single()}
+            self._hwnas_space = ((study._study_id, counted.total), space)
         return self._hwnas_space[1]
 
 
