@@ -66,11 +66,12 @@ class Objective:
                 raise SearchError(f"objective {self.name!r} returned {values.shape[0]} values for {len(todo)} archs: "
                                   "expected one each")
             fresh = dict(zip(todo, values.tolist()))
-            if self.cache:
-                if len(memo) > MEMO_LIMIT:
-                    memo.clear()  # bounded memory; a GA's recent archs come back quickly
-                memo.update(fresh)
-        return np.asarray([fresh[k] if k in fresh else memo[k] for k in keys], dtype=np.float64)
+        out = np.asarray([fresh[k] if k in fresh else memo[k] for k in keys], dtype=np.float64)
+        if self.cache and fresh:
+            if len(memo) + len(fresh) > MEMO_LIMIT:
+                memo.clear()  # bounded memory; a GA's recent archs come back quickly
+            memo.update(fresh)
+        return out
 
 
 MEMO_LIMIT = 1_000_000

@@ -152,6 +152,17 @@ def test_objectives_score_each_distinct_arch_once_and_cache_when_asked():
     assert list(cached([b, a, b])) == list(toy_latency_a([b, a, b])) and calls == [2, 1, 2]
 
 
+def test_a_full_cache_is_emptied_without_losing_values(monkeypatch):
+    from search import _objectives
+
+    monkeypatch.setattr(_objectives, "MEMO_LIMIT", 3)
+    cached = Objective("latency:a", "minimize", toy_latency_a, cache=True)
+    archs = [(i,) * 6 for i in range(5)]
+    cached(archs[:3])
+    assert list(cached(archs)) == list(toy_latency_a(archs))  # old hits and new values in one call
+    assert len(cached._memo) <= 3 or set(cached._memo) == set(archs[3:])
+
+
 @pytest.mark.parametrize("text,ms", [("a=5ms", 5.0), ("a=2.5", 2.5), ("b = 500us", 0.5), ("a=0.01s", 10.0)])
 def test_parse_budget(text, ms):
     b = parse_budget(text, ["a", "b"])
