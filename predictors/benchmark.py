@@ -29,14 +29,16 @@ def holdout_split(n: int, n_fit: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def compare_predictors(space: SearchSpace, X: np.ndarray, y: np.ndarray, fit_idx: np.ndarray, test_idx: np.ndarray,
                        kinds=("mlp", "gbt", "gp", "blend"), features=("cost", "encoding"), folds: int = 5,
-                       seed: int = 0, hparams: dict | None = None, log=print) -> dict:
+                       seed: int = 0, hparams: dict | None = None, log=print) -> tuple[dict, dict]:
     """Fit every (kind, features) on ``fit_idx``, score on ``test_idx``; select a kind by
-    ``folds``-fold Kendall tau on ``fit_idx`` alone (cost features). ``hparams`` maps a kind to
-    keyword arguments. Returns rows, the selection, baselines and the selected kind's test
-    predictions (for the scatter plot)."""
+    ``folds``-fold Kendall tau on ``fit_idx`` alone (cost features, or the first recipe given).
+    ``hparams`` maps a kind to keyword arguments. Returns the results (rows, selection,
+    baselines, the selected kind's test predictions for the scatter plot; plain data) and the
+    fitted predictors by (kind, features)."""
     hparams = hparams or {}
     Xf, yf, Xt, yt = X[fit_idx], y[fit_idx], X[test_idx], y[test_idx]
-    rows, preds = [], {}
+    rows, preds, fitted = [], {}, {}
+    selection_features = "cost" if "cost" in features else features[0]
     for feat in features:
         for kind in kinds:
             start = time.perf_counter()
@@ -48,26 +50,28 @@ def compare_predictors(space: SearchSpace, X: np.ndarray, y: np.ndarray, fit_idx
             rows.append({"kind": kind, "features": feat, **rank_metrics(yt, mean), "fit_s": round(fit_s, 2),
                          "mean_std": float(std.mean()), "coverage_2std": coverage})
             preds[(kind, feat)] = (mean, std)
+            fitted[(kind, feat)] = pred
             log(f"  {kind:4s} {feat:9s} tau {rows[-1]['kendall_tau']:.4f}  spearman {rows[-1]['spearman']:.4f}  "
                 f"rmse {100 * rows[-1]['rmse']:.3f} pts  fit {fit_s:.1f} s")
     start = time.perf_counter()
-    candidates = {k: (lambda k=k: make_predictor(k, space, features="cost", seed=seed, **hparams.get(k, {})))
+    candidates = {k: (lambda k=k: make_predictor(k, space, features=selection_features, seed=seed,
+                                                 **hparams.get(k, {})))
                   for k in kinds}
     best, scores = select_predictor(Xf, yf, candidates, k=folds, seed=seed)
-    selection = {"folds": folds, "kendall_tau": scores, "selected": best,
+    selection = {"folds": folds, "features": selection_features, "kendall_tau": scores, "selected": best,
                  "seconds": round(time.perf_counter() - start, 1)}
-    log(f"  {folds}-fold selection on the fit part: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    log(f"  {folds}-fold selection on the fit part ({selection_features} features): " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
         + f" -> {best}")
     archs = decode_encoding(space, Xt)
     baselines = {
         "flops": rank_metrics(yt, np.log([space.flops(a) for a in archs]))["kendall_tau"],
         "params": rank_metrics(yt, np.log([space.params(a) for a in archs]))["kendall_tau"],
     }
-    mean, std = preds[(best, "cost" if "cost" in features else features[0])]
+    mean, std = preds[(best, selection_features)]
     return {"rows": rows, "selection": selection, "baselines_kendall_tau": baselines,
             "n_fit": int(len(fit_idx)), "n_test": int(len(test_idx)),
             "selected_test": {"kind": best, **rank_metrics(yt, mean)},
-            "test_predictions": {"measured": yt.tolist(), "mean": mean.tolist(), "std": std.tolist()}}
+            "test_predictions": {"measured": yt.tolist(), "mean": mean.tolist(), "std": std.tolist()}}, fitted
 
 
 def markdown_report(title: str, result: dict, context: dict) -> str:
@@ -83,7 +87,7 @@ def markdown_report(title: str, result: dict, context: dict) -> str:
                      f"{100 * r['rmse']:.3f} | {100 * r['mean_std']:.3f} | {100 * r['coverage_2std']:.0f}% "
                      f"| {r['fit_s']} |")
     sel = result["selection"]
-    lines += ["", f"{sel['folds']}-fold Kendall tau on the fit part (cost features): "
+    lines += ["", f"{sel['folds']}-fold Kendall tau on the fit part ({sel['features']} features): "
               + ", ".join(f"{k} {v:.4f}" for k, v in sel["kendall_tau"].items())
               + f"; selected **{sel['selected']}**, held-out Kendall tau "
               f"**{result['selected_test']['kendall_tau']:.4f}**.",

@@ -241,8 +241,9 @@ def test_compare_predictors_writes_report(cifar, synthetic, tmp_path):
     X, y = synthetic
     fit_idx, test_idx = holdout_split(200, 150, seed=0)
     assert len(np.intersect1d(fit_idx, test_idx)) == 0 and len(fit_idx) + len(test_idx) == 200
-    result = compare_predictors(cifar, X[:200], y[:200], fit_idx, test_idx, kinds=("gp",), features=("cost",),
-                                folds=2, log=lambda *_: None)
+    result, fitted = compare_predictors(cifar, X[:200], y[:200], fit_idx, test_idx, kinds=("gp",),
+                                        features=("cost",), folds=2, log=lambda *_: None)
+    assert fitted[("gp", "cost")].fitted
     assert result["selection"]["selected"] == "gp" and result["selected_test"]["kendall_tau"] > 0.8
     assert result["baselines_kendall_tau"]["flops"] > 0.5  # the synthetic target grows with FLOPs
     paths = write_report(tmp_path, "bench", "synthetic", result, {"command": "pytest"})

@@ -113,8 +113,8 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
     """Measure ``n`` spread-sampled subnets (or the archs given) of ``checkpoint`` on ``split`` of
     its dataset (or the one named) and store them in ``out`` (resumable). ``seed`` picks the
     sample; ``measure_seed`` the calibration images and the eval subset (a measurement setting,
-    recorded in the file's header). On CUDA, calibration and evaluation run under bf16 autocast
-    and (``channels_last`` None or True) in channels-last layout, as training does.
+    recorded in the file's header). On CUDA, calibration and evaluation run under bf16 autocast.
+    ``channels_last`` (default: on CUDA only, as training does) sets the memory layout.
     ``bundle`` (already on ``device``) skips loading the dataset again."""
     for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
                           (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
@@ -136,7 +136,9 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
         bundle = load_for_space(dataset, data, space, seed=meta.get("split_seed", 0),
                                 val_fraction=meta.get("val_fraction", 0.1), device=device)
     eval_split = random_subset(getattr(bundle, split), eval_limit, measure_seed)
-    fmt = torch.channels_last if cuda and channels_last is not False else torch.preserve_format
+    if channels_last is None:
+        channels_last = cuda
+    fmt = torch.channels_last if channels_last else torch.preserve_format
     supernet.to(device, memory_format=fmt)
     settings = {"calib_batch_size": calib_batch_size, "eval_samples": len(eval_split), "measure_seed": measure_seed,
                 "split_seed": meta.get("split_seed", 0), "val_fraction": meta.get("val_fraction", 0.1)}
