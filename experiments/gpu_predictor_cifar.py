@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402  (after HWNAS_CACHE is set)
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from hwnas.cli.predictor import measure_accuracy_dataset  # noqa: E402
+from hwnas.cli.predictor import measure_accuracy_dataset, random_subset  # noqa: E402
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
 from predictors import AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
 from predictors.benchmark import compare_predictors, holdout_split, write_report  # noqa: E402
@@ -121,7 +121,7 @@ def probe_layout(args, bundle, device: torch.device) -> tuple[bool, dict]:
     archs = sample_archs_spread(space, 4 if args.smoke else 16, np.random.default_rng(123))
     autocast = torch.bfloat16 if device.type == "cuda" else None
     calib = calibration_batches(bundle, args.calib_batch_size, device)
-    evalb = split_batches(bundle.val, bundle, args.eval_batch_size)
+    evalb = split_batches(random_subset(bundle.val, args.eval_limit, 0), bundle, args.eval_batch_size)
     times = {"channels_last": [], "contiguous": []}
     for _ in range(2):
         for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
@@ -200,6 +200,9 @@ def main(argv=None) -> int:
     print(f"[{elapsed():5.0f} s] {len(data)} subnets ({new} new, {rate:.0f} per minute); floor {args.floor} "
           f"{'met' if floor_met else 'NOT MET: re-run to add more (resumes)'}")
     shutil.copyfile(dataset_path, out / "predictor_cifar_dataset.jsonl")  # kept even if the call is cut short
+    if len(data) < args.min_test + 10:
+        print(f"error: {len(data)} subnets measured, too few to fit and hold out {args.min_test}", file=sys.stderr)
+        return 1
 
     t = time.perf_counter()
     first = {r["arch"]: r["accuracy"] for r in data.records}
@@ -216,9 +219,6 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     X, y = data.arrays(space)
     n_fit = min(args.n_fit, len(y) - args.min_test)
-    if n_fit < 10:
-        print(f"error: {len(y)} subnets measured, too few to fit and hold out {args.min_test}", file=sys.stderr)
-        return 1
     fit_idx, test_idx = holdout_split(len(y), n_fit, seed=0)
     short_mlp = {"steps": 300}  # --smoke: quick fits, the numbers mean nothing anyway
     hparams = {"mlp": short_mlp, "blend": {"members": {"mlp": short_mlp, "gbt": {}, "gp": {}}}} if args.smoke else {}
@@ -261,6 +261,8 @@ def main(argv=None) -> int:
           f"{'met' if sel['kendall_tau'] >= 0.85 else 'NOT met'}); repeatability tau {repeat['kendall_tau']:.4f}; "
           f"{len(y)} subnets at {rate:.0f}/min; total {elapsed():.0f} s")
     print(f"files in {out}: {sorted(p.name for p in out.iterdir())}")
+    if args.smoke:
+        Path(args.checkpoint).unlink()  # 130 MB of random weights, made only for the smoke run
     return 0
 
 

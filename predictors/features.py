@@ -8,15 +8,21 @@ turn it into model features here, by a named *recipe* that is stored with the pr
   Accuracy grows roughly with log compute, and the per-stage split tells a model *where*
   the compute sits, which the one-hot layer slots only imply through many interactions.
 
-Cost features need the arch back, so :func:`decode_encoding` inverts ``space.encode``
-(nearest choice per field); ``tests/test_predictors.py`` checks it against ``encode``.
+Cost features need the choices back: :func:`decode_choices` inverts ``space.encode`` (nearest
+choice per field, vectorised) into choice indices; FLOPs and params then come from per-layer
+tables (:class:`CostTables`) by numpy indexing, microseconds per arch, because a search
+scores many thousands of candidates. ``tests/test_predictors.py`` checks both against
+``space.encode`` and ``space.block_specs``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 
-from search_space import Arch, LayerChoice, SearchSpace, StageChoice
+from search_space import Arch, SearchSpace, StageChoice
 
 FEATURE_RECIPES = ("encoding", "cost")
 
@@ -28,52 +34,129 @@ def _nearest(values: np.ndarray, choices: tuple) -> np.ndarray:
     return np.abs(values[:, None] - pos[None, :]).argmin(axis=1)
 
 
-def decode_encoding(space: SearchSpace, X: np.ndarray) -> list[Arch]:
-    """The archs whose ``space.encode`` rows are ``X`` (the inverse of ``encode_many``)."""
+@dataclass
+class Choices:
+    """Choice indices of n archs: resolution (n,); per stage depth (n,), width index (n,) and
+    the index into ``space.layer_options(stage)`` of every layer slot (n, max depth), -1 if unused."""
+
+    resolution: np.ndarray
+    depth: list[np.ndarray]
+    width: list[np.ndarray]
+    option: list[np.ndarray]
+
+
+def decode_choices(space: SearchSpace, X: np.ndarray) -> Choices:
+    """Choice indices of the archs whose ``space.encode`` rows are ``X``."""
     X = np.asarray(X, dtype=np.float64)
     cfg = space.config
-    n = X.shape[0]
-    res = np.asarray(cfg.resolutions)[_nearest(X[:, 0], cfg.resolutions)]
+    expected = space.encoding_size
+    if X.ndim != 2 or X.shape[1] != expected:
+        raise ValueError(f"encodings have shape {X.shape}, space {space.name!r} expects (n, {expected})")
+    out = Choices(_nearest(X[:, 0], cfg.resolutions), [], [], [])
     col = 1
-    stages_per_row: list[list[StageChoice]] = [[] for _ in range(n)]
     for st in cfg.stages:
         depth = np.asarray(st.depths)[_nearest(X[:, col], st.depths)]
-        width = np.asarray(st.widths, dtype=object)[_nearest(X[:, col + 1], st.widths)]
+        out.depth.append(depth)
+        out.width.append(_nearest(X[:, col + 1], st.widths))
         col += 2
-        slot = 1 + len(st.blocks) + 2
-        layers_per_row: list[list[LayerChoice]] = [[] for _ in range(n)]
+        nb, nk = len(st.blocks), len(st.kernels)
+        # layer_options order: block, then kernel, then that block's expansions
+        offsets = np.cumsum([0] + [nk * len(st.expansions[b]) for b in st.blocks])[:-1]
+        slots = []
         for j in range(max(st.depths)):
-            block_idx = X[:, col + 1: col + 1 + len(st.blocks)].argmax(axis=1)
-            kernel = np.asarray(st.kernels)[_nearest(X[:, col + 1 + len(st.blocks)], st.kernels)]
-            exp_col = X[:, col + 2 + len(st.blocks)]
-            for b_i, b in enumerate(st.blocks):
-                rows = np.flatnonzero((block_idx == b_i) & (j < depth))
-                exps = st.expansions[b]
-                picked = _nearest(exp_col[rows], exps)
-                for r, e in zip(rows, picked):
-                    layers_per_row[r].append(LayerChoice(b, int(kernel[r]), exps[e]))
-            col += slot
-        for r in range(n):
-            stages_per_row[r].append(StageChoice(width[r], tuple(layers_per_row[r])))
-    if col != X.shape[1]:
-        raise ValueError(f"encoding has {X.shape[1]} columns, space {space.name!r} expects {col}")
-    return [Arch(int(res[r]), tuple(stages_per_row[r])) for r in range(n)]
+            block = X[:, col + 1: col + 1 + nb].argmax(axis=1)
+            kernel = _nearest(X[:, col + 1 + nb], st.kernels)
+            exp_pos = X[:, col + 2 + nb]
+            n_exp = np.asarray([len(st.expansions[b]) for b in st.blocks])[block]
+            exp = np.zeros(len(X), dtype=np.int64)
+            for b_i, b in enumerate(st.blocks):  # expansions are scaled per block type
+                rows = block == b_i
+                exp[rows] = _nearest(exp_pos[rows], st.expansions[b])
+            slots.append(np.where(j < depth, offsets[block] + kernel * n_exp + exp, -1))
+            col += 1 + nb + 2
+        out.option.append(np.stack(slots, axis=1))
+    return out
 
 
-def cost_features(space: SearchSpace, archs: list[Arch]) -> np.ndarray:
-    """Per arch: log FLOPs and log params of each stage, then of the whole net (float32)."""
-    n_stages = len(space.config.stages)
-    out = np.empty((len(archs), 2 * n_stages + 2), dtype=np.float64)
-    for r, arch in enumerate(archs):
-        specs = space.block_specs(arch)
-        k = 1  # specs[0] is the stem
-        for i, stage in enumerate(arch.stages):
-            part = specs[k:k + stage.depth]
-            out[r, 2 * i] = sum(s.flops() for s in part)
-            out[r, 2 * i + 1] = sum(s.params() for s in part)
-            k += stage.depth
-        out[r, -2] = sum(s.flops() for s in specs)
-        out[r, -1] = sum(s.params() for s in specs)
+def decode_encoding(space: SearchSpace, X: np.ndarray) -> list[Arch]:
+    """The archs whose ``space.encode`` rows are ``X`` (the inverse of ``encode_many``)."""
+    c = decode_choices(space, X)
+    cfg = space.config
+    archs = []
+    for r in range(len(c.resolution)):
+        stages = tuple(StageChoice(st.widths[c.width[i][r]],
+                                   tuple(space.layer_options(i)[o] for o in c.option[i][r] if o >= 0))
+                       for i, st in enumerate(cfg.stages))
+        archs.append(Arch(cfg.resolutions[c.resolution[r]], stages))
+    return archs
+
+
+class CostTables:
+    """FLOPs and params of every layer an arch of ``space`` can contain, indexed by choices:
+    ``first[i][res, width of stage i-1, width, option]`` for a stage's first layer (its input
+    comes from the previous stage), ``rest[i][res, width, option]`` for the others, and the
+    stem and head. Each entry holds (flops, params)."""
+
+    def __init__(self, space: SearchSpace):
+        cfg = space.config
+        self.first, self.rest = [], []
+        n_res = len(cfg.resolutions)
+        prev_channels = [cfg.stem_channels]
+        self.stem = np.zeros((n_res, 2))
+        for r, res in enumerate(cfg.resolutions):
+            spec = space.stem_spec(res)
+            self.stem[r] = spec.flops(), spec.params()
+        for i, st in enumerate(cfg.stages):
+            channels = [space.stage_channels(i, w) for w in st.widths]
+            opts = space.layer_options(i)
+            first = np.zeros((n_res, len(prev_channels), len(channels), len(opts), 2))
+            rest = np.zeros((n_res, len(channels), len(opts), 2))
+            for r, res in enumerate(cfg.resolutions):
+                size_in, size_out = space.stage_sizes(res)[i]
+                for o, opt in enumerate(opts):
+                    for w, c_out in enumerate(channels):
+                        for p, c_in in enumerate(prev_channels):
+                            spec = space._layer_spec(i, 0, opt, c_in, c_out, size_in)
+                            first[r, p, w, o] = spec.flops(), spec.params()
+                        spec = space._layer_spec(i, 1, opt, c_out, c_out, size_out)
+                        rest[r, w, o] = spec.flops(), spec.params()
+            self.first.append(first)
+            self.rest.append(rest)
+            prev_channels = channels
+        self.head = np.zeros((n_res, len(prev_channels), 2))
+        for r, res in enumerate(cfg.resolutions):
+            for w, c in enumerate(prev_channels):
+                spec = space.head_spec(c, space.stage_sizes(res)[-1][1])
+                self.head[r, w] = spec.flops(), spec.params()
+
+    def stage_costs(self, c: Choices) -> tuple[np.ndarray, np.ndarray]:
+        """(per-stage (flops, params) of shape (n, stages, 2), whole-net (flops, params) (n, 2))."""
+        n = len(c.resolution)
+        per_stage = []
+        prev_w = np.zeros(n, dtype=np.int64)  # the stem has a single width
+        for i, (first, rest) in enumerate(zip(self.first, self.rest)):
+            opt = c.option[i]
+            cost = first[c.resolution, prev_w, c.width[i], opt[:, 0]]
+            for j in range(1, opt.shape[1]):
+                used = opt[:, j] >= 0
+                layer = rest[c.resolution, c.width[i], np.maximum(opt[:, j], 0)]
+                cost = cost + np.where(used[:, None], layer, 0.0)
+            per_stage.append(cost)
+            prev_w = c.width[i]
+        per_stage = np.stack(per_stage, axis=1)
+        total = per_stage.sum(1) + self.stem[c.resolution] + self.head[c.resolution, prev_w]
+        return per_stage, total
+
+
+@lru_cache(maxsize=8)
+def _tables(space: SearchSpace) -> CostTables:
+    return CostTables(space)
+
+
+def cost_features(space: SearchSpace, X: np.ndarray) -> np.ndarray:
+    """Per row of ``X``: log FLOPs and log params of each stage, then of the whole net (float32)."""
+    per_stage, total = _tables(space).stage_costs(decode_choices(space, X))
+    out = np.concatenate([per_stage.reshape(len(total), -1), total], axis=1)
     return np.log(np.maximum(out, 1.0)).astype(np.float32)
 
 
@@ -82,5 +165,5 @@ def make_features(space: SearchSpace, X: np.ndarray, recipe: str) -> np.ndarray:
     if recipe == "encoding":
         return np.asarray(X, dtype=np.float32)
     if recipe == "cost":
-        return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, decode_encoding(space, X))])
+        return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, X)])
     raise ValueError(f"unknown feature recipe {recipe!r}: expected one of {list(FEATURE_RECIPES)}")

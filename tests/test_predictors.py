@@ -14,8 +14,8 @@ from threadpoolctl import threadpool_limits
 from hwnas.cli import main
 from hwnas.datasets import iterate_batches, load_dataset
 from predictors import (AccuracyDataset, AccuracyDatasetError, PredictorError, build_accuracy_dataset,
-                        decode_encoding, load_predictor, make_predictor, rank_metrics, sample_archs_spread,
-                        select_predictor)
+                        cost_features, decode_encoding, load_predictor, make_predictor, rank_metrics,
+                        sample_archs_spread, select_predictor)
 from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
 
 # A space for 8x8 one-channel digits: small enough to evaluate dozens of subnets in seconds.
@@ -62,12 +62,21 @@ def synthetic(cifar):
     return cifar.encode_many(archs), y
 
 
-@pytest.mark.parametrize("name", ["cifar", "imagenet"])
-def test_decode_inverts_encode(name):
-    space = SearchSpace.from_config(name)
+@pytest.mark.parametrize("name", ["cifar", "imagenet", "digits"])
+def test_decode_and_cost_features_match_the_space(name):
+    space = SearchSpace.from_config(DIGITS_SPACE if name == "digits" else name)
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(200)] + [space.largest(), space.smallest()]
-    assert decode_encoding(space, space.encode_many(archs)) == archs
+    X = space.encode_many(archs)
+    assert decode_encoding(space, X) == archs
+    expected = []  # the slow, obvious way: sum the block specs of each stage
+    for a in archs:
+        specs, row, k = space.block_specs(a), [], 1
+        for s in a.stages:
+            row += [sum(b.flops() for b in specs[k:k + s.depth]), sum(b.params() for b in specs[k:k + s.depth])]
+            k += s.depth
+        expected.append(row + [space.flops(a), space.params(a)])
+    np.testing.assert_allclose(cost_features(space, X), np.log(expected), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
