@@ -89,7 +89,8 @@ class Pipeline:
         if run_dir.exists() and manifest_done:  # inputs changed or --from: start again
             shutil.rmtree(run_dir)
         args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), "--epochs", c["epochs"],
-                "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"],
+                "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"], "--students", c["students"],
+                "--eval-every", max(1, c["epochs"] // 10),
                 "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
@@ -103,13 +104,18 @@ class Pipeline:
         lat, summary = self.cfg["latency"], {}
         skipped = [d["name"] for d in lat["devices"] if d not in self.devices()]
         for d in self.devices():
-            backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"], threads=d["threads"])
             path = self.table_path(d)
-            table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
-                                seed=self.cfg["seed"])
+            if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
+                table = LatencyTable.load(d["table"], space=self.space)
+                table.save(path)
+            else:
+                backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"],
+                                       threads=d["threads"])
+                table = build_table(self.space, backend, path, device=d["name"],
+                                    calibration_nets=lat["calibration"], seed=self.cfg["seed"])
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
                                out_dir=path.parent, name=f"{d['name']}_validation")
-            summary[d["name"]] = {"table": str(path), "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
+            summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
                                   "scores": s["scores"], "repeatability": s["repeatability"],
                                   "report": str(s["files"]["md"])}
         summary["skipped_devices"] = skipped
@@ -119,9 +125,9 @@ class Pipeline:
         p, out = self.cfg["predictor"], self.out / "predictor"
         common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet"]
         _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
-        _cli(common + ["--n", max(p["archs"] // 3, 10), "--seed", self.cfg["seed"] + 1,
-                       "--out", out / "accuracy_holdout.jsonl"])
-        return {"fit": p["archs"], "holdout": max(p["archs"] // 3, 10)}
+        holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
+        _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--out", out / "accuracy_holdout.jsonl"])
+        return {"fit": p["archs"], "holdout": holdout}
 
     def fit_predictor(self) -> dict:
         out = self.out / "predictor"

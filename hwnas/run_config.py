@@ -23,6 +23,7 @@ DEVICE_SCHEMA = {
     "batch_size": ((int,), 1),
     "dtype": ((str,), "fp32"),
     "threads": ((int, type(None)), None),
+    "table": ((str, type(None)), None),  # reuse this table (path or shipped name) instead of building one
 }
 SCHEMA = {
     "name": ((str,), REQUIRED),
@@ -31,9 +32,9 @@ SCHEMA = {
     "space": ((str, dict), REQUIRED),
     "dataset": {"name": ((str,), REQUIRED), "path": ((str, type(None)), None)},
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
-              "num_random": ((int,), 2), "time_budget_min": ((float, int, type(None)), None)},
+              "num_random": ((int,), 2), "students": ((str,), "mixed")},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
-    "predictor": {"archs": ((int,), 200), "model": ((str,), "auto")},
+    "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto")},
     "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {})},
     "verify": {"top": ((int,), 8)},
     "export": {"top": ((int,), 3), "dynamic_batch": ((bool,), True)},
@@ -85,6 +86,15 @@ def parse_run_config(raw: dict) -> dict:
             raise RunConfigError(f"config key 'latency.devices[{i}].backend': expected onnxruntime[:PROVIDER] or cuda, got {d['backend']!r}")
         if names.count(d["name"]) > 1:
             raise RunConfigError(f"config key 'latency.devices[{i}].name': {d['name']!r} appears twice, expected unique names")
+    for i, d in enumerate(cfg["latency"]["devices"]):
+        if d["table"] is not None and not _table_exists(d["table"]):
+            raise RunConfigError(f"config key 'latency.devices[{i}].table': {d['table']!r} not found, expected a "
+                                 "table file or a shipped table name such as cifar_h200_cuda_b1_bf16 (latency_tables/tables/)")
+    from search_space.training import STUDENT_RULES
+
+    if cfg["train"]["students"] not in STUDENT_RULES:
+        raise RunConfigError(f"config key 'train.students': expected one of {sorted(STUDENT_RULES)}, "
+                             f"got {cfg['train']['students']!r}")
     for dev, budget in cfg["search"]["budgets"].items():
         if dev not in names:
             raise RunConfigError(f"config key 'search.budgets.{dev}': unknown device, expected one of {names}")
@@ -93,6 +103,12 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["device"] not in ("auto", "cpu", "cuda") and not cfg["device"].startswith("cuda:"):
         raise RunConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     return cfg
+
+
+def _table_exists(path_or_name: str) -> bool:
+    from latency_tables.table import resolve_table_path
+
+    return resolve_table_path(path_or_name).is_file()
 
 
 def load_run_config(path: str | Path | None = None) -> dict:

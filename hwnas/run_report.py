@@ -40,6 +40,15 @@ def write_run_report(pipeline) -> Path:
              f"dataset `{cfg['dataset']['name']}`, device `{cfg['device']}`, seed {cfg['seed']}. "
              "Accuracies are top-1 on the dataset's validation split (held out from training), BN recalibrated; "
              "'pred' = predicted by the predictor or the latency table, 'meas' = measured on this machine.", ""]
+    train = man.get("train", {}).get("summary", {})
+    last = train.get("last_epoch", {})
+    if last:
+        accs = ", ".join(f"{k[len('val_acc_'):]} {v:.4f}" for k, v in last.items() if k.startswith("val_acc_"))
+        t = cfg["train"]
+        lines += ["## Supernet", "",
+                  f"{last.get('epoch')} epochs, batch {t['batch_size']}, peak lr {t['lr']}, students `{t['students']}` "
+                  f"+ {t['num_random']} random per step; final training loss {last.get('loss', float('nan')):.4f}; "
+                  f"validation accuracy: {accs or '-'}.", ""]
     lat = man.get("latency", {}).get("summary", {})
     for d in pipeline.devices():
         name = d["name"]
@@ -63,8 +72,11 @@ def write_run_report(pipeline) -> Path:
     if lat.get("skipped_devices"):
         lines += ["", f"Not measured here (no CUDA device): {', '.join(lat['skipped_devices'])}."]
     pred = man.get("predictor", {}).get("summary", {})
-    lines += ["", "## Predictor fidelity (held-out subnets)", "",
-              "```", json.dumps(pred, indent=1), "```", "", "![predictor](predictor/predicted_vs_measured.png)", ""]
+    fit = man.get("accuracy", {}).get("summary", {}).get("fit", "?")
+    lines += ["", f"## Predictor fidelity (fitted on {fit} subnets, scored on held-out subnets)", "",
+              "| " + " | ".join(pred) + " |", "| " + " | ".join("---:" for _ in pred) + " |",
+              "| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in pred.values()) + " |",
+              "", "![predictor](predictor/predicted_vs_measured.png)", ""]
     exported = man.get("export", {}).get("summary", {})
     lines += ["## Exported models", ""]
     for name, files in exported.items():

@@ -1,8 +1,11 @@
 """One-stage weight-sharing supernet training (sandwich rule + in-place distillation).
 
-Each step trains the largest subnet on the labels (label smoothing) and the smallest plus
+Each step trains the largest subnet on the labels (label smoothing) and a small student plus
 ``num_random`` random subnets on the largest's detached soft outputs (BigNAS, AttentiveNAS);
-gradients of all of them accumulate, then one optimizer step. This module takes batches as
+gradients of all of them accumulate, then one optimizer step. The small student is by default
+the smallest sizes with a random block type per layer ("mixed"): with the pure smallest
+(BigNAS), subnets that mix block types were trained too rarely and scored far below both
+extremes (experiments/results/student_rules_digits.md). This module takes batches as
 callables, so it does not depend on where data comes from (``hwnas`` wires datasets to it).
 
 Optimizer: SGD with Nesterov momentum. For convolutional networks on CIFAR/ImageNet it matches or
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch
+from .arch import Arch, LayerChoice, StageChoice
 from .checkpoint import CheckpointError, read_checkpoint, save_supernet
 from .errors import UserError
 from .evaluation import Batches, evaluate_archs, fit_resolution
@@ -63,6 +66,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.1
     num_random: int = 2
+    students: str = "mixed"
     grad_clip: float | None = 5.0
     seed: int = 0
 
@@ -71,6 +75,7 @@ class TrainConfig:
         _check(self.batch_size, "batch_size", int, lambda v: v >= 1, "an int >= 1")
         _check(self.num_random, "num_random", int, lambda v: v >= 0, "an int >= 0")
         _check(self.seed, "seed", int, lambda v: True, "an int")
+        _check(self.students, "students", str, lambda v: v in STUDENT_RULES, f"one of {', '.join(STUDENT_RULES)}")
         if self.lr is not None:
             _check(self.lr, "lr", (int, float), lambda v: v > 0 and math.isfinite(v), "a positive number")
         _check(self.momentum, "momentum", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -126,9 +131,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, config.min_lr_ratio))
 
 
-def sandwich_archs(space: SearchSpace, rng: np.random.Generator, num_random: int) -> list[Arch]:
-    """The subnets of one step: largest (teacher) first, then smallest, then ``num_random`` random."""
-    return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(num_random))]
+def smallest_mixed(space: SearchSpace, rng: np.random.Generator) -> Arch:
+    """The smallest subnet's sizes (resolution, depth, width, kernel, expansion) with a random
+    block type per layer: a lower bound for every type and for mixes of types."""
+    stages = []
+    for st, s in zip(space.config.stages, space.smallest().stages):
+        layers = []
+        for _ in s.layers:
+            block = st.blocks[rng.integers(len(st.blocks))]
+            layers.append(LayerChoice(block, min(st.kernels), min(st.expansions[block])))
+        stages.append(StageChoice(s.width, tuple(layers)))
+    return Arch(min(space.config.resolutions), tuple(stages))
+
+
+# The students of one step, besides ``num_random`` random subnets (the teacher is always the largest).
+STUDENT_RULES = {
+    "sandwich": lambda space, rng: [space.smallest()],       # BigNAS: the smallest subnet every step
+    "mixed": lambda space, rng: [smallest_mixed(space, rng)],  # smallest sizes, random block types
+    "uniform": lambda space, rng: [space.sample(rng)],        # one more random subnet instead
+}
+
+
+def sandwich_archs(space: SearchSpace, rng: np.random.Generator, num_random: int,
+                   students: str = "mixed") -> list[Arch]:
+    """The subnets of one step: largest (teacher) first, then the ``students`` rule's subnet,
+    then ``num_random`` random ones."""
+    return [space.largest(), *STUDENT_RULES[students](space, rng), *(space.sample(rng) for _ in range(num_random))]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -237,7 +265,7 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
             x, y = dist.shard(x, y)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = sandwich_step(model, supernet, sandwich_archs(supernet.space, arch_rng, config.num_random),
+            out = sandwich_step(model, supernet, sandwich_archs(supernet.space, arch_rng, config.num_random, config.students),
                                 x, y, optimizer, config, autocast_dtype)
             scheduler.step()
             sums += torch.stack([out["loss"], out["distill_loss"], out["correct"].float() / y.shape[0]])
@@ -283,7 +311,8 @@ def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: Tr
     state = blob.get("train_state")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no train_state; expected one written by train_supernet")
-    saved = state["config"]
+    # keys added after a checkpoint was written take their defaults
+    saved = {**TrainConfig(epochs=1, batch_size=1).to_json(), **state["config"]}
     changed = [f"{k}={v!r} (checkpoint: {saved.get(k)!r})" for k, v in config.to_json().items() if saved.get(k) != v]
     if changed:
         raise TrainingError(f"cannot resume {str(path)!r} with different settings: {', '.join(changed)}; "

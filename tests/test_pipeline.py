@@ -56,6 +56,16 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     third = json.loads((out / "manifest.json").read_text())
     assert third["search"]["finished"] == second["search"]["finished"]
     assert third["export"]["finished"] >= second["export"]["finished"]
+    # a device with `table:` reuses that table (checked against the space) instead of building one
+    reuse = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": [
+        {"name": "cpu", "backend": "onnxruntime", "threads": 1, "table": str(out / "tables" / "cpu.json")}]},
+        "search": {**TINY_RUN["search"], "budgets": {}}}
+    cfg.write_text(yaml.safe_dump(reuse))
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "reuse"), "--until", "latency"]) == 0
+    copied = json.loads((tmp_path / "reuse" / "tables" / "cpu.json").read_text())
+    assert copied["blocks"] == json.loads((out / "tables" / "cpu.json").read_text())["blocks"]
+    summary = json.loads((tmp_path / "reuse" / "manifest.json").read_text())["latency"]["summary"]
+    assert summary["cpu"]["reused"] == str(out / "tables" / "cpu.json") and summary["cpu"]["scores"]
 
 
 def test_bundled_quickstart_config_is_valid():
@@ -70,6 +80,8 @@ def test_bundled_quickstart_config_is_valid():
     ({"latency": {"devices": [{"backend": "onnxruntime"}]}}, "'latency.devices[0].name': missing"),
     ({"latency": {"devices": [{"name": "x", "backend": "tensorrt"}]}}, "'latency.devices[0].backend'"),
     ({"device": "tpu"}, "'device'"),
+    ({"train": {"students": "all"}}, "'train.students': expected one of"),
+    ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
     with pytest.raises(RunConfigError) as e:

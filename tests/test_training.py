@@ -113,8 +113,19 @@ def test_schedule_optimizer_and_sandwich(space):
     decayed, plain = build_optimizer(net, TrainConfig(epochs=1, batch_size=8)).param_groups
     assert all(p.ndim > 1 for p in decayed["params"]) and decayed["weight_decay"] > 0
     assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0
-    archs = sandwich_archs(space, np.random.default_rng(0), 3)
+    archs = sandwich_archs(space, np.random.default_rng(0), 3, "sandwich")
     assert archs[:2] == [space.largest(), space.smallest()] and len(archs) == 5
+    assert len(sandwich_archs(space, np.random.default_rng(0), 3, "uniform")) == 5
+    # mixed: the smallest sizes everywhere, block types drawn per layer (so they differ across steps)
+    rng, small = np.random.default_rng(0), space.smallest()
+    mixed = [sandwich_archs(space, rng, 0, "mixed")[1] for _ in range(20)]
+    for arch in mixed:
+        space.validate(arch)
+        assert arch.resolution == small.resolution
+        for s, t in zip(arch.stages, small.stages):
+            assert (s.width, s.depth) == (t.width, t.depth)
+            assert all(l.kernel == min(space.config.stages[0].kernels) for l in s.layers)
+    assert len({l.block for a in mixed for s in a.stages for l in s.layers}) == len(space.config.stages[0].blocks)
     assert TrainConfig(epochs=1, batch_size=512).peak_lr == pytest.approx(0.2)
 
 

@@ -16,7 +16,7 @@ from hwnas.datasets import DatasetBundle, DatasetError, Split, iterate_batches, 
 from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
 from search_space.evaluation import Batches, evaluate_archs
 from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
-from search_space.training import EpochBatches, TrainConfig, subnet_evaluator, train_supernet
+from search_space.training import STUDENT_RULES, EpochBatches, TrainConfig, subnet_evaluator, train_supernet
 
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
 
@@ -40,6 +40,10 @@ def register(sub) -> None:
     tr.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights (default 5e-4)")
     tr.add_argument("--num-random", type=int, default=2, help="random subnets per step besides the largest and "
                     "smallest (default 2)")
+    tr.add_argument("--students", default="mixed", choices=sorted(STUDENT_RULES),
+                    help="the subnet trained every step besides the largest and the random ones: sandwich (the "
+                    "smallest, BigNAS), mixed (the smallest sizes with random block types per layer) or uniform "
+                    "(one more random subnet); default mixed")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, subnets, data order and split (default 0)")
     tr.add_argument("--eval-every", type=int, default=1, help="validate largest/smallest every N epochs (default 1)")
     tr.add_argument("--resume", action="store_true", help="continue OUT/supernet.pt exactly where it stopped")
@@ -127,7 +131,7 @@ def _train(args) -> int:
                           (args.calib_batches, "--calib-batches")):
         _positive(value, option)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         num_random=args.num_random, seed=args.seed)
+                         num_random=args.num_random, students=args.students, seed=args.seed)
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)

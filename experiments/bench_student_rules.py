@@ -1,0 +1,156 @@
+"""Which subnets should a training step train besides the largest? A comparison of student rules.
+
+The GPU CIFAR-10 run showed random subnets far below both extremes (median 0.71 against 0.83 for
+the smallest and 0.88 for the largest): the BigNAS sandwich trains the pure largest and pure
+smallest paths every step, while mixes of block types are trained only when a random subnet
+happens to draw them. This script trains the same supernet once per rule (same seed, steps and
+subnets per step) and scores the largest, the smallest and a fixed set of random subnets, each
+BN-recalibrated, on the test split:
+
+- ``sandwich``: largest + smallest + N random (BigNAS);
+- ``mixed``: largest + smallest sizes with a random block type per layer + N random;
+- ``uniform``: largest + (N + 1) random.
+
+    PYTHONPATH=. python experiments/bench_student_rules.py                      # digits, ~3 min on 2 cores
+    PYTHONPATH=. python experiments/bench_student_rules.py --dataset cifar10-jpeg \\
+        --data .data/cifar10_jpeg.npz --space cifar --epochs 30 --batch-size 512 --device cuda
+
+Writes experiments/results/student_rules_<dataset>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
+from search_space import SearchSpace, Supernet
+from search_space.evaluation import evaluate_archs
+from search_space.io import atomic_write_text
+from search_space.training import STUDENT_RULES, TrainConfig, train_supernet
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--dataset", default="digits", help="dataset name (default digits)")
+    p.add_argument("--data", default=None, help="dataset file (digits needs none)")
+    p.add_argument("--space", default=str(ROOT / "hwnas" / "configs" / "space_digits.yaml"),
+                   help="space preset or file (default: the quickstart's digits space)")
+    p.add_argument("--rules", default=",".join(STUDENT_RULES), help="comma-separated rules (default: all)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs per rule (default 15)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--num-random", type=int, default=1, help="random subnets per step (default 1)")
+    p.add_argument("--archs", type=int, default=100, help="random subnets scored per rule (default 100)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per rule (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--out", default=None, help="results stem (default experiments/results/student_rules_<dataset>)")
+    return p.parse_args(argv)
+
+
+def train_and_score(args, space: SearchSpace, bundle, rule: str, seed: int, archs: list) -> dict:
+    """Train one supernet with ``rule``; return accuracies of largest, smallest and ``archs``."""
+    device = torch.device(args.device)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         num_random=args.num_random, students=rule, seed=seed)
+    torch.manual_seed(seed)
+    supernet = Supernet(space).to(device)
+    steps = len(bundle.train) // args.batch_size
+    start = time.perf_counter()
+    train_supernet(supernet, epoch_batches(bundle, args.batch_size, seed, device), steps, config, progress=False)
+    train_s = time.perf_counter() - start
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    accs = evaluate_archs(supernet, [space.largest(), space.smallest(), *archs],
+                          calibration_batches(bundle, 256, device), split_batches(bundle.test, bundle, 500),
+                          20, autocast)
+    return {"rule": rule, "seed": seed, "train_s": round(train_s, 1), "largest": accs[0], "smallest": accs[1],
+            "random": accs[2:]}
+
+
+def summarise(run: dict) -> dict:
+    """Median, quartiles and the share of random subnets at or above the smallest."""
+    r = np.asarray(run["random"])
+    return {"rule": run["rule"], "seed": run["seed"], "train_s": run["train_s"], "largest": run["largest"],
+            "smallest": run["smallest"], "random_median": float(np.median(r)), "random_p10": float(np.percentile(r, 10)),
+            "random_p90": float(np.percentile(r, 90)), "random_mean": float(r.mean()),
+            "share_above_smallest": float((r >= run["smallest"]).mean())}
+
+
+def plot(runs: list[dict], flops: np.ndarray, path: Path) -> None:
+    """Accuracy against FLOPs of the scored random subnets, one colour per rule."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for run in runs:
+        ax.scatter(flops / 1e6, run["random"], s=10, alpha=0.6, label=f"{run['rule']} (seed {run['seed']})")
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel("test accuracy (BN recalibrated)")
+    ax.set_title("random subnets after training with each student rule")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    """Train once per rule and seed, score, write json/md/png."""
+    args = parse_args(argv)
+    rules = args.rules.split(",")
+    unknown = [r for r in rules if r not in STUDENT_RULES]
+    if unknown:
+        sys.exit(f"error: --rules {unknown[0]!r} is unknown; expected some of {', '.join(STUDENT_RULES)}")
+    if args.device == "cpu":
+        torch.set_num_threads(2)
+    space = SearchSpace.from_config(args.space)
+    bundle = load_for_space(args.dataset, args.data, space, seed=0, device=args.device)
+    rng = np.random.default_rng(12345)
+    archs = [space.sample(rng) for _ in range(args.archs)]
+    runs = []
+    for seed in range(args.seeds):
+        for rule in rules:
+            run = train_and_score(args, space, bundle, rule, seed, archs)
+            runs.append(run)
+            s = summarise(run)
+            print(f"{rule:9s} seed {seed}: largest {s['largest']:.4f} smallest {s['smallest']:.4f} random median "
+                  f"{s['random_median']:.4f} p10 {s['random_p10']:.4f} ({s['train_s']:.0f} s)", flush=True)
+    stem = Path(args.out) if args.out else RESULTS / f"student_rules_{args.dataset}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    command = "PYTHONPATH=. python experiments/bench_student_rules.py " + " ".join(sys.argv[1:])
+    header = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": command.strip(), "device": device, "args": vars(args), "archs": [str(a) for a in archs]}
+    atomic_write_text(stem.with_suffix(".json"), json.dumps({**header, "runs": runs}, indent=1))
+    lines = [f"# Student rules on {args.dataset} ({device})", "", f"{header['date']}; `{header['command']}`", "",
+             f"{args.epochs} epochs, batch {args.batch_size}, {args.num_random} random subnet(s) per step besides "
+             f"the rule's; {args.archs} fixed random subnets scored on the test split.", "",
+             "| rule | seed | largest | smallest | random p10 | random median | random p90 | share >= smallest | train s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run in runs:
+        s = summarise(run)
+        lines.append(f"| {s['rule']} | {s['seed']} | {s['largest']:.4f} | {s['smallest']:.4f} | {s['random_p10']:.4f} "
+                     f"| {s['random_median']:.4f} | {s['random_p90']:.4f} | {s['share_above_smallest']:.2f} "
+                     f"| {s['train_s']:.0f} |")
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    plot(runs, np.array([space.flops(a) for a in archs], dtype=float), stem.with_suffix(".png"))
+    print(f"wrote {stem}.json/.md/.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
