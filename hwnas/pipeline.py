@@ -158,7 +158,7 @@ class Pipeline:
             entries = sorted(front["front"], key=lambda x: -_accuracy_of(x))[: e["top"]]
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
-            args = ["export", "--checkpoint", self.checkpoint, "--pareto", top, "--out", out, "--force",
+            args = ["export", "--checkpoint", self.checkpoint, *_data_args(self.cfg), "--pareto", top, "--out", out, "--force",
                     "--table", f"{d['name']}={self.table_path(d)}"]
             _cli(args + (["--dynamic-batch"] if e["dynamic_batch"] else []), capture=True)
             exported[d["name"]] = [str(out / f"{d['name']}_rank{i:02d}.onnx") for i in range(len(entries))]

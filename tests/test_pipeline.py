@@ -96,3 +96,26 @@ def test_run_cli_errors_exit_2(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({**TINY_RUN, "search": {"sampler": 3}}))
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "search.sampler" in capsys.readouterr().err
+
+
+def test_stages_pass_the_dataset(tmp_path, monkeypatch):
+    """Every stage that reads images gets the config's dataset and path (export recalibrates BN)."""
+    import hwnas.pipeline as pipeline
+
+    run = {**TINY_RUN, "dataset": {"name": "cifar10-jpeg", "path": "/data/cifar10_jpeg.npz"},
+           "export": {"top": 1, "dynamic_batch": False}}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run))
+    p = pipeline.Pipeline(cfg, tmp_path / "run")
+    (p.out / "search").mkdir(parents=True)
+    (p.out / "search" / "pareto_cpu.json").write_text(json.dumps({"front": [{"arch": "a", "accuracy": 0.5}]}))
+    calls = []
+    monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
+    p.export()
+    (tmp_path / "run" / "supernet").mkdir()
+    (tmp_path / "run" / "supernet" / "metrics.jsonl").write_text("")
+    p.train()
+    assert [c[0] for c in calls] == ["export", "supernet"]
+    for args in calls:
+        assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
+        assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
