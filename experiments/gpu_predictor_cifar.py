@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402  (after HWNAS_CACHE is set)
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from hwnas.cli.predictor import measure_accuracy_dataset, random_subset  # noqa: E402
+from hwnas.cli.predictor import add_measurement_args, measure_accuracy_dataset, random_subset  # noqa: E402
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
 from predictors import AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
 from predictors.benchmark import compare_predictors, holdout_split, write_report  # noqa: E402
@@ -69,10 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-n", type=int, default=6000, help="size of the spread sample to draw from (default 6000)")
     p.add_argument("--n-fit", type=int, default=1000, help="subnets to fit on, at most (default 1000)")
     p.add_argument("--min-test", type=int, default=500, help="held-out subnets, at least (default 500)")
-    p.add_argument("--calib-batches", type=int, default=2, help="BN recalibration batches (default 2)")
-    p.add_argument("--calib-batch-size", type=int, default=1024, help="BN recalibration batch size (default 1024)")
-    p.add_argument("--eval-batch-size", type=int, default=2500, help="evaluation batch size (default 2500)")
-    p.add_argument("--eval-limit", type=int, default=None, help="validation images per subnet (default: all 5000)")
+    add_measurement_args(p, calib_batches=2, calib_batch_size=1024, eval_batch_size=2500)
     p.add_argument("--repeat", type=int, default=100, help="subnets re-measured for repeatability (default 100)")
     p.add_argument("--layout", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="memory layout; auto = the faster on a probe (default auto)")

@@ -13,7 +13,6 @@ import hashlib
 import io
 import multiprocessing
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from search_space.errors import UserError
+from search_space.io import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -493,18 +493,10 @@ def _cached_jpeg_decode(path: Path, arrays: dict[str, np.ndarray], total: int) -
 
 
 def _atomic_save(target: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``target`` via a temp file + os.replace, so concurrent readers
-    never see a partial file; a failure (read-only home) only warns."""
+    """Write ``array`` to ``target`` atomically, so concurrent readers never see a partial
+    file; a failure (read-only home) only warns: the cache is an optimisation."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(target, lambda fh: np.save(fh, array))
     except OSError as exc:
         warnings.warn(f"hwnas: could not write dataset cache {target}: {exc}", stacklevel=3)
 

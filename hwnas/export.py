@@ -6,7 +6,6 @@ accuracy and per-device latencies in ``metadata_props`` (keys prefixed ``hwnas.`
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latency_tables.backends import export_onnx_bytes
 from search_space import Arch, SearchSpace, Subnet, Supernet, load_supernet
 from search_space.errors import UserError
 from search_space.io import atomic_torch_save, atomic_write_bytes
@@ -74,16 +74,6 @@ def load_model(path: str | Path) -> tuple[Subnet, dict]:
     return model.eval(), blob
 
 
-def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
-    """Serialise ``model`` to ONNX (TorchScript exporter: ~10x faster than dynamo for these nets)."""
-    buf = io.BytesIO()
-    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with torch.no_grad():
-        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"], dynamic_axes=axes)
-    return buf.getvalue()
-
-
 def with_metadata(data: bytes, metadata: dict) -> bytes:
     """Add ``hwnas.<key>`` entries to the ONNX model's metadata_props."""
     import onnx
@@ -128,7 +118,8 @@ def export_onnx(model: Subnet, path: str | Path, example: torch.Tensor, metadata
     """Export ``model`` to ``path`` with metadata, after checking ORT matches PyTorch on
     ``example`` within ``tolerance``; returns (path, max abs difference)."""
     path = check_writable(path, force)
-    data = with_metadata(onnx_bytes(model, example[:1] if not dynamic_batch else example, dynamic_batch), metadata)
+    data = with_metadata(export_onnx_bytes(model, example[:1] if not dynamic_batch else example, OPSET, input_name="input",
+                                           output_name="logits", dynamic_batch=dynamic_batch), metadata)
     diff = parity(model, data, example if dynamic_batch else example[:1])
     if not diff <= tolerance:
         raise ExportError(f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> {tolerance:g}) for {model.arch}")

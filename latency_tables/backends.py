@@ -97,24 +97,28 @@ class Backend(ABC):
         return f"{type(self).__name__}({self.spec!r}, batch_size={self.batch_size}, dtype={self.dtype!r}, threads={self.threads})"
 
 
-def export_onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
-    """Export ``module`` (eval mode) to an in-memory ONNX model.
+def export_onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = 17, *, input_name: str = "x",
+                      output_name: str = "y", dynamic_batch: bool = False) -> bytes:
+    """Export ``module`` (eval mode) to an in-memory ONNX model; ``dynamic_batch`` makes the
+    first axis of input and output symbolic (named ``batch``).
 
     Uses the TorchScript exporter (``dynamo=False``): on torch 2.14 it exports a block in
     ~0.13 s against ~1.3 s for the dynamo exporter, which would make exporting the 660 blocks
     of the cifar space alone take 14 minutes. Falls back to dynamo where the former is gone.
     """
     module = copy.deepcopy(module).eval()
+    names = {"input_names": [input_name], "output_names": [output_name]}
+    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation notices of the TorchScript exporter
         try:
-            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=["x"], output_names=["y"])
+            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
         except (TypeError, RuntimeError, ImportError):
             buf = io.BytesIO()
-            torch.onnx.export(module, (example,), buf, dynamo=True, input_names=["x"], output_names=["y"],
-                              verbose=False)
+            shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+            torch.onnx.export(module, (example,), buf, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                              verbose=False, **names)
     return buf.getvalue()
 
 

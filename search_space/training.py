@@ -152,6 +152,10 @@ STUDENT_RULES = {
 }
 
 
+# Settings of checkpoints written before the setting existed (resume must keep training as it did).
+LEGACY_SETTINGS = {"students": "sandwich"}
+
+
 def sandwich_archs(space: SearchSpace, rng: np.random.Generator, num_random: int,
                    students: str = "mixed") -> list[Arch]:
     """The subnets of one step: largest (teacher) first, then the ``students`` rule's subnet,
@@ -311,8 +315,8 @@ def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: Tr
     state = blob.get("train_state")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no train_state; expected one written by train_supernet")
-    # keys added after a checkpoint was written take their defaults
-    saved = {**TrainConfig(epochs=1, batch_size=1).to_json(), **state["config"]}
+    # keys added after a checkpoint was written: what training did before they existed
+    saved = {**TrainConfig(epochs=1, batch_size=1).to_json(), **LEGACY_SETTINGS, **state["config"]}
     changed = [f"{k}={v!r} (checkpoint: {saved.get(k)!r})" for k, v in config.to_json().items() if saved.get(k) != v]
     if changed:
         raise TrainingError(f"cannot resume {str(path)!r} with different settings: {', '.join(changed)}; "

@@ -9,6 +9,7 @@ import shlex
 from search_space import SearchSpace
 
 from .space import add_space_arg
+from hwnas.cli._group import command_group
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -39,10 +40,9 @@ def _add_table_arg(p: argparse.ArgumentParser, flag: bool = True) -> None:
 
 def register(sub) -> None:
     """Add ``hwnas latency ...``."""
-    p = sub.add_parser("latency", help="latency lookup tables: build, query, validate",
-                       description="Per-block latency tables measured on a device (ONNX Runtime or CUDA), "
-                       "calibrated on whole networks.")
-    cmds = p.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
+    cmds = command_group(sub, "latency", help="latency lookup tables: build, query, validate",
+                         description="Per-block latency tables measured on a device (ONNX Runtime or CUDA), "
+                         "calibrated on whole networks.")
 
     b = cmds.add_parser("build", help="measure every block of a space (resumable), then calibrate",
                         description="Measure every unique block spec of the space, then whole calibration "

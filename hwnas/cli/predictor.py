@@ -23,16 +23,29 @@ from predictors import (FEATURE_RECIPES, PREDICTORS, AccuracyDataset, Predictor,
                         load_predictor, make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
 from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
+from hwnas.cli._group import command_group
 
 SPLITS = ("val", "test")
 
 
+def add_measurement_args(p, calib_batches: int = 20, calib_batch_size: int = 256, eval_batch_size: int = 1000) -> None:
+    """Options of one subnet accuracy measurement (BN recalibration, then evaluation); experiment
+    scripts pass their own defaults."""
+    p.add_argument("--calib-batches", type=int, default=calib_batches,
+                   help=f"training batches for BN recalibration (default {calib_batches})")
+    p.add_argument("--calib-batch-size", type=int, default=calib_batch_size,
+                   help=f"batch size of BN recalibration (default {calib_batch_size})")
+    p.add_argument("--eval-batch-size", type=int, default=eval_batch_size,
+                   help=f"batch size of evaluation (default {eval_batch_size})")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="measure on a fixed random subset of this many images of the split (default: all)")
+
+
 def register(sub) -> None:
     """Add ``hwnas predictor dataset|fit|eval``."""
-    p = sub.add_parser("predictor", help="accuracy datasets and accuracy predictors",
-                       description="Measure subnet accuracies on a trained supernet, fit an accuracy predictor, "
-                       "and score it on held-out subnets.")
-    cmds = p.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
+    cmds = command_group(sub, "predictor", help="accuracy datasets and accuracy predictors",
+                         description="Measure subnet accuracies on a trained supernet, fit an accuracy predictor, "
+                         "and score it on held-out subnets.")
 
     ds = cmds.add_parser("dataset", help="measure the accuracy of N spread-sampled subnets",
                          description="Sample N subnets spread over the FLOPs range and block types, recalibrate "
@@ -51,11 +64,7 @@ def register(sub) -> None:
                     "other subnets measured the same way, e.g. a held-out set")
     ds.add_argument("--measure-seed", type=int, default=0, help="seed of the calibration images and the eval subset "
                     "(default 0); accuracies are comparable only between equal measure seeds")
-    ds.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
-    ds.add_argument("--calib-batch-size", type=int, default=256, help="batch size of BN recalibration (default 256)")
-    ds.add_argument("--eval-batch-size", type=int, default=1000, help="batch size of evaluation (default 1000)")
-    ds.add_argument("--eval-limit", type=int, default=None,
-                    help="measure on a fixed random subset of this many images of the split (default: all)")
+    add_measurement_args(ds)
     ds.add_argument("--time-budget", type=float, default=None,
                     help="stop after this many seconds (the file stays resumable)")
     ds.add_argument("--quiet", action="store_true", help="no progress bar")

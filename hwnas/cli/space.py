@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from search_space import SearchSpace
+from hwnas.cli._group import command_group
 
 
 def add_space_arg(p: argparse.ArgumentParser) -> None:
@@ -17,8 +18,7 @@ def add_space_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     """Add ``hwnas space ...``."""
-    p = sub.add_parser("space", help="inspect a search space", description="Inspect a search space and its architectures.")
-    cmds = p.add_subparsers(dest="space_command", metavar="ACTION", required=True)
+    cmds = command_group(sub, "space", help="inspect a search space", description="Inspect a search space and its architectures.")
 
     show = cmds.add_parser("show", help="print the space's choices and size")
     add_space_arg(show)

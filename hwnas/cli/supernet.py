@@ -17,15 +17,15 @@ from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
 from search_space.evaluation import Batches, evaluate_archs
 from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
 from search_space.training import STUDENT_RULES, EpochBatches, TrainConfig, subnet_evaluator, train_supernet
+from hwnas.cli._group import command_group
 
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
 
 
 def register(sub) -> None:
     """Add ``hwnas supernet train|eval``."""
-    p = sub.add_parser("supernet", help="train a supernet, evaluate its subnets",
-                       description="Train a weight-sharing supernet and evaluate its subnets.")
-    cmds = p.add_subparsers(dest="supernet_command", metavar="ACTION", required=True)
+    cmds = command_group(sub, "supernet", help="train a supernet, evaluate its subnets",
+                         description="Train a weight-sharing supernet and evaluate its subnets.")
 
     tr = cmds.add_parser("train", help="train a supernet (sandwich rule, in-place distillation)",
                          description="Train every subnet of a space at once: each step trains the largest subnet "
