@@ -84,3 +84,42 @@ def write_run_report(pipeline) -> Path:
     lines += ["", "## Stage timings", "", "| stage | seconds |", "| --- | ---: |"]
     lines += [f"| {s} | {t:.1f} |" for s, t in pipeline.runner.seconds().items()]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _best(pair) -> str:
+    """'measured' of a front value when verified, else 'predicted', formatted."""
+    if isinstance(pair, dict):
+        if "measured" in pair:
+            return f"{pair['measured']:.4g} (measured)"
+        return f"{pair['predicted']:.4g} (predicted)"
+    return f"{pair:.4g}" if isinstance(pair, (int, float)) else "-"
+
+
+def console_summary(pipeline) -> str:
+    """A few lines for the terminal: per device the front's size and ranges and the most accurate
+    exported model (the report holds everything else)."""
+    out, lines = pipeline.out, []
+    for d in pipeline.devices():
+        name = d["name"]
+        front = json.loads((out / "search" / f"pareto_{name}.json").read_text())["front"]
+        acc = [r["accuracy"]["predicted"] if isinstance(r["accuracy"], dict) else r["accuracy"] for r in front]
+        lat = [r["latency_ms"]["predicted"] if isinstance(r.get("latency_ms"), dict) else r.get("latency_ms", 0.0)
+               for r in front]
+        budget = pipeline.cfg["search"]["budgets"].get(name)
+        lines.append(f"{name} ({d['backend']}, batch {d['batch_size']}, {d['dtype']}"
+                     + (f", budget {budget} ms" if budget else "") + f"): {len(front)} Pareto points, "
+                     f"{min(lat):.4g}-{max(lat):.4g} ms, accuracy {min(acc):.4f}-{max(acc):.4f} (predicted)")
+        top = out / "models" / f"top_{name}.json"
+        if top.exists():
+            best = json.loads(top.read_text())["front"][0]
+            lines.append(f"  most accurate exported: {best['arch']}  accuracy {_best(best['accuracy'])}, "
+                         f"latency {_best(best.get('latency_ms'))} ms -> {out / 'models' / f'{name}_rank00.onnx'}")
+    for name in skipped_devices(pipeline):
+        lines.append(f"{name}: not measured here (no CUDA device)")
+    lines.append(f"report: {out / 'report.md'}")
+    return "\n".join(lines)
+
+
+def skipped_devices(pipeline) -> list[str]:
+    """Devices of the config this machine could not measure."""
+    return [d["name"] for d in pipeline.cfg["latency"]["devices"] if d not in pipeline.devices()]

@@ -42,7 +42,10 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     second = json.loads((out / "manifest.json").read_text())
     for stage in first:  # finished stages were not redone
         assert second[stage]["finished"] == first[stage]["finished"]
-    assert "up to date, skipped" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "up to date, skipped" in captured.err
+    assert "cpu (onnxruntime, batch 1, fp32, budget 50 ms): " in captured.out and "cpu_rank00.onnx" in captured.out
+    assert "gpu: not measured here" in captured.out
     report = (out / "report.md").read_text()
     assert "## Device `cpu`" in report and "| 0 | `r8/" in report
     assert "gpu" in report  # the CUDA device is reported as not measured here

@@ -22,8 +22,9 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    result = Pipeline(args.config, args.out, args.redo_from, args.until).run()
-    print(f"done: {result}")
-    if result.name == "report.md":
-        print(result.read_text())
+    from hwnas.run_report import console_summary
+
+    pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
+    result = pipeline.run()
+    print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")
     return 0
