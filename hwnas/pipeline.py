@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -85,9 +84,6 @@ class Pipeline:
     # ---- stages --------------------------------------------------------------------------
     def train(self) -> dict:
         c, run_dir = self.cfg["train"], self.checkpoint.parent
-        manifest_done = "train" in self.runner.manifest
-        if run_dir.exists() and manifest_done:  # inputs changed or --from: start again
-            shutil.rmtree(run_dir)
         args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), "--epochs", c["epochs"],
                 "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"], "--students", c["students"],
                 "--eval-every", max(1, c["epochs"] // 10),
@@ -111,6 +107,7 @@ class Pipeline:
             else:
                 backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"],
                                        threads=d["threads"])
+                _drop_stale_table(path, self.space, backend, d["name"])
                 table = build_table(self.space, backend, path, device=d["name"],
                                     calibration_nets=lat["calibration"], seed=self.cfg["seed"])
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
@@ -174,24 +171,37 @@ class Pipeline:
     def run(self) -> Path:
         """Run (or resume) every stage up to ``until``; returns the report path (or the run dir)."""
         cfg = self.cfg
-        steps = [
+        search, accuracy = self.out / "search", self.out / "predictor"
+        steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
             ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"], "train": cfg["train"],
-                       "seed": cfg["seed"]}, [self.checkpoint], self.train),
+                       "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
-             [self.table_path(d) for d in self.devices()], self.latency),
-            ("accuracy", {"predictor": cfg["predictor"]}, [self.out / "predictor" / "accuracy_holdout.jsonl"],
-             self.accuracy),
-            ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor),
+             [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()
+            ("accuracy", {k: cfg["predictor"][k] for k in ("archs", "holdout")}, [accuracy / "accuracy_holdout.jsonl"],
+             self.accuracy, [accuracy / "accuracy_fit.jsonl", accuracy / "accuracy_holdout.jsonl"]),
+            ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor, []),
             ("search", {"search": cfg["search"], "verify": cfg["verify"]},
-             [self.out / "search" / f"pareto_{d['name']}.json" for d in self.devices()], self.search),
-            ("export", {"export": cfg["export"]}, [self.out / "models"], self.export),
-            ("report", {}, [self.out / "report.md"], self.report),
+             [search / f"pareto_{d['name']}.json" for d in self.devices()], self.search, [search]),
+            ("export", {"export": cfg["export"]}, [self.out / "models"], self.export, [self.out / "models"]),
+            ("report", {}, [self.out / "report.md"], self.report, []),
         ]
-        for name, inputs, outputs, fn in steps:
-            self.runner.run(name, inputs, outputs, fn)
+        for name, inputs, outputs, fn, clean in steps:
+            self.runner.run(name, inputs, outputs, fn, clean)
             if name == self.until:
                 return self.out
         return self.out / "report.md"
+
+
+def _drop_stale_table(path: Path, space: SearchSpace, backend, device: str) -> None:
+    """Delete a table at ``path`` that another space, backend setting or device label made
+    (a changed config); a partial table with the same settings stays, so its build resumes."""
+    from latency_tables import LatencyTable
+
+    if not path.exists():
+        return
+    table = LatencyTable.load(path)
+    if (table.space_fingerprint, table.backend_settings, table.device) != (space.fingerprint, backend.settings(), device):
+        path.unlink()
 
 
 def _accuracy_of(entry: dict) -> float:

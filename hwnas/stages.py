@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from search_space.errors import UserError
 from search_space.io import atomic_write_json
@@ -33,8 +34,12 @@ class StageRunner:
         self.forced = set(stages[stages.index(redo_from):]) if redo_from else set()
         self.previous = ""
 
-    def run(self, name: str, inputs: dict, outputs: list[Path], fn: Callable[[], dict]) -> dict:
-        """Run ``fn`` (returns a JSON-able summary) unless its recorded run is still valid."""
+    def run(self, name: str, inputs: dict, outputs: list[Path], fn: Callable[[], dict],
+            clean: Sequence[Path] = ()) -> dict:
+        """Run ``fn`` (returns a JSON-able summary) unless its recorded run is still valid.
+
+        ``clean`` lists work files and folders of the stage: removed before a finished stage is
+        redone (its inputs changed, or ``--from``), kept when an interrupted one resumes."""
         key = digest({"inputs": inputs, "previous": self.previous})
         self.previous = key
         record = self.manifest.get(name)
@@ -44,6 +49,9 @@ class StageRunner:
             print(f"[{n}/{len(self.stages)}] {name}: up to date, skipped ({record['seconds']:.1f} s earlier)", file=sys.stderr)
             return record["summary"]
         print(f"[{n}/{len(self.stages)}] {name} ...", file=sys.stderr)
+        if record:  # a finished stage is redone: its earlier work must not be resumed
+            for path in map(Path, clean):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         start = time.perf_counter()
         summary = fn()
         seconds = time.perf_counter() - start

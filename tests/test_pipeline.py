@@ -122,3 +122,31 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     for args in calls:
         assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
         assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
+
+
+def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):
+    """A finished run whose training changes is redone from scratch (accuracy datasets of the old
+    checkpoint and the old study are not resumed); a changed predictor model redoes only the
+    stages from the predictor on."""
+    run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": TINY_RUN["latency"]["devices"][:1]}}
+    cfg, out = tmp_path / "run.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump(run))
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    header = lambda: json.loads((out / "predictor" / "accuracy_fit.jsonl").read_text().splitlines()[0])
+    old_hash = header()["checkpoint_hash"]
+    blocks = lambda: json.loads((out / "tables" / "cpu.json").read_text())["blocks"]
+    old_blocks = blocks()
+    cfg.write_text(yaml.safe_dump({**run, "train": {**run["train"], "epochs": 3}}))
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    second = json.loads((out / "manifest.json").read_text())
+    assert header()["checkpoint_hash"] != old_hash
+    assert blocks() == old_blocks  # the table's settings did not change: resumed, not re-measured
+    assert "150 completed trials" in (out / "search" / "summary.md").read_text()  # a new study, not the old one resumed
+    cfg.write_text(yaml.safe_dump({**run, "train": {**run["train"], "epochs": 3},
+                                   "predictor": {**run["predictor"], "model": "mlp"}}))
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "accuracy: up to date, skipped" in err and "[4/7] predictor: done" in err
+    assert json.loads((out / "manifest.json").read_text())["search"]["finished"] >= second["search"]["finished"]
