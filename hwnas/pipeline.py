@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from search_space import SearchSpace
 from search_space.errors import UserError
 from search_space.io import atomic_write_json
 
+INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
 
 
@@ -185,11 +187,32 @@ class Pipeline:
             ("export", {"export": cfg["export"]}, [self.out / "models"], self.export, [self.out / "models"]),
             ("report", {}, [self.out / "report.md"], self.report, []),
         ]
-        for name, inputs, outputs, fn, clean in steps:
-            self.runner.run(name, inputs, outputs, fn, clean)
-            if name == self.until:
-                return self.out
-        return self.out / "report.md"
+        started, status, name = time.strftime("%Y-%m-%d %H:%M:%S"), "failed", ""
+        try:
+            for name, inputs, outputs, fn, clean in steps:
+                if name == "report":  # the report lists this invocation too
+                    self._log_invocation(started, "finished")
+                self.runner.run(name, inputs, outputs, fn, clean)
+                if name == self.until:
+                    status = f"stopped after {name} (--until)"
+                    return self.out
+            status = "finished"
+            return self.out / "report.md"
+        finally:
+            self._log_invocation(started, status if status != "failed" else f"failed in {name}")
+
+    def _log_invocation(self, started: str, status: str) -> None:
+        """Record this ``hwnas run`` in ``invocations.json`` (a run split over several calls, or
+        resumed after a failure, shows as several entries)."""
+        path = self.out / INVOCATIONS
+        log = json.loads(path.read_text()) if path.exists() else []
+        entry = {"started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"), "status": status,
+                 "ran": list(self.runner.ran), "skipped": list(self.runner.skipped)}
+        if log and log[-1]["started"] == started:
+            log[-1] = entry  # the report's own update of this invocation
+        else:
+            log.append(entry)
+        atomic_write_json(path, log)
 
 
 def _drop_stale_table(path: Path, space: SearchSpace, backend, device: str) -> None:

@@ -83,6 +83,13 @@ def write_run_report(pipeline) -> Path:
         lines += [f"- `{name}`: " + ", ".join(f"`{Path(f).relative_to(out)}`" for f in files)]
     lines += ["", "## Stage timings", "", "| stage | seconds |", "| --- | ---: |"]
     lines += [f"| {s} | {t:.1f} |" for s, t in pipeline.runner.seconds().items()]
+    invocations = out / "invocations.json"
+    if invocations.exists():
+        runs = json.loads(invocations.read_text())
+        lines += ["", f"## Invocations ({len(runs)} `hwnas run` call{'s' if len(runs) != 1 else ''})", "",
+                  "| started | ended | status | stages run | stages skipped |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['started']} | {r['ended']} | {r['status']} | {', '.join(r['ran']) or '-'} "
+                  f"| {', '.join(r['skipped']) or '-'} |" for r in runs]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 

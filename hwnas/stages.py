@@ -33,6 +33,7 @@ class StageRunner:
         self.manifest = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.forced = set(stages[stages.index(redo_from):]) if redo_from else set()
         self.previous = ""
+        self.ran, self.skipped = [], []  # stages of this invocation
 
     def run(self, name: str, inputs: dict, outputs: list[Path], fn: Callable[[], dict],
             clean: Sequence[Path] = ()) -> dict:
@@ -47,12 +48,14 @@ class StageRunner:
         if (name not in self.forced and record and record["key"] == key
                 and all(Path(p).exists() for p in record["outputs"])):
             print(f"[{n}/{len(self.stages)}] {name}: up to date, skipped ({record['seconds']:.1f} s earlier)", file=sys.stderr)
+            self.skipped.append(name)
             return record["summary"]
         print(f"[{n}/{len(self.stages)}] {name} ...", file=sys.stderr)
         if record:  # a finished stage is redone: its earlier work must not be resumed
             for path in map(Path, clean):
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         start = time.perf_counter()
+        self.ran.append(name)
         summary = fn()
         seconds = time.perf_counter() - start
         self.manifest[name] = {"key": key, "outputs": [str(p) for p in outputs], "summary": summary,

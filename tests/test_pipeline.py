@@ -48,6 +48,11 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     assert "gpu: not measured here" in captured.out
     report = (out / "report.md").read_text()
     assert "## Device `cpu`" in report and "| 0 | `r8/" in report
+    # the report says the run took two calls: the first stopped by --until, the second resumed it
+    assert "## Invocations (2 `hwnas run` calls)" in report
+    runs = json.loads((out / "invocations.json").read_text())
+    assert [r["status"] for r in runs] == ["stopped after predictor (--until)", "finished"]
+    assert runs[1]["skipped"] == ["train", "latency", "accuracy", "predictor"] and "search" in runs[1]["ran"]
     assert "gpu" in report  # the CUDA device is reported as not measured here
     front = json.loads((out / "search" / "pareto_cpu.json").read_text())
     assert front["front"]
@@ -99,6 +104,12 @@ def test_run_cli_errors_exit_2(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({**TINY_RUN, "search": {"sampler": 3}}))
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "search.sampler" in capsys.readouterr().err
+    # a stage that fails: one clear line, exit 2, and the failure is logged with its stage
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({**TINY_RUN, "dataset": {"name": "cifar10-jpeg", "path": str(tmp_path / "nope.npz")}}))
+    assert main(["run", "--config", str(missing), "--out", str(tmp_path / "f")]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+    assert json.loads((tmp_path / "f" / "invocations.json").read_text())[-1]["status"] == "failed in train"
 
 
 def test_stages_pass_the_dataset(tmp_path, monkeypatch):
