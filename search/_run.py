@@ -17,7 +17,7 @@ from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import SAMPLERS, default_batch_size, make_sampler
-from ._storage import HEARTBEAT_INTERVAL_S, is_shared, is_single_host, open_storage, storage_url
+from ._storage import HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, storage_url
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
@@ -122,7 +122,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    store = open_storage(storage, **storage_options)
+    store = open_storage(storage, single_process=not use_ray, **storage_options)
     if use_ray and (isinstance(storage, BaseStorage) or not is_shared(store)):
         raise SearchError(f"Ray workers need a storage they can open themselves, got {url!r}: "
                           "pass a journal file, an SQLite file or an RDB URL")
@@ -174,6 +174,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
                 break
     finally:
         bar.close()
+        flush_storage(store)
     done = trial_counts(study)[TrialState.COMPLETE]
     if done < n_trials:
         raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "

@@ -311,7 +311,8 @@ def test_resume_continues_the_same_study(tmp_path):
                    progress=False)
 
 
-def test_ctrl_c_leaves_a_resumable_storage(tmp_path):
+@pytest.mark.parametrize("name", ["s.db", "s.journal"])
+def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
     calls = {"n": 0}
 
     def interrupting(archs):
@@ -321,7 +322,7 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path):
         return toy_latency_a(archs)
 
     objs = toy_objectives()[:1] + [Objective("latency:a", "minimize", interrupting, device="a")]
-    storage = str(tmp_path / "s.db")
+    storage = str(tmp_path / name)
     with pytest.raises(KeyboardInterrupt):
         run_search(SPACE, objs, 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
@@ -330,6 +331,31 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path):
     run_search(SPACE, toy_objectives()[:2], 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 24
+
+
+def test_buffered_journal_writes_in_batches_and_reads_its_own_writes(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+
+    from search._storage import BufferedJournalFileBackend
+
+    path = str(tmp_path / "b.journal")
+    buffered = BufferedJournalFileBackend(path, flush_s=3600)
+    buffered.append_logs([{"op": i} for i in range(3)])
+    assert [l["op"] for l in buffered.read_logs(0)] == [0, 1, 2] and [l["op"] for l in buffered.read_logs(2)] == [2]
+    assert list(JournalFileBackend(path).read_logs(0)) == []  # nothing on disk before a flush
+    buffered.flush()
+    buffered.append_logs([{"op": 3}])
+    assert [l["op"] for l in JournalFileBackend(path).read_logs(0)] == [0, 1, 2]
+    assert [l["op"] for l in buffered.read_logs(1)] == [1, 2, 3]  # file part, then buffered part
+    buffered.flush()
+    reopened = BufferedJournalFileBackend(path)
+    reopened.append_logs([{"op": 4}])
+    assert [l["op"] for l in reopened.read_logs(3)] == [3, 4]
+    # the search loop flushes when it ends: every trial is on disk for another process
+    storage = str(tmp_path / "s.journal")
+    run_search(SPACE, toy_objectives(), 30, storage=storage, study_name="b", progress=False)
+    study = optuna.load_study(study_name="b", storage=open_storage(storage))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 30
 
 
 def test_a_killed_run_is_recovered_on_resume(tmp_path):
