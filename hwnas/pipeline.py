@@ -122,7 +122,9 @@ class Pipeline:
 
     def accuracy(self) -> dict:
         p, out = self.cfg["predictor"], self.out / "predictor"
-        common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet"]
+        common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet",
+                  "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
+                  "--eval-batch-size", p["eval_batch_size"]]
         _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
         holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
         _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--out", out / "accuracy_holdout.jsonl"])
@@ -179,7 +181,7 @@ class Pipeline:
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()
-            ("accuracy", {k: cfg["predictor"][k] for k in ("archs", "holdout")}, [accuracy / "accuracy_holdout.jsonl"],
+            ("accuracy", {k: v for k, v in cfg["predictor"].items() if k != "model"}, [accuracy / "accuracy_holdout.jsonl"],
              self.accuracy, [accuracy / "accuracy_fit.jsonl", accuracy / "accuracy_holdout.jsonl"]),
             ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor, []),
             ("search", {"search": cfg["search"], "verify": cfg["verify"]},

@@ -34,7 +34,9 @@ SCHEMA = {
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
               "num_random": ((int,), 2), "students": ((str,), "mixed")},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
-    "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto")},
+    "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
+                  # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
+                  "calib_batches": ((int,), 20), "calib_batch_size": ((int,), 256), "eval_batch_size": ((int,), 1000)},
     "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {})},
     "verify": {"top": ((int,), 8)},
     "export": {"top": ((int,), 3), "dynamic_batch": ((bool,), True)},

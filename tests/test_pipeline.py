@@ -117,7 +117,8 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     import hwnas.pipeline as pipeline
 
     run = {**TINY_RUN, "dataset": {"name": "cifar10-jpeg", "path": "/data/cifar10_jpeg.npz"},
-           "export": {"top": 1, "dynamic_batch": False}}
+           "export": {"top": 1, "dynamic_batch": False},
+           "predictor": {**TINY_RUN["predictor"], "calib_batches": 5, "calib_batch_size": 1024}}
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(run))
     p = pipeline.Pipeline(cfg, tmp_path / "run")
@@ -129,8 +130,11 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     (tmp_path / "run" / "supernet").mkdir()
     (tmp_path / "run" / "supernet" / "metrics.jsonl").write_text("")
     p.train()
-    assert [c[0] for c in calls] == ["export", "supernet"]
-    for args in calls:
+    p.accuracy()
+    assert [c[0] for c in calls] == ["export", "supernet", "predictor", "predictor"]
+    for args in calls[2:]:  # the measurement settings of the config
+        assert args[args.index("--calib-batches") + 1] == "5" and args[args.index("--calib-batch-size") + 1] == "1024"
+    for args in calls[:2]:
         assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
         assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
 
