@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from experiments.bench_supernet import machine
@@ -39,7 +38,7 @@ from search_space.evaluation import evaluate_archs
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.train_state import write_metrics
 from search_space.train_dist import DistContext, resolve_device
-from search_space.training import (TrainConfig, build_optimizer, sandwich_archs, sandwich_step, subnet_evaluator,
+from search_space.training import (TrainConfig, subnet_evaluator, time_sandwich_steps,
                                    train_supernet)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,34 +96,11 @@ def _subset(split: Split, n: int, g: torch.Generator) -> Split:
 def plan_epochs(args, space, bundle, config: TrainConfig, steps: int, evaluator, device) -> dict:
     """Measure step, evaluation and checkpoint times on a throw-away supernet; return the plan
     (epochs, eval_every, checkpoint_every) that fits the time budget."""
-    torch.manual_seed(config.seed + 1)
-    net = Supernet(space).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
-    opt = build_optimizer(net, config)
-    rng = np.random.default_rng(config.seed + 1)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    # Time the same subnets twice: the first pass pays cuDNN's autotuning of every new conv shape,
-    # which a real run pays once in thousands of steps (timing fresh random subnets instead
-    # measured 0.59 s/step against 0.07 s/step in training).
-    arch_lists = [sandwich_archs(space, rng, config.num_random, config.students) for _ in range(2 if args.smoke else 10)]
-    timed = len(arch_lists) * 3
-    batches = iter(epoch_batches(bundle, config.batch_size, config.seed + 1, device)(0))
+    def batches():  # a small training set: start further passes
+        for seed in range(config.seed + 1, config.seed + 100):
+            yield from epoch_batches(bundle, config.batch_size, seed, device)(0)
 
-    def run(n):
-        for i in range(n):
-            try:
-                x, y = next(batches)
-            except StopIteration:  # a small training set: start another pass
-                x, y = next(iter(epoch_batches(bundle, config.batch_size, config.seed + 2, device)(0)))
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            sandwich_step(net, net, arch_lists[i % len(arch_lists)], x, y, opt, config, autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    run(len(arch_lists))
-    start = time.perf_counter()
-    run(timed)
-    step_s = (time.perf_counter() - start) / timed
+    step_s, net, opt = time_sandwich_steps(space, config, batches(), device, subnet_lists=2 if args.smoke else 10)
     start = time.perf_counter()
     evaluator(net)
     eval_s = time.perf_counter() - start

@@ -17,7 +17,7 @@ from search_space import SearchSpace, Supernet, load_supernet
 from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
-                                   train_supernet)
+                                   time_sandwich_steps, train_supernet)
 
 # Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes; dropout draws from
 # torch's global RNG, so the exact-resume test also checks that its state is restored.
@@ -218,3 +218,10 @@ def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err, err
+
+
+def test_time_sandwich_steps_times_warmed_up_steps(space):
+    batches = ((torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(100))
+    step_s, net, opt = time_sandwich_steps(space, TrainConfig(epochs=1, batch_size=8, num_random=1), batches,
+                                           torch.device("cpu"), subnet_lists=2, repeats=2)
+    assert 0 < step_s < 10 and isinstance(net, Supernet) and opt.state  # the probe trained its own supernet
