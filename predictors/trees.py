@@ -1,36 +1,36 @@
-"""Gradient-boosted trees (sklearn), an ensemble over bootstrap resamples.
+"""Gradient-boosted trees (sklearn), an ensemble of stochastic boosting runs.
 
-One boosted model gives no uncertainty; fitting several on bootstrap resamples of the data,
-each with its own seed, does: their spread (std) is the predictor's uncertainty.
+One boosted model gives no uncertainty. Several stochastic gradient-boosting runs (each tree
+fitted on a random 80% of the data), each with its own seed, do: their spread (std) is the
+predictor's uncertainty. Exact-split ``GradientBoostingRegressor`` with row subsampling ranked
+held-out subnets better than bagged histogram boosting in 5-fold cross-validation on both
+JPEG-CIFAR-10 accuracy datasets (Kendall tau 0.796 vs 0.783 and 0.804 vs 0.800;
+``experiments/results/predictor_gbt_cv.md``), at ~11 s instead of ~4 s per fit of 800 subnets
+on 2 cores.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.ensemble import GradientBoostingRegressor
 
 from .base import Predictor, register_predictor
 
 
 @register_predictor("gbt")
 class GBTEnsemble(Predictor):
-    """Bootstrap ensemble of histogram gradient-boosted trees; std = member spread."""
+    """Ensemble of stochastic gradient-boosted trees; std = member spread."""
 
     @classmethod
     def default_hparams(cls) -> dict:
-        return {"members": 5, "max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 15,
-                "min_samples_leaf": 10, "l2_regularization": 1.0}
+        return {"members": 5, "n_estimators": 600, "learning_rate": 0.03, "max_depth": 3, "subsample": 0.8,
+                "min_samples_leaf": 5}
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:
         h = dict(self.hparams)
         members = h.pop("members")
-        rng = np.random.default_rng(self.seed)
-        self.models = []
-        for m in range(members):
-            idx = rng.integers(0, len(z), len(z))  # bootstrap resample
-            # early_stopping off: with few samples a held-out slice costs more than it saves
-            model = HistGradientBoostingRegressor(**h, early_stopping=False, random_state=self.seed * 1000 + m)
-            self.models.append(model.fit(F_[idx], z[idx]))
+        self.models = [GradientBoostingRegressor(**h, random_state=self.seed * 1000 + m).fit(F_, z)
+                       for m in range(members)]
 
     def _predict(self, F_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.stack([m.predict(F_) for m in self.models])

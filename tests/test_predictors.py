@@ -126,7 +126,7 @@ def test_bad_inputs_are_one_line_user_errors(cifar, synthetic, tmp_path):
 def test_select_predictor_prefers_better_ranking(cifar, synthetic):
     X, y = synthetic
     candidates = {"gp": lambda: make_predictor("gp", cifar),
-                  "two-stumps": lambda: make_predictor("gbt", cifar, members=1, max_iter=2, max_leaf_nodes=2)}
+                  "two-stumps": lambda: make_predictor("gbt", cifar, members=1, n_estimators=2, max_depth=1)}
     best, scores = select_predictor(X[:200], y[:200], candidates, k=3)
     assert best == "gp" and set(scores) == set(candidates)
     assert scores["gp"] > 0.85 > scores["two-stumps"]
