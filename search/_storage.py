@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +37,19 @@ class BufferedJournalFileBackend(BaseJournalBackend):
 
     def __init__(self, path: str, flush_s: float = 2.0):
         self._file = JournalFileBackend(path)
-        self._in_file = sum(1 for _ in self._file.read_logs(0))
+        self._in_file: int | None = None  # counted by the first read: the storage starts by reading all
         self._buffer: list[dict[str, Any]] = []
         self._flush_s, self._last_flush = flush_s, time.monotonic()
-        import atexit
-        import weakref
-
         ref = weakref.ref(self)
         atexit.register(lambda: ref() is not None and ref().flush())
 
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
         """Logs from ``log_number_from`` on: those in the file, then the buffered ones."""
-        logs = list(self._file.read_logs(log_number_from)) if log_number_from < self._in_file else []
+        if self._in_file is None:  # the whole file is parsed once, not once to count and once to read
+            logs = list(self._file.read_logs(0))
+            self._in_file, logs = len(logs), logs[log_number_from:]
+        else:
+            logs = list(self._file.read_logs(log_number_from)) if log_number_from < self._in_file else []
         return logs + self._buffer[max(0, log_number_from - self._in_file):]
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -58,6 +61,8 @@ class BufferedJournalFileBackend(BaseJournalBackend):
     def flush(self) -> None:
         """Write every buffered operation to the file (one lock, one fsync)."""
         if self._buffer:
+            if self._in_file is None:
+                self._in_file = sum(1 for _ in self._file.read_logs(0))
             self._file.append_logs(self._buffer)
             self._in_file += len(self._buffer)
             self._buffer = []
