@@ -109,9 +109,8 @@ class Pipeline:
             else:
                 backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"],
                                        threads=d["threads"])
-                _drop_stale_table(path, self.space, backend, d["name"])
-                table = build_table(self.space, backend, path, device=d["name"],
-                                    calibration_nets=lat["calibration"], seed=self.cfg["seed"])
+                table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
+                                    seed=self.cfg["seed"], restart_changed=True)  # a changed config: rebuild
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
                                out_dir=path.parent, name=f"{d['name']}_validation")
             summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
@@ -215,18 +214,6 @@ class Pipeline:
         else:
             log.append(entry)
         atomic_write_json(path, log)
-
-
-def _drop_stale_table(path: Path, space: SearchSpace, backend, device: str) -> None:
-    """Delete a table at ``path`` that another space, backend setting or device label made
-    (a changed config); a partial table with the same settings stays, so its build resumes."""
-    from latency_tables import LatencyTable
-
-    if not path.exists():
-        return
-    table = LatencyTable.load(path)
-    if (table.space_fingerprint, table.backend_settings, table.device) != (space.fingerprint, backend.settings(), device):
-        path.unlink()
 
 
 def _accuracy_of(entry: dict) -> float:

@@ -21,9 +21,15 @@ DEFAULT_PASSES = 3
 RESUME_FIELDS = ("cpu_model", "gpu_name", "provider", "threads", "batch_size", "dtype", "torch", "onnxruntime")
 
 
-def _resume(out: Path, space: SearchSpace, backend, device: str | None) -> LatencyTable:
-    """Load a partial table at ``out`` and check it was started with the same settings here."""
+def _resume(out: Path, space: SearchSpace, backend, device: str | None,
+            restart_changed: bool = False) -> LatencyTable | None:
+    """Load a partial table at ``out`` and check it was started with the same settings here.
+    With ``restart_changed``, a table of another space, backend setting or device label is
+    discarded (None: start a new one) instead of refused; another machine is still refused."""
     table = LatencyTable.load(out)
+    if restart_changed and ((table.space_fingerprint, table.backend_settings, table.device)
+                            != (space.fingerprint, backend.settings(), device or table.device)):
+        return None
     table.check_space(space)
     if table.backend_settings != backend.settings():
         diff = sorted(k for k in set(table.backend_settings) | set(backend.settings())
@@ -53,19 +59,20 @@ def default_device_name(backend) -> str:
 
 def build_table(space: SearchSpace, backend, out: str | Path, device: str | None = None,
                 calibration_nets: int = DEFAULT_CALIBRATION_NETS, seed: int = 0, command: str = "",
-                block_chunk: int = 40, net_chunk: int = 20, calibration_passes: int = DEFAULT_PASSES) -> LatencyTable:
+                block_chunk: int = 40, net_chunk: int = 20, calibration_passes: int = DEFAULT_PASSES,
+                restart_changed: bool = False) -> LatencyTable:
     """Measure every unique block spec of ``space`` with ``backend``, then ``calibration_nets``
     random networks end to end in ``calibration_passes`` passes (seed ``seed``, smallest and
     largest included), fit the calibration and write the table to ``out``. Resumes a partial
-    table at ``out``."""
+    table at ``out``; one built with other settings is an error, or with ``restart_changed``
+    (a changed config) is replaced by a new build."""
     if calibration_nets < 4:
         raise TableError(f"calibration nets {calibration_nets}: expected at least 4 (the fit needs them)")
     if calibration_passes < 1:
         raise TableError(f"calibration passes {calibration_passes}: expected at least 1")
     out = Path(out)
-    if out.exists():
-        table = _resume(out, space, backend, device)
-    else:
+    table = _resume(out, space, backend, device, restart_changed) if out.exists() else None
+    if table is None:
         table = LatencyTable.new(space, backend, device or default_device_name(backend), command)
         table.save(out)
     build = table.data["build"]

@@ -261,6 +261,10 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     lt.LatencyTable.new(tiny, lt.make_backend("onnxruntime"), "cpu").save(out)
     with pytest.raises(lt.TableError, match="built with threads=1, not 2"):
         lt.build_table(tiny, lt.make_backend("onnxruntime", threads=2), out)
+    # a changed config (hwnas run): the old table is replaced by a new build with the new settings
+    table = lt.build_table(tiny, lt.make_backend("onnxruntime", threads=2), out, device="cpu", calibration_nets=4,
+                           calibration_passes=1, restart_changed=True)
+    assert table.is_complete and lt.LatencyTable.load(out).backend_settings["threads"] == 2
 
 
 def test_cli_show_query_and_errors(cifar, tmp_path, capsys):
