@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from hwnas.run_config import load_run_config
+from hwnas.run_report import best_known
 from hwnas.stages import StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
@@ -80,6 +81,10 @@ class Pipeline:
         """Latency devices of the config that this machine can measure (CUDA ones need a GPU)."""
         return [d for d in self.cfg["latency"]["devices"] if d["backend"] != "cuda" or torch.cuda.is_available()]
 
+    def skipped_devices(self) -> list[str]:
+        """Names of the config's devices this machine cannot measure."""
+        return [d["name"] for d in self.cfg["latency"]["devices"] if d not in self.devices()]
+
     def table_path(self, device: dict) -> Path:
         return self.out / "tables" / f"{device['name']}.json"
 
@@ -100,7 +105,6 @@ class Pipeline:
         from latency_tables import LatencyTable, build_table, make_backend, validate_table
 
         lat, summary = self.cfg["latency"], {}
-        skipped = [d["name"] for d in lat["devices"] if d not in self.devices()]
         for d in self.devices():
             path = self.table_path(d)
             if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
@@ -116,7 +120,7 @@ class Pipeline:
             summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
                                   "scores": s["scores"], "repeatability": s["repeatability"],
                                   "report": str(s["files"]["md"])}
-        summary["skipped_devices"] = skipped
+        summary["skipped_devices"] = self.skipped_devices()
         return summary
 
     def accuracy(self) -> dict:
@@ -218,7 +222,5 @@ class Pipeline:
 
 def _accuracy_of(entry: dict) -> float:
     """Best known accuracy of a front entry: measured when verified, else predicted."""
-    acc = entry.get("accuracy")
-    if isinstance(acc, dict):
-        return float(acc.get("measured", acc.get("predicted", 0.0)))
-    return float(acc) if isinstance(acc, (int, float)) else 0.0
+    value, _ = best_known(entry.get("accuracy"))
+    return 0.0 if value is None else float(value)

@@ -93,13 +93,18 @@ def write_run_report(pipeline) -> Path:
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
-def _best(pair) -> str:
-    """'measured' of a front value when verified, else 'predicted', formatted."""
+def best_known(pair) -> tuple[float | None, str]:
+    """(value, 'measured' | 'predicted' | '') of a front value: measured when verified, else
+    predicted; a plain number as it is; None when there is none."""
     if isinstance(pair, dict):
-        if "measured" in pair:
-            return f"{pair['measured']:.4g} (measured)"
-        return f"{pair['predicted']:.4g} (predicted)"
-    return f"{pair:.4g}" if isinstance(pair, (int, float)) else "-"
+        return (pair["measured"], "measured") if "measured" in pair else (pair.get("predicted"), "predicted")
+    return (pair, "") if isinstance(pair, (int, float)) else (None, "")
+
+
+def _best(pair) -> str:
+    """:func:`best_known`, formatted."""
+    value, kind = best_known(pair)
+    return "-" if value is None else f"{value:.4g}" + (f" ({kind})" if kind else "")
 
 
 def console_summary(pipeline) -> str:
@@ -121,12 +126,7 @@ def console_summary(pipeline) -> str:
             best = json.loads(top.read_text())["front"][0]
             lines.append(f"  most accurate exported: {best['arch']}  accuracy {_best(best['accuracy'])}, "
                          f"latency {_best(best.get('latency_ms'))} ms -> {out / 'models' / f'{name}_rank00.onnx'}")
-    for name in skipped_devices(pipeline):
+    for name in pipeline.skipped_devices():
         lines.append(f"{name}: not measured here (no CUDA device)")
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)
-
-
-def skipped_devices(pipeline) -> list[str]:
-    """Devices of the config this machine could not measure."""
-    return [d["name"] for d in pipeline.cfg["latency"]["devices"] if d not in pipeline.devices()]
