@@ -38,7 +38,7 @@ from search_space.evaluation import evaluate_archs
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.train_state import write_metrics
 from search_space.train_dist import DistContext, resolve_device
-from search_space.training import (TrainConfig, subnet_evaluator, time_sandwich_steps,
+from search_space.training import (TrainConfig, saved_config, subnet_evaluator, time_sandwich_steps,
                                    train_supernet)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     steps = len(bundle.train) // args.batch_size
     if args.resume and checkpoint.exists():  # the run's own settings, so the schedule continues unchanged
         blob = read_checkpoint(checkpoint)
-        config, plan = TrainConfig(**blob["train_state"]["config"]), blob["meta"].get("plan", {})
+        config, plan = TrainConfig(**saved_config(blob["train_state"])), blob["meta"].get("plan", {})
     else:
         if checkpoint.exists():
             sys.exit(f"train_cifar_gpu: {checkpoint} exists; expected --resume or another --run-dir")

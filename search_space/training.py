@@ -156,6 +156,12 @@ STUDENT_RULES = {
 LEGACY_SETTINGS = {"students": "sandwich"}
 
 
+def saved_config(train_state: Mapping) -> dict:
+    """The training settings stored in a checkpoint's ``train_state``; settings added after it was
+    written take what training did before they existed (:data:`LEGACY_SETTINGS`)."""
+    return {**LEGACY_SETTINGS, **train_state["config"]}
+
+
 def sandwich_archs(space: SearchSpace, rng: np.random.Generator, num_random: int,
                    students: str = "mixed") -> list[Arch]:
     """The subnets of one step: largest (teacher) first, then the ``students`` rule's subnet,
@@ -346,8 +352,7 @@ def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: Tr
     state = blob.get("train_state")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no train_state; expected one written by train_supernet")
-    # keys added after a checkpoint was written: what training did before they existed
-    saved = {**TrainConfig(epochs=1, batch_size=1).to_json(), **LEGACY_SETTINGS, **state["config"]}
+    saved = saved_config(state)
     changed = [f"{k}={v!r} (checkpoint: {saved.get(k)!r})" for k, v in config.to_json().items() if saved.get(k) != v]
     if changed:
         raise TrainingError(f"cannot resume {str(path)!r} with different settings: {', '.join(changed)}; "

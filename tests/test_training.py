@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -102,6 +103,15 @@ def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path):
         _run(space, digits, TrainConfig(epochs=3, batch_size=BATCH, lr=0.1, seed=3), ckpt, resume=True)
     with pytest.raises(TrainingError, match="already exists"):
         _run(space, digits, config, ckpt)
+
+    # A checkpoint written before the `students` setting existed trained with the pure smallest:
+    # it resumes as `sandwich` and refuses the new default.
+    blob = torch.load(ckpt, weights_only=False)
+    blob["train_state"]["config"].pop("students")
+    torch.save(blob, ckpt)
+    with pytest.raises(TrainingError, match=r"students='mixed' \(checkpoint: 'sandwich'\)"):
+        _run(space, digits, config, ckpt, resume=True)
+    _run(space, digits, dataclasses.replace(config, students="sandwich"), ckpt, resume=True)
 
 
 def test_schedule_optimizer_and_sandwich(space):
