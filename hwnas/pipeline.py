@@ -117,7 +117,7 @@ class Pipeline:
                                     seed=self.cfg["seed"], restart_changed=True)  # a changed config: rebuild
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
                                out_dir=path.parent, name=f"{d['name']}_validation")
-            summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.blocks) if hasattr(table, "blocks") else None,
+            summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.data["blocks"]),
                                   "scores": s["scores"], "repeatability": s["repeatability"],
                                   "report": str(s["files"]["md"])}
         summary["skipped_devices"] = self.skipped_devices()

@@ -74,6 +74,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     assert copied["blocks"] == json.loads((out / "tables" / "cpu.json").read_text())["blocks"]
     summary = json.loads((tmp_path / "reuse" / "manifest.json").read_text())["latency"]["summary"]
     assert summary["cpu"]["reused"] == str(out / "tables" / "cpu.json") and summary["cpu"]["scores"]
+    assert summary["cpu"]["blocks"] == len(copied["blocks"]) > 0
 
 
 def test_bundled_quickstart_config_is_valid():
