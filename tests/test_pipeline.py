@@ -148,7 +148,6 @@ def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):
     cfg, out = tmp_path / "run.yaml", tmp_path / "run"
     cfg.write_text(yaml.safe_dump(run))
     assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
-    first = json.loads((out / "manifest.json").read_text())
     header = lambda: json.loads((out / "predictor" / "accuracy_fit.jsonl").read_text().splitlines()[0])
     old_hash = header()["checkpoint_hash"]
     blocks = lambda: json.loads((out / "tables" / "cpu.json").read_text())["blocks"]

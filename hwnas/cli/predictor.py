@@ -7,7 +7,6 @@ experiment scripts call it so that they measure exactly as the command does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
