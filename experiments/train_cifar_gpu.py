@@ -65,7 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
     p.add_argument("--num-random", type=int, default=2, help="random subnets per step (default 2)")
     p.add_argument("--students", default="mixed", help="student rule: mixed, sandwich or uniform (default mixed)")
+    p.add_argument("--augment", default=None, help="training augmentation, e.g. crop_flip_cutout (default: the "
+                   "dataset's, crop_flip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the result file names, for runs side by side (default none)")
     p.add_argument("--run-dir", default="runs/cifar_supernet", help="checkpoint folder (default runs/cifar_supernet)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir (its settings)")
     p.add_argument("--device", default="auto", help="default: cuda when available")
@@ -98,7 +101,7 @@ def plan_epochs(args, space, bundle, config: TrainConfig, steps: int, evaluator,
     (epochs, eval_every, checkpoint_every) that fits the time budget."""
     def batches():  # a small training set: start further passes
         for seed in range(config.seed + 1, config.seed + 100):
-            yield from epoch_batches(bundle, config.batch_size, seed, device)(0)
+            yield from epoch_batches(bundle, config.batch_size, seed, device, config.augment)(0)
 
     step_s, net, opt = time_sandwich_steps(space, config, batches(), device, subnet_lists=2 if args.smoke else 10)
     start = time.perf_counter()
@@ -186,7 +189,9 @@ def markdown(res: dict) -> str:
     """The short table printed at the end and saved next to the JSON."""
     lines = [f"# Supernet on JPEG-CIFAR-10 ({res['machine'].get('gpu', res['machine']['cpu'])})", "",
              f"{res['machine']['date']}; `{res['command']}`; {res['epochs']} epochs, batch {res['config']['batch_size']}, "
-             f"training {res['train_time_s']:.0f} s ({res['img_per_s']:.0f} img/s), whole script {res['wall_s']:.0f} s", "",
+             f"training {res['train_time_s']:.0f} s ({res['img_per_s']:.0f} img/s), whole script {res['wall_s']:.0f} s; "
+             f"students `{res['config']['students']}`, {res['config']['num_random']} random, augment "
+             f"`{res['config'].get('augment') or 'crop_flip'}`", "",
              "| subnet | MFLOPs | params M | val acc | test acc | target (test) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in res["subnets"].items():
         target = f">= {TARGETS[name]:.0%}: {'met' if r['test_acc'] >= TARGETS[name] else 'missed'}" if name in TARGETS else "-"
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
             sys.exit(f"train_cifar_gpu: {checkpoint} exists; expected --resume or another --run-dir")
         config = TrainConfig(epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
-                             seed=args.seed)
+                             augment=args.augment, seed=args.seed)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_epochs(args, space, bundle, config, steps, evaluator, device)
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
     meta = {"dataset": "cifar10-jpeg", "data": str(Path(args.data).resolve()), "val_fraction": 0.1,
             "split_seed": args.seed, "plan": plan}
     t_train = time.perf_counter()
-    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, device), steps, config,
+    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, device, config.augment), steps, config,
                              checkpoint, metrics_path=run_dir / "metrics.jsonl", resume=args.resume,
                              evaluate=evaluator, eval_every=plan.get("eval_every", 1),
                              checkpoint_every=plan.get("checkpoint_every", 1), meta=meta,
@@ -245,11 +250,12 @@ def main(argv=None) -> int:
            "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "smoke": args.smoke}
     text = markdown(res)
     folders = ([] if args.smoke else [RESULTS]) + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    tag = f"_{args.tag}" if args.tag else ""
     for folder in folders:
-        atomic_write_json(folder / "train_cifar_results.json", res)
-        atomic_write_text(folder / "train_cifar_results.md", text)
-        write_metrics(folder / "train_cifar_metrics.jsonl", history)
-    plots = [f / "train_cifar_curves.png" for f in folders] + ([run_dir / "curves.png"] if args.smoke else [])
+        atomic_write_json(folder / f"train_cifar_results{tag}.json", res)
+        atomic_write_text(folder / f"train_cifar_results{tag}.md", text)
+        write_metrics(folder / f"train_cifar_metrics{tag}.jsonl", history)
+    plots = [f / f"train_cifar_curves{tag}.png" for f in folders] + ([run_dir / "curves.png"] if args.smoke else [])
     try:  # the numbers are written already; a machine without Pillow only loses the picture
         for path in plots:
             plot_curves(path, history, f"supernet on JPEG-CIFAR-10, {config.epochs} epochs")

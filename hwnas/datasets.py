@@ -45,7 +45,7 @@ DATASETS: tuple[str, ...] = (
     "image-folder",
 )
 
-AUGMENTATIONS: tuple[str, ...] = ("crop_flip", "crop", "none")
+AUGMENTATIONS: tuple[str, ...] = ("crop_flip", "crop", "none", "crop_flip_cutout")
 
 # Published per-channel statistics (in [0, 1] units) of the official training sets.
 _FASHION_STATS = ((0.2860,), (0.3530,))
@@ -219,6 +219,8 @@ def _batch_stream(
         if train:
             xb = _augment(xb, bundle.augment, rand)
         xb = to_float(xb)
+        if train and bundle.augment.endswith("_cutout"):
+            xb = _cutout(xb, rand)
         if out_size != xb.shape[-1]:
             xb = F.interpolate(xb, size=(out_size, out_size), mode="bilinear",
                                align_corners=False, antialias=False)
@@ -268,10 +270,23 @@ def _augment(x: torch.Tensor, augment: str, rand: _RandomSource) -> torch.Tensor
     if augment == "none":
         return x
     x = _random_crop(x, _crop_padding(x.shape[-1]), rand)
-    if augment == "crop_flip":
+    if augment.startswith("crop_flip"):
         flip = rand.coins(x.shape[0]).view(-1, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
     return x
+
+
+def _cutout(x: torch.Tensor, rand: _RandomSource) -> torch.Tensor:
+    """Zero a (size/2)-square at a random centre per sample (DeVries & Taylor 2017), after
+    normalising, so the hole is the mean colour; squares may reach past the border."""
+    n, _, h, w = x.shape
+    half = max(1, h // 4)
+    centres = rand.integers(h, (2, n))
+    rows = torch.arange(h, device=x.device).view(1, h) - centres[0].view(n, 1)  # (n, h) offsets from the centre
+    cols = torch.arange(w, device=x.device).view(1, w) - centres[1].view(n, 1)  # (n, w)
+    rows, cols = (rows >= -half) & (rows < half), (cols >= -half) & (cols < half)
+    hole = rows.view(n, 1, h, 1) & cols.view(n, 1, 1, w)
+    return x.masked_fill(hole, 0.0)
 
 
 def _crop_padding(size: int) -> int:

@@ -67,6 +67,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     num_random: int = 2
     students: str = "mixed"
+    augment: str | None = None  # training-batch augmentation; None: the dataset's own (applied by the caller)
     grad_clip: float | None = 5.0
     seed: int = 0
 
@@ -76,6 +77,8 @@ class TrainConfig:
         _check(self.num_random, "num_random", int, lambda v: v >= 0, "an int >= 0")
         _check(self.seed, "seed", int, lambda v: True, "an int")
         _check(self.students, "students", str, lambda v: v in STUDENT_RULES, f"one of {', '.join(STUDENT_RULES)}")
+        if self.augment is not None:
+            _check(self.augment, "augment", str, lambda v: bool(v), "an augmentation name or None")
         if self.lr is not None:
             _check(self.lr, "lr", (int, float), lambda v: v > 0 and math.isfinite(v), "a positive number")
         _check(self.momentum, "momentum", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -153,7 +156,7 @@ STUDENT_RULES = {
 
 
 # Settings of checkpoints written before the setting existed (resume must keep training as it did).
-LEGACY_SETTINGS = {"students": "sandwich"}
+LEGACY_SETTINGS = {"students": "sandwich", "augment": None}
 
 
 def saved_config(train_state: Mapping) -> dict:

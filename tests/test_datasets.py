@@ -177,6 +177,27 @@ def test_augmentation_is_a_padded_crop_and_flip(digits: DatasetBundle, augment: 
         assert any(not _window_matches(o, s, 1) for o, s in zip(out, src))
 
 
+def test_cutout_zeroes_one_half_size_square_per_sample(digits: DatasetBundle) -> None:
+    n = 300
+    # Every normalised pixel is >= 255 (value + 255), so a hole (0, the mean) is unambiguous.
+    base = replace(digits, mean=(-1.0,), std=(1 / 255,))
+    plain, cut = (next(iterate_batches(digits.train, replace(base, augment=a), n, train=True,
+                                       generator=torch.Generator().manual_seed(0)))[0]
+                  for a in ("crop_flip", "crop_flip_cutout"))
+    holes = cut == 0
+    assert (plain >= 255).all() and holes.any()
+    assert torch.equal(cut[~holes], plain[~holes])  # same order, crop and flip; then the holes
+    side = digits.image_size // 2
+    sizes = []
+    for hole in holes[:, 0]:
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        sizes.append(len(rows))
+        if len(rows):  # one rectangle: a square of half the side, cut where it crosses the border
+            assert hole.sum() == len(rows) * len(cols) and len(rows) <= side and len(cols) <= side
+            assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
+    assert max(sizes) == side
+
+
 def test_no_augmentation_and_resize(digits: DatasetBundle) -> None:
     bundle = replace(_identity_stats(digits), augment="none")
     tagged = Split(digits.train.x, torch.arange(len(digits.train)))

@@ -7,12 +7,13 @@ experiment scripts train exactly as the command does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from hwnas.cli.space import add_space_arg
-from hwnas.datasets import DatasetBundle, DatasetError, Split, iterate_batches, load_dataset
+from hwnas.datasets import AUGMENTATIONS, DatasetBundle, DatasetError, Split, iterate_batches, load_dataset
 from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
 from search_space.evaluation import Batches, evaluate_archs
 from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
@@ -44,6 +45,9 @@ def register(sub) -> None:
                     help="the subnet trained every step besides the largest and the random ones: sandwich (the "
                     "smallest, BigNAS), mixed (the smallest sizes with random block types per layer) or uniform "
                     "(one more random subnet); default mixed")
+    tr.add_argument("--augment", default=None, choices=AUGMENTATIONS,
+                    help="training augmentation instead of the dataset's own (crop_flip_cutout adds Cutout to "
+                    "crop and flip); default: the dataset's")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, subnets, data order and split (default 0)")
     tr.add_argument("--eval-every", type=int, default=1, help="validate largest/smallest every N epochs (default 1)")
     tr.add_argument("--resume", action="store_true", help="continue OUT/supernet.pt exactly where it stopped")
@@ -89,9 +93,17 @@ def load_for_space(dataset: str, data: str | None, space: SearchSpace, *, seed: 
     return bundle.to(device)
 
 
-def epoch_batches(bundle: DatasetBundle, batch_size: int, seed: int, device: torch.device) -> EpochBatches:
+def epoch_batches(bundle: DatasetBundle, batch_size: int, seed: int, device: torch.device,
+                  augment: str | None = None) -> EpochBatches:
     """Shuffled, augmented training batches; epoch ``e``'s order depends only on (seed, e), so a
-    resumed run sees the same data as an uninterrupted one."""
+    resumed run sees the same data as an uninterrupted one. ``augment`` replaces the dataset's
+    own augmentation (one of ``hwnas.datasets.AUGMENTATIONS``) for these batches only: BN
+    recalibration keeps the dataset's, whose statistics match the test images better."""
+    if augment is not None:
+        if augment not in AUGMENTATIONS:
+            raise UserError(f"augment {augment!r} is unknown; expected one of {', '.join(AUGMENTATIONS)}")
+        bundle = dataclasses.replace(bundle, augment=augment)
+
     def batches(epoch: int):
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
         return iterate_batches(bundle.train, bundle, batch_size, train=True, generator=gen, device=device)
@@ -131,7 +143,7 @@ def _train(args) -> int:
                           (args.calib_batches, "--calib-batches")):
         _positive(value, option)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         num_random=args.num_random, students=args.students, seed=args.seed)
+                         num_random=args.num_random, students=args.students, augment=args.augment, seed=args.seed)
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
@@ -149,7 +161,8 @@ def _train(args) -> int:
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
             "val_fraction": 0.1, "split_seed": args.seed}
     try:
-        history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device), steps,
+        history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device, config.augment),
+                                 steps,
                                  config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
                                  evaluate=evaluate, eval_every=args.eval_every, meta=meta, dist=ctx,
                                  progress=not args.quiet)
