@@ -12,6 +12,9 @@
 
     PYTHONPATH=. python experiments/gpu_predictor_cifar.py --checkpoint runs/cifar_supernet/supernet.pt
     PYTHONPATH=. python experiments/gpu_predictor_cifar.py --smoke      # CPU, random weights, ~2 min
+    PYTHONPATH=. python experiments/gpu_predictor_cifar.py --device cpu --out DIR \
+        --from-dataset DIR/predictor_cifar_dataset.jsonl --repeat-from DIR/predictor_cifar_repeat.jsonl
+                                          # steps 4-5 only, on a dataset measured earlier (CPU is enough)
 
 Writes to $OUT (default runs/gpu_predictor_cifar/out): predictor_cifar.{json,md,png},
 predictor_cifar_dataset.jsonl, predictor_cifar_repeat.jsonl, predictor_cifar_best.pt.
@@ -79,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=os.environ.get("OUT", str(WORK / "out")), help="output folder (default $OUT)")
     p.add_argument("--work-dir", default=str(WORK), help="accuracy datasets, kept for resuming (default "
                    "runs/gpu_predictor_cifar)")
+    p.add_argument("--from-dataset", default=None, metavar="JSONL", help="skip measuring: fit and report on this "
+                   "accuracy dataset (predictor_cifar_dataset.jsonl of an earlier run; CPU is enough)")
+    p.add_argument("--repeat-from", default=None, metavar="JSONL", help="with --from-dataset: its re-measured "
+                   "subnets (predictor_cifar_repeat.jsonl), for the repeatability line")
     p.add_argument("--smoke", action="store_true", help="CPU, random-weight supernet, a few subnets: checks the "
                    "script, numbers are meaningless")
     args = p.parse_args(argv)
@@ -149,6 +156,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.from_dataset:
+        return fit_offline(args, out)
     if args.smoke:
         make_smoke_checkpoint(Path(args.checkpoint), args.data)
     if not Path(args.checkpoint).is_file():
@@ -202,14 +211,50 @@ def main(argv=None) -> int:
         return 1
 
     t = time.perf_counter()
-    first = {r["arch"]: r["accuracy"] for r in data.records}
     repeat_path = work / f"acc_val_repeat_{ck_hash}.jsonl"
     again = measure_accuracy_dataset(args.checkpoint, data.archs(space)[:args.repeat], repeat_path,
                                      measure_seed=1, **common)
-    pairs = np.array([(first[r["arch"]], r["accuracy"]) for r in again.records])
-    repeat = rank_metrics(pairs[:, 0], pairs[:, 1])
     shutil.copyfile(repeat_path, out / "predictor_cifar_repeat.jsonl")
     timings["repeat_s"] = round(time.perf_counter() - t, 1)
+    context = {
+        "command": "PYTHONPATH=. python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "machine": f"{device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores",
+        "checkpoint": f"{args.checkpoint} ({ck_hash}), meta epochs {meta.get('epoch')}",
+        "floor": f"{args.floor} subnets {'met' if floor_met else 'NOT met'}",
+        "throughput": f"{rate:.0f} subnets per minute ({'channels_last' if channels_last else 'contiguous'}, bf16, "
+                      f"eval batch {args.eval_batch_size})",
+        "layout_probe_s_per_subnet": probe,
+    }
+    return fit_and_report(args, space, data, again, out, context, timings)
+
+
+def fit_offline(args, out: Path) -> int:
+    """--from-dataset: the fit and report of an accuracy dataset measured earlier (on the GPU)."""
+    if not args.repeat_from:
+        print("error: --from-dataset needs --repeat-from (the re-measured subnets of the same run)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+    data, again = AccuracyDataset.load(args.from_dataset), AccuracyDataset.load(args.repeat_from)
+    if again.header["checkpoint_hash"] != data.header["checkpoint_hash"]:
+        print(f"error: {args.repeat_from} measures checkpoint {again.header['checkpoint_hash']}, expected "
+              f"{data.header['checkpoint_hash']} as in {args.from_dataset}", file=sys.stderr)
+        return 2
+    space = SearchSpace.from_config(data.header["space_config"])
+    context = {"command": "PYTHONPATH=. python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+               "machine": f"fit on {platform.processor() or 'CPU'}, torch {torch.__version__}, {os.cpu_count()} "
+                          "CPU cores; the dataset was measured on the GPU earlier"}
+    return fit_and_report(args, space, data, again, out, context, {"setup_s": round(elapsed(), 1)})
+
+
+def fit_and_report(args, space: SearchSpace, data: AccuracyDataset, again: AccuracyDataset, out: Path,
+                   context: dict, timings: dict) -> int:
+    """Repeatability of the measurement, then every predictor fitted on at most ``--n-fit`` subnets
+    and scored on the rest; writes the report and the selected predictor to ``out``."""
+    first = {r["arch"]: r["accuracy"] for r in data.records}
+    pairs = np.array([(first[r["arch"]], r["accuracy"]) for r in again.records])
+    repeat = rank_metrics(pairs[:, 0], pairs[:, 1])
     print(f"[{elapsed():5.0f} s] repeatability (other calibration images): tau {repeat['kendall_tau']:.4f}, "
           f"RMSE {100 * repeat['rmse']:.3f} pts on {repeat['n']} subnets")
 
@@ -227,23 +272,21 @@ def main(argv=None) -> int:
     timings["predictors_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(elapsed(), 1)
 
+    settings = data.header["settings"]
     context = {
-        "command": "PYTHONPATH=. python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "command": context.pop("command"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPU cores",
-        "checkpoint": f"{args.checkpoint} ({ck_hash}), meta epochs {meta.get('epoch')}",
+        **context,
         "space": f"{space.name} ({space.fingerprint}), encoding length {space.encoding_size}",
-        "accuracy dataset": f"{len(y)} subnets (floor {args.floor} {'met' if floor_met else 'NOT met'}), "
-                            f"JPEG-CIFAR-10 validation accuracy {y.min():.4f}..{y.max():.4f} (median "
-                            f"{np.median(y):.4f}) on {data.header['settings']['eval_samples']} images each, BN "
-                            f"recalibrated on {args.calib_batches} x {args.calib_batch_size} training images",
-        "throughput": f"{rate:.0f} subnets per minute ({'channels_last' if channels_last else 'contiguous'}, bf16, "
-                      f"eval batch {args.eval_batch_size})",
+        "accuracy dataset": f"{len(y)} subnets of checkpoint {data.header['checkpoint_hash']}, JPEG-CIFAR-10 "
+                            f"validation accuracy {y.min():.4f}..{y.max():.4f} (median {np.median(y):.4f}) on "
+                            f"{settings['eval_samples']} images each, BN recalibrated on "
+                            f"{settings['num_calib_batches']} x {settings['calib_batch_size']} training images",
         "repeatability (measurement noise)": f"Kendall tau {repeat['kendall_tau']:.4f}, RMSE "
                                              f"{100 * repeat['rmse']:.3f} pts on {repeat['n']} subnets re-measured "
                                              "with other calibration images",
         "target": "Kendall tau >= 0.85 on >= 500 held-out subnets, fitted on <= 1000",
-        "timings": timings, "layout_probe_s_per_subnet": probe, "repeatability": repeat,
+        "timings": timings, "repeatability": repeat,
         "dataset_header": {k: v for k, v in data.header.items() if k != "space_config"},
     }
     title = "Accuracy predictors on JPEG-CIFAR-10 (GPU)"
@@ -256,7 +299,7 @@ def main(argv=None) -> int:
     print(f"{'FLOPs':10s} {result['baselines_kendall_tau']['flops']:7.4f}")
     print(f"selected {sel['kind']}: held-out Kendall tau {sel['kendall_tau']:.4f} (target 0.85: "
           f"{'met' if sel['kendall_tau'] >= 0.85 else 'NOT met'}); repeatability tau {repeat['kendall_tau']:.4f}; "
-          f"{len(y)} subnets at {rate:.0f}/min; total {elapsed():.0f} s")
+          f"{len(y)} subnets; total {elapsed():.0f} s")
     print(f"files in {out}: {sorted(p.name for p in out.iterdir())}")
     if args.smoke:
         Path(args.checkpoint).unlink()  # 130 MB of random weights, made only for the smoke run

@@ -24,7 +24,7 @@ import numpy as np
 
 from search_space import Arch, SearchSpace, StageChoice
 
-FEATURE_RECIPES = ("encoding", "cost")
+FEATURE_RECIPES = ("encoding", "cost", "layers")
 
 
 def _nearest(values: np.ndarray, choices: tuple) -> np.ndarray:
@@ -129,22 +129,27 @@ class CostTables:
                 spec = space.head_spec(c, space.stage_sizes(res)[-1][1])
                 self.head[r, w] = spec.flops(), spec.params()
 
-    def stage_costs(self, c: Choices) -> tuple[np.ndarray, np.ndarray]:
-        """(per-stage (flops, params) of shape (n, stages, 2), whole-net (flops, params) (n, 2))."""
+    def layer_costs(self, c: Choices) -> tuple[list[np.ndarray], np.ndarray]:
+        """(per stage, (flops, params) of every layer slot (n, max depth, 2), zero where unused;
+        the last stage's width index (n,), which the head's cost depends on)."""
         n = len(c.resolution)
-        per_stage = []
+        stages = []
         prev_w = np.zeros(n, dtype=np.int64)  # the stem has a single width
         for i, (first, rest) in enumerate(zip(self.first, self.rest)):
             opt = c.option[i]
-            cost = first[c.resolution, prev_w, c.width[i], opt[:, 0]]
+            layers = [first[c.resolution, prev_w, c.width[i], opt[:, 0]]]
             for j in range(1, opt.shape[1]):
-                used = opt[:, j] >= 0
                 layer = rest[c.resolution, c.width[i], np.maximum(opt[:, j], 0)]
-                cost = cost + np.where(used[:, None], layer, 0.0)
-            per_stage.append(cost)
+                layers.append(np.where((opt[:, j] >= 0)[:, None], layer, 0.0))
+            stages.append(np.stack(layers, axis=1))
             prev_w = c.width[i]
-        per_stage = np.stack(per_stage, axis=1)
-        total = per_stage.sum(1) + self.stem[c.resolution] + self.head[c.resolution, prev_w]
+        return stages, prev_w
+
+    def stage_costs(self, c: Choices) -> tuple[np.ndarray, np.ndarray]:
+        """(per-stage (flops, params) of shape (n, stages, 2), whole-net (flops, params) (n, 2))."""
+        layers, last_w = self.layer_costs(c)
+        per_stage = np.stack([stage.sum(1) for stage in layers], axis=1)
+        total = per_stage.sum(1) + self.stem[c.resolution] + self.head[c.resolution, last_w]
         return per_stage, total
 
 
@@ -160,10 +165,20 @@ def cost_features(space: SearchSpace, X: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(out, 1.0)).astype(np.float32)
 
 
+def layer_features(space: SearchSpace, X: np.ndarray) -> np.ndarray:
+    """Per row of ``X``: log(1 + FLOPs) and log(1 + params) of every layer slot (0 where unused), so a model
+    sees where in the network each layer's compute sits, not only per-stage sums."""
+    layers, _ = _tables(space).layer_costs(decode_choices(space, X))
+    out = np.concatenate([stage.reshape(len(X), -1) for stage in layers], axis=1)
+    return np.log1p(out).astype(np.float32)
+
+
 def make_features(space: SearchSpace, X: np.ndarray, recipe: str) -> np.ndarray:
     """Model features from encodings ``X`` by ``recipe`` (one of :data:`FEATURE_RECIPES`)."""
     if recipe == "encoding":
         return np.asarray(X, dtype=np.float32)
     if recipe == "cost":
         return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, X)])
+    if recipe == "layers":
+        return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, X), layer_features(space, X)])
     raise ValueError(f"unknown feature recipe {recipe!r}: expected one of {list(FEATURE_RECIPES)}")
