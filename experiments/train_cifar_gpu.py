@@ -7,7 +7,7 @@ timed sandwich steps (plus one evaluation and one checkpoint save), then the rea
 epochs as fit ``--time-budget-min``, so its cosine schedule ends exactly at the last epoch.
 Training is ``search_space.training.train_supernet`` wired as ``hwnas supernet train`` wires it.
 
-    PYTHONPATH=. python experiments/train_cifar_gpu.py                        # ~6.5 min of training
+    PYTHONPATH=. python experiments/train_cifar_gpu.py                        # ~9.5 min of training
     PYTHONPATH=. python experiments/train_cifar_gpu.py --epochs 60            # fixed epochs instead
     PYTHONPATH=. python experiments/train_cifar_gpu.py --resume               # continue a killed run
     PYTHONPATH=. python experiments/train_cifar_gpu.py --smoke                # CPU, small space, seconds
@@ -43,6 +43,10 @@ from search_space.training import (TrainConfig, saved_config, subnet_evaluator, 
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"largest": 0.92, "smallest": 0.85}
+# The probe repeats 10 sandwiches; training draws fresh ones every step. On the H200 (2026-11-30,
+# experiments/results/cifar_sandwich_*/) training epochs took 1.15-1.26x the probe's estimate, and the
+# first epoch 38-40 s more than the others (cuDNN's first call of every new conv shape).
+EPOCH_SLOWDOWN, FIRST_EPOCH_EXTRA_S = 1.25, 45.0
 # --smoke: every block type, tiny widths, so a CPU run takes seconds.
 SMOKE_SPACE = {
     "name": "smoke", "in_channels": 3, "num_classes": 10, "resolutions": [32],
@@ -57,14 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=".data/cifar10_jpeg.npz", help="cifar10_jpeg.npz (default .data/cifar10_jpeg.npz)")
-    p.add_argument("--time-budget-min", type=float, default=6.5, help="minutes of training incl. evaluations and "
-                   "checkpoints; sets the epochs (default 6.5)")
+    p.add_argument("--time-budget-min", type=float, default=9.5, help="minutes of training incl. evaluations and "
+                   "checkpoints; sets the epochs (default 9.5: the issue's budget is 10 minutes of GPU time)")
     p.add_argument("--epochs", type=int, default=None, help="fixed epochs instead of the time budget")
     p.add_argument("--batch-size", type=int, default=512, help="default 512")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
     p.add_argument("--num-random", type=int, default=2, help="random subnets per step (default 2)")
-    p.add_argument("--students", default="mixed", help="student rule: mixed, sandwich or uniform (default mixed)")
+    p.add_argument("--students", default="sandwich", help="student rule: sandwich, mixed or uniform (default "
+                   "sandwich: on JPEG-CIFAR-10 its smallest subnet reached 82.7%% after 55 epochs, mixed's 71.6%% after 64)")
     p.add_argument("--augment", default=None, help="training augmentation, e.g. crop_flip_cutout (default: the "
                    "dataset's, crop_flip)")
     p.add_argument("--seed", type=int, default=0)
@@ -113,8 +118,9 @@ def plan_epochs(args, space, bundle, config: TrainConfig, steps: int, evaluator,
     save_s = time.perf_counter() - start
     probe.unlink()
     del net, opt
-    budget = args.time_budget_min * 60 * 0.97  # 3% margin for speed drift
-    epoch_s = steps * step_s
+    cuda = device.type == "cuda"  # the corrections were measured there
+    budget = args.time_budget_min * 60 * 0.97 - (FIRST_EPOCH_EXTRA_S if cuda else 0.0)  # 3% margin for speed drift
+    epoch_s = steps * step_s * (EPOCH_SLOWDOWN if cuda else 1.0)
     # Evaluate ~10 times per run; save every epoch unless saving would cost over 3% of the budget.
     epochs, eval_every, ckpt_every = 1, 1, 1
     for _ in range(3):  # fixed point: the intervals depend on the epochs and back

@@ -13,7 +13,7 @@ Predictors read ``X = space.encode_many(archs)`` and return ``(mean, std)`` of a
 from .accuracy_dataset import AccuracyDataset, AccuracyDatasetError, build_accuracy_dataset
 from .base import PREDICTORS, Predictor, PredictorError, load_predictor, make_predictor, register_predictor
 from .blend import BlendPredictor
-from .features import FEATURE_RECIPES, cost_features, decode_choices, decode_encoding, make_features
+from .features import FEATURE_RECIPES, cost_features, decode_choices, decode_encoding, layer_features, make_features
 from .gp import GPPredictor
 from .metrics import rank_metrics
 from .mlp import MLPEnsemble
@@ -27,6 +27,6 @@ __all__ = [
     "MLPEnsemble",
     "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "cost_features", "cross_val_kendall",
     "decode_choices", "decode_encoding",
-    "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
+    "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
     "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",
 ]

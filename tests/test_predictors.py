@@ -14,8 +14,8 @@ from threadpoolctl import threadpool_limits
 from hwnas.cli import main
 from hwnas.datasets import iterate_batches, load_dataset
 from predictors import (AccuracyDataset, AccuracyDatasetError, PredictorError, build_accuracy_dataset,
-                        cost_features, decode_encoding, load_predictor, make_predictor, rank_metrics,
-                        sample_archs_spread, select_predictor)
+                        cost_features, decode_encoding, layer_features, load_predictor, make_features, make_predictor,
+                        rank_metrics, sample_archs_spread, select_predictor)
 from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
 
 # A space for 8x8 one-channel digits: small enough to evaluate dozens of subnets in seconds.
@@ -77,6 +77,18 @@ def test_decode_and_cost_features_match_the_space(name):
             k += s.depth
         expected.append(row + [space.flops(a), space.params(a)])
     np.testing.assert_allclose(cost_features(space, X), np.log(expected), rtol=1e-6)
+    # Per layer slot: the block specs one by one, (flops, params) per slot, zeros past the depth.
+    layers = []
+    for a in archs:
+        specs, row, k = space.block_specs(a), [], 1
+        for i, s in enumerate(a.stages):
+            for j in range(max(space.config.stages[i].depths)):
+                b = specs[k + j] if j < s.depth else None
+                row += [b.flops(), b.params()] if b else [0, 0]
+            k += s.depth
+        layers.append(row)
+    np.testing.assert_allclose(np.expm1(layer_features(space, X)), layers, rtol=1e-5)
+    assert make_features(space, X, "layers").shape == (len(X), X.shape[1] + len(expected[0]) + len(layers[0]))
 
 
 @pytest.mark.parametrize("kind", KINDS)
