@@ -95,6 +95,8 @@ class Pipeline:
                 "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"], "--students", c["students"],
                 "--eval-every", max(1, c["epochs"] // 10),
                 "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
+        if c["augment"] is not None:
+            args += ["--augment", c["augment"]]
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)
@@ -180,7 +182,9 @@ class Pipeline:
         cfg = self.cfg
         search, accuracy = self.out / "search", self.out / "predictor"
         steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
-            ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"], "train": cfg["train"],
+            ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"],
+                       # a default-valued key added later must not retrain runs made before it existed
+                       "train": {k: v for k, v in cfg["train"].items() if not (k == "augment" and v is None)},
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()

@@ -32,7 +32,8 @@ SCHEMA = {
     "space": ((str, dict), REQUIRED),
     "dataset": {"name": ((str,), REQUIRED), "path": ((str, type(None)), None)},
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
-              "num_random": ((int,), 2), "students": ((str,), "mixed")},
+              "num_random": ((int,), 2), "students": ((str,), "mixed"),
+              "augment": ((str, type(None)), None)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -97,6 +98,11 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["train"]["students"] not in STUDENT_RULES:
         raise RunConfigError(f"config key 'train.students': expected one of {sorted(STUDENT_RULES)}, "
                              f"got {cfg['train']['students']!r}")
+    from hwnas.datasets import AUGMENTATIONS
+
+    if cfg["train"]["augment"] is not None and cfg["train"]["augment"] not in AUGMENTATIONS:
+        raise RunConfigError(f"config key 'train.augment': expected null or one of {list(AUGMENTATIONS)}, "
+                             f"got {cfg['train']['augment']!r}")
     for dev, budget in cfg["search"]["budgets"].items():
         if dev not in names:
             raise RunConfigError(f"config key 'search.budgets.{dev}': unknown device, expected one of {names}")

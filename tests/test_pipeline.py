@@ -90,6 +90,7 @@ def test_bundled_quickstart_config_is_valid():
     ({"latency": {"devices": [{"name": "x", "backend": "tensorrt"}]}}, "'latency.devices[0].backend'"),
     ({"device": "tpu"}, "'device'"),
     ({"train": {"students": "all"}}, "'train.students': expected one of"),
+    ({"train": {"augment": "mixup"}}, "'train.augment': expected null or one of"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
