@@ -77,8 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layout", default="auto", choices=["auto", "channels_last", "contiguous"],
                    help="memory layout; auto = the faster on a probe (default auto)")
     p.add_argument("--device", default="cuda", help="default cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and scikit-learn (default: "
-                   "all; --smoke uses 1, as oversubscribed shared machines run many times slower)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of torch and scikit-learn (default 1: "
+                   "the fits took 217 s with 1 thread on a 2-core VM, and had not finished after 245 s with all "
+                   "threads on a 32-core GPU host running two of them; 0 = all)")
     p.add_argument("--out", default=os.environ.get("OUT", str(WORK / "out")), help="output folder (default $OUT)")
     p.add_argument("--work-dir", default=str(WORK), help="accuracy datasets, kept for resuming (default "
                    "runs/gpu_predictor_cifar)")
@@ -107,6 +108,13 @@ def make_smoke_checkpoint(path: Path, data: str) -> None:
         torch.manual_seed(0)
         save_supernet(path, Supernet(SearchSpace.from_config("cifar")),
                       meta={"dataset": "cifar10-jpeg", "data": data, "val_fraction": 0.1, "split_seed": 0})
+
+
+def limit_threads(n: int) -> None:
+    """Cap torch's and scikit-learn's (OpenMP, BLAS) CPU threads at ``n``; 0 leaves them all."""
+    if n:
+        torch.set_num_threads(n)
+        threadpool_limits(n)
 
 
 def sync(device: torch.device) -> None:
@@ -165,9 +173,7 @@ def main(argv=None) -> int:
               "--space cifar --dataset cifar10-jpeg --data .data/cifar10_jpeg.npz --out runs/cifar_supernet'",
               file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)  # scikit-learn's OpenMP and BLAS pools
+    limit_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -233,9 +239,7 @@ def fit_offline(args, out: Path) -> int:
     if not args.repeat_from:
         print("error: --from-dataset needs --repeat-from (the re-measured subnets of the same run)", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args.threads)
     data, again = AccuracyDataset.load(args.from_dataset), AccuracyDataset.load(args.repeat_from)
     if again.header["checkpoint_hash"] != data.header["checkpoint_hash"]:
         print(f"error: {args.repeat_from} measures checkpoint {again.header['checkpoint_hash']}, expected "
