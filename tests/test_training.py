@@ -15,6 +15,7 @@ import yaml
 from hwnas.cli import main
 from hwnas.cli.supernet import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet, load_supernet
+from search_space.checkpoint import read_checkpoint
 from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
@@ -209,6 +210,12 @@ def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):
     assert main(more + ["--resume"]) == 2  # other epochs: refused, one line
     err = capsys.readouterr().err.strip()
     assert "epochs=3 (checkpoint: 2)" in err and "\n" not in err
+    assert main(args + ["--resume", "--augment", "crop_flip_cutout"]) == 2  # other augmentation: refused too
+    err = capsys.readouterr().err.strip()
+    assert "augment='crop_flip_cutout' (checkpoint: None)" in err and "\n" not in err
+    cut = tmp_path / "cutout"
+    assert main([(str(cut) if a == str(out) else a) for a in args] + ["--augment", "crop_flip_cutout"]) == 0
+    assert read_checkpoint(cut / "supernet.pt")["train_state"]["config"]["augment"] == "crop_flip_cutout"
 
     assert main(["supernet", "eval", "--checkpoint", str(out / "supernet.pt"), "--device", "cpu", "largest"]) == 0
     text = capsys.readouterr().out
