@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from hwnas.cli.predictor import add_measurement_args, measure_accuracy_dataset, random_subset  # noqa: E402
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
-from predictors import AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
+from predictors import DEFAULT_FEATURES, AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
 from predictors.benchmark import compare_predictors, holdout_split, write_report  # noqa: E402
 from search_space import SearchSpace, Supernet, checkpoint_hash, load_supernet, save_supernet  # noqa: E402
 from search_space.evaluation import evaluate_archs  # noqa: E402
@@ -268,10 +268,10 @@ def fit_and_report(args, space: SearchSpace, data: AccuracyDataset, again: Accur
     fit_idx, test_idx = holdout_split(len(y), n_fit, seed=0)
     short_mlp = {"steps": 300}  # --smoke: quick fits, the numbers mean nothing anyway
     hparams = {"mlp": short_mlp, "blend": {"members": {"mlp": short_mlp, "gbt": {}, "gp": {}}}} if args.smoke else {}
-    result, fitted = compare_predictors(space, X, y, fit_idx, test_idx, features=("cost",),
+    result, fitted = compare_predictors(space, X, y, fit_idx, test_idx, features=(DEFAULT_FEATURES,),
                                         folds=3 if args.smoke else 5, hparams=hparams)
     best = result["selection"]["selected"]
-    fitted[(best, "cost")].save(out / "predictor_cifar_best.pt", {
+    fitted[(best, DEFAULT_FEATURES)].save(out / "predictor_cifar_best.pt", {
         "fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")}, "n_train": int(n_fit)})
     timings["predictors_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(elapsed(), 1)

@@ -23,7 +23,7 @@ import torch
 from search_space import SearchSpace, UserError
 from search_space.io import atomic_torch_save
 
-from .features import FEATURE_RECIPES, make_features
+from .features import DEFAULT_FEATURES, FEATURE_RECIPES, make_features
 
 FORMAT, VERSION = "hwnas-predictor", 1
 PREDICTORS: dict[str, type["Predictor"]] = {}
@@ -51,7 +51,7 @@ class Predictor:
 
     kind = "base"
 
-    def __init__(self, space: SearchSpace, features: str = "cost", seed: int = 0, **hparams):
+    def __init__(self, space: SearchSpace, features: str = DEFAULT_FEATURES, seed: int = 0, **hparams):
         if features not in FEATURE_RECIPES:
             raise PredictorError(f"unknown feature recipe {features!r}: expected one of {list(FEATURE_RECIPES)}")
         self.space = space

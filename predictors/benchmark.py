@@ -13,7 +13,7 @@ from search_space import SearchSpace
 from search_space.io import atomic_write_json, atomic_write_text
 
 from .base import make_predictor
-from .features import decode_encoding
+from .features import DEFAULT_FEATURES, decode_encoding
 from .metrics import rank_metrics
 from .plots import plot_predicted_vs_measured
 from .selection import select_predictor
@@ -28,17 +28,17 @@ def holdout_split(n: int, n_fit: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def compare_predictors(space: SearchSpace, X: np.ndarray, y: np.ndarray, fit_idx: np.ndarray, test_idx: np.ndarray,
-                       kinds=("mlp", "gbt", "gp", "blend"), features=("cost", "encoding"), folds: int = 5,
+                       kinds=("mlp", "gbt", "gp", "blend"), features=(DEFAULT_FEATURES, "encoding"), folds: int = 5,
                        seed: int = 0, hparams: dict | None = None, log=print) -> tuple[dict, dict]:
     """Fit every (kind, features) on ``fit_idx``, score on ``test_idx``; select a kind by
-    ``folds``-fold Kendall tau on ``fit_idx`` alone (cost features, or the first recipe given).
+    ``folds``-fold Kendall tau on ``fit_idx`` alone (default features, or the first recipe given).
     ``hparams`` maps a kind to keyword arguments. Returns the results (rows, selection,
     baselines, the selected kind's test predictions for the scatter plot; plain data) and the
     fitted predictors by (kind, features)."""
     hparams = hparams or {}
     Xf, yf, Xt, yt = X[fit_idx], y[fit_idx], X[test_idx], y[test_idx]
     rows, preds, fitted = [], {}, {}
-    selection_features = "cost" if "cost" in features else features[0]
+    selection_features = DEFAULT_FEATURES if DEFAULT_FEATURES in features else features[0]
     for feat in features:
         for kind in kinds:
             start = time.perf_counter()

@@ -7,6 +7,7 @@ turn it into model features here, by a named *recipe* that is stored with the pr
 - ``cost``: ``X`` plus log FLOPs and log params of every stage and of the whole network.
   Accuracy grows roughly with log compute, and the per-stage split tells a model *where*
   the compute sits, which the one-hot layer slots only imply through many interactions.
+- ``layers`` (the default): ``cost`` plus log FLOPs and log params of every layer slot.
 
 Cost features need the choices back: :func:`decode_choices` inverts ``space.encode`` (nearest
 choice per field, vectorised) into choice indices; FLOPs and params then come from per-layer
@@ -25,6 +26,9 @@ import numpy as np
 from search_space import Arch, SearchSpace, StageChoice
 
 FEATURE_RECIPES = ("encoding", "cost", "layers")
+# Best by 5-fold CV on the fit sets of all four JPEG-CIFAR-10 datasets, for every kind
+# (experiments/results/predictor_variants_cifar.md).
+DEFAULT_FEATURES = "layers"
 
 
 def _nearest(values: np.ndarray, choices: tuple) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches
 from hwnas.datasets import DatasetBundle, Split
-from predictors import (FEATURE_RECIPES, PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset,
+from predictors import (DEFAULT_FEATURES, FEATURE_RECIPES, PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset,
                         load_predictor, make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
 from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
@@ -76,7 +76,7 @@ def register(sub) -> None:
     fit.add_argument("--model", default="auto", choices=sorted(PREDICTORS) + ["auto"],
                      help="predictor kind, or auto: select by k-fold Kendall tau (default auto)")
     fit.add_argument("--out", required=True, help="predictor file to write (.pt)")
-    fit.add_argument("--features", default="cost", choices=FEATURE_RECIPES,
+    fit.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURE_RECIPES,
                      help="cost: encoding plus log FLOPs/params per stage (default); encoding: the encoding only")
     fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
     fit.add_argument("--candidates", default=",".join(sorted(PREDICTORS)),
@@ -182,7 +182,7 @@ def _dataset(args) -> int:
 # ----------------------------------------------------------------------------- fit
 
 
-def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = "cost", folds: int = 5,
+def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES, folds: int = 5,
                   seed: int = 0, candidates: list[str] | None = None) -> tuple[Predictor, dict[str, float] | None]:
     """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
     (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
