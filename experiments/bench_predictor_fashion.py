@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "gave a held-out tau of 0.59 against 0.55 with training's default 0.025 for batch 64, although "
                    "the largest subnet was less accurate, 82%% vs 86%%; see "
                    "experiments/results/predictor_fashion_pilot_lr*.json)")
+    p.add_argument("--students", default="sandwich", help="student rule of the supernet training (default sandwich, "
+                   "the issue's rule; predictor_fashion_mixed/ used mixed)")
     p.add_argument("--n", type=int, default=500, help="subnets to measure (default 500)")
     p.add_argument("--eval-limit", type=int, default=2000, help="validation images per measurement (default 2000)")
     p.add_argument("--calib-batches", type=int, default=4, help="BN recalibration batches (default 4)")
@@ -92,7 +94,8 @@ def cpu_name() -> str:
 
 def train(args, space: SearchSpace, bundle, ckpt: Path) -> dict:
     """Train (or resume) the supernet; return the last epoch's metrics."""
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=2, seed=0)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=2,
+                         students=args.students, seed=0)
     torch.manual_seed(0)
     supernet = Supernet(space)
     device = torch.device("cpu")
