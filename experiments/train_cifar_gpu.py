@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -30,23 +29,19 @@ from pathlib import Path
 import torch
 
 from experiments.bench_supernet import machine
-from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
+from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
 from hwnas.datasets import Split
-from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
+from search_space import SearchSpace, Supernet, checkpoint_hash
 from search_space.checkpoint import read_checkpoint
 from search_space.evaluation import evaluate_archs
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.train_state import write_metrics
 from search_space.train_dist import DistContext, resolve_device
-from search_space.training import (TrainConfig, saved_config, subnet_evaluator, time_sandwich_steps,
-                                   train_supernet)
+from search_space.train_plan import plan_epochs
+from search_space.training import TrainConfig, saved_config, subnet_evaluator, train_supernet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"largest": 0.92, "smallest": 0.85}
-# The probe repeats 10 sandwiches; training draws fresh ones every step. On the H200 (2026-11-30,
-# experiments/results/cifar_sandwich_*/) training epochs took 1.15-1.26x the probe's estimate, and the
-# first epoch 38-40 s more than the others (cuDNN's first call of every new conv shape).
-EPOCH_SLOWDOWN, FIRST_EPOCH_EXTRA_S = 1.25, 45.0
 # --smoke: every block type, tiny widths, so a CPU run takes seconds.
 SMOKE_SPACE = {
     "name": "smoke", "in_channels": 3, "num_classes": 10, "resolutions": [32],
@@ -101,36 +96,10 @@ def _subset(split: Split, n: int, g: torch.Generator) -> Split:
     return Split(split.x[idx], split.y[idx])
 
 
-def plan_epochs(args, space, bundle, config: TrainConfig, steps: int, evaluator, device) -> dict:
-    """Measure step, evaluation and checkpoint times on a throw-away supernet; return the plan
-    (epochs, eval_every, checkpoint_every) that fits the time budget."""
-    def batches():  # a small training set: start further passes
-        for seed in range(config.seed + 1, config.seed + 100):
-            yield from epoch_batches(bundle, config.batch_size, seed, device, config.augment)(0)
-
-    step_s, net, opt = time_sandwich_steps(space, config, batches(), device, subnet_lists=2 if args.smoke else 10)
-    start = time.perf_counter()
-    evaluator(net)
-    eval_s = time.perf_counter() - start
-    probe = Path(args.run_dir) / "probe.pt"
-    start = time.perf_counter()
-    save_supernet(probe, net, {}, train_state={"optimizer": opt.state_dict()})
-    save_s = time.perf_counter() - start
-    probe.unlink()
-    del net, opt
-    cuda = device.type == "cuda"  # the corrections were measured there
-    budget = args.time_budget_min * 60 * 0.97 - (FIRST_EPOCH_EXTRA_S if cuda else 0.0)  # 3% margin for speed drift
-    epoch_s = steps * step_s * (EPOCH_SLOWDOWN if cuda else 1.0)
-    # Evaluate ~10 times per run; save every epoch unless saving would cost over 3% of the budget.
-    epochs, eval_every, ckpt_every = 1, 1, 1
-    for _ in range(3):  # fixed point: the intervals depend on the epochs and back
-        per_epoch = epoch_s + eval_s / eval_every + save_s / ckpt_every
-        epochs = max(1, int((budget - eval_s) // per_epoch))  # the final test evaluation costs ~eval_s
-        eval_every = max(1, epochs // 10)
-        ckpt_every = max(1, math.ceil(save_s * epochs / (0.03 * budget)))
-    return {"step_s": step_s, "eval_s": eval_s, "save_s": save_s, "epoch_s_estimate": epoch_s,
-            "epochs": epochs, "eval_every": eval_every, "checkpoint_every": ckpt_every,
-            "budget_s": args.time_budget_min * 60}
+def plan_for_budget(args, space, bundle, config: TrainConfig, steps: int, evaluator, device) -> dict:
+    """The epochs (and evaluation and checkpoint intervals) that fit ``--time-budget-min``."""
+    return plan_epochs(space, config, probe_batches(bundle, config, device), steps, args.time_budget_min * 60, device,
+                       evaluator, subnet_lists=2 if args.smoke else 10)
 
 
 def final_accuracy(supernet: Supernet, bundle, device, archs: dict) -> dict:
@@ -230,7 +199,7 @@ def main(argv=None) -> int:
                              augment=args.augment, seed=args.seed)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
-            plan = plan_epochs(args, space, bundle, config, steps, evaluator, device)
+            plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)
             print(f"plan: {plan}", file=sys.stderr)
         config = dataclasses.replace(config, epochs=plan["epochs"])
     torch.manual_seed(config.seed)

@@ -242,3 +242,24 @@ def test_time_sandwich_steps_times_warmed_up_steps(space):
     step_s, net, opt = time_sandwich_steps(space, TrainConfig(epochs=1, batch_size=8, num_random=1), batches,
                                            torch.device("cpu"), subnet_lists=2, repeats=2)
     assert 0 < step_s < 10 and isinstance(net, Supernet) and opt.state  # the probe trained its own supernet
+
+
+def test_cli_time_budget_plans_the_epochs_and_a_resume_keeps_them(tmp_path, capsys):
+    cfg = tmp_path / "space.yaml"
+    cfg.write_text(yaml.safe_dump(DIGITS_SPACE))
+    out = tmp_path / "run"
+    args = ["supernet", "train", "--space", str(cfg), "--dataset", "digits", "--out", str(out),
+            "--batch-size", str(BATCH), "--device", "cpu", "--quiet", "--time-budget-min", "0.05"]
+    assert main(args) == 0
+    blob = read_checkpoint(out / "supernet.pt")
+    plan, epochs = blob["meta"]["plan"], blob["train_state"]["config"]["epochs"]
+    assert plan["epochs"] == epochs >= 1 and plan["budget_s"] == 3.0 and plan["step_s"] > 0
+    assert len(read_metrics(out / "metrics.jsonl")) == epochs
+    # Resuming a finished run with the budget again: its own epochs, nothing re-planned or added.
+    assert main(args + ["--resume"]) == 0
+    assert read_checkpoint(out / "supernet.pt")["meta"]["plan"] == plan
+    assert len(read_metrics(out / "metrics.jsonl")) == epochs
+    capsys.readouterr()
+    assert main(args[:-1] + ["0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--time-budget-min 0" in err and "\n" not in err

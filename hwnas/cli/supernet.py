@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -17,7 +19,10 @@ from hwnas.datasets import AUGMENTATIONS, DatasetBundle, DatasetError, Split, it
 from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
 from search_space.evaluation import Batches, evaluate_archs
 from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
-from search_space.training import STUDENT_RULES, EpochBatches, TrainConfig, subnet_evaluator, train_supernet
+from search_space.checkpoint import read_checkpoint
+from search_space.train_plan import plan_epochs
+from search_space.training import (STUDENT_RULES, EpochBatches, TrainConfig, saved_config, subnet_evaluator,
+                                   train_supernet)
 from hwnas.cli._group import command_group
 
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
@@ -35,6 +40,9 @@ def register(sub) -> None:
     add_space_arg(tr)
     _add_data_args(tr, dataset_default="cifar10-jpeg")
     tr.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    tr.add_argument("--time-budget-min", type=float, default=None, help="instead of --epochs: as many epochs as fit "
+                    "this many minutes, measured on a throw-away supernet first (its evaluations and checkpoints "
+                    "included); a resumed run keeps its plan")
     tr.add_argument("--out", required=True, help="output folder for supernet.pt and metrics.jsonl")
     tr.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images)")
@@ -111,6 +119,13 @@ def epoch_batches(bundle: DatasetBundle, batch_size: int, seed: int, device: tor
     return batches
 
 
+def probe_batches(bundle: DatasetBundle, config: TrainConfig, device: torch.device) -> Iterable[tuple]:
+    """Training batches for timing probes (search_space.train_plan), as many as asked for: further
+    shuffled passes when one epoch is not enough, seeded apart from the run's own epochs."""
+    for seed in range(config.seed + 1, config.seed + 1_000):
+        yield from epoch_batches(bundle, config.batch_size, seed, device, config.augment)(0)
+
+
 def calibration_batches(bundle: DatasetBundle, batch_size: int, device: torch.device, seed: int = 0) -> Batches:
     """Shuffled, augmented training batches for BN recalibration, the same on every call (the
     training set is sorted by class, so unshuffled batches would give one-class statistics)."""
@@ -160,11 +175,16 @@ def _train(args) -> int:
     out = Path(args.out)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
             "val_fraction": 0.1, "split_seed": args.seed}
+    intervals = {"eval_every": args.eval_every, "checkpoint_every": 1}
+    if args.time_budget_min is not None:
+        config, intervals = _budget_plan(args, config, space, bundle, steps, ctx, evaluate, out / CHECKPOINT_NAME)
+        meta["plan"] = intervals
     try:
         history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device, config.augment),
                                  steps,
                                  config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
-                                 evaluate=evaluate, eval_every=args.eval_every, meta=meta, dist=ctx,
+                                 evaluate=evaluate, eval_every=intervals["eval_every"],
+                                 checkpoint_every=intervals["checkpoint_every"], meta=meta, dist=ctx,
                                  progress=not args.quiet)
     finally:
         shutdown_distributed(ctx)
@@ -173,6 +193,26 @@ def _train(args) -> int:
         accs = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_acc"))
         print(f"trained {last['epoch']} epochs: loss {last['loss']:.4f}  {accs}  -> {out / CHECKPOINT_NAME}")
     return 0
+
+
+def _budget_plan(args, config: TrainConfig, space: SearchSpace, bundle: DatasetBundle, steps: int, ctx,
+                 evaluate, checkpoint: Path) -> tuple[TrainConfig, dict]:
+    """--time-budget-min: the epochs and intervals that fit it, measured now; a resumed run keeps
+    the ones it was planned with (its schedule depends on them)."""
+    if not args.time_budget_min > 0:
+        raise UserError(f"--time-budget-min {args.time_budget_min} is invalid; expected a positive number of minutes")
+    if ctx.distributed:  # each rank would measure its own speed and plan other epochs
+        raise UserError("--time-budget-min does not work under torchrun; expected --epochs for multi-GPU training")
+    if args.resume and checkpoint.exists():
+        blob = read_checkpoint(checkpoint)
+        plan = blob["meta"].get("plan") or {"eval_every": args.eval_every, "checkpoint_every": 1}
+        return dataclasses.replace(config, epochs=saved_config(blob["train_state"])["epochs"]), plan
+    plan = plan_epochs(space, config, probe_batches(bundle, config, ctx.device), steps, args.time_budget_min * 60,
+                       ctx.device, evaluate)
+    if not args.quiet:
+        print(f"plan for {args.time_budget_min:g} min: {plan['epochs']} epochs of ~{plan['epoch_s_estimate']:.1f} s "
+              f"(step {1000 * plan['step_s']:.1f} ms)", file=sys.stderr)
+    return dataclasses.replace(config, epochs=plan["epochs"]), plan
 
 
 def _eval(args) -> int:
