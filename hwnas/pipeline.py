@@ -23,6 +23,7 @@ from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
+LATER_TRAIN_KEYS = ("augment", "time_budget_min")  # optional train keys that older runs did not have
 
 
 class StageFailed(UserError):
@@ -91,7 +92,8 @@ class Pipeline:
     # ---- stages --------------------------------------------------------------------------
     def train(self) -> dict:
         c, run_dir = self.cfg["train"], self.checkpoint.parent
-        args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), "--epochs", c["epochs"],
+        length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
+        args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), *length,
                 "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"], "--students", c["students"],
                 "--eval-every", max(1, c["epochs"] // 10),
                 "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
@@ -101,7 +103,8 @@ class Pipeline:
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return {"epochs": c["epochs"], "last_epoch": json.loads(lines[-1]) if lines else {}}
+        last = json.loads(lines[-1]) if lines else {}
+        return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
 
     def latency(self) -> dict:
         from latency_tables import LatencyTable, build_table, make_backend, validate_table
@@ -183,8 +186,8 @@ class Pipeline:
         search, accuracy = self.out / "search", self.out / "predictor"
         steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
             ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"],
-                       # a default-valued key added later must not retrain runs made before it existed
-                       "train": {k: v for k, v in cfg["train"].items() if not (k == "augment" and v is None)},
+                       # keys added later, left unset, must not retrain runs made before they existed
+                       "train": {k: v for k, v in cfg["train"].items() if not (k in LATER_TRAIN_KEYS and v is None)},
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()

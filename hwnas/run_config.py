@@ -33,7 +33,7 @@ SCHEMA = {
     "dataset": {"name": ((str,), REQUIRED), "path": ((str, type(None)), None)},
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
-              "augment": ((str, type(None)), None)},
+              "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -98,6 +98,10 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["train"]["students"] not in STUDENT_RULES:
         raise RunConfigError(f"config key 'train.students': expected one of {sorted(STUDENT_RULES)}, "
                              f"got {cfg['train']['students']!r}")
+    budget = cfg["train"]["time_budget_min"]
+    if budget is not None and not budget > 0:
+        raise RunConfigError(f"config key 'train.time_budget_min': expected null or a positive number of minutes, "
+                             f"got {budget!r}")
     from hwnas.datasets import AUGMENTATIONS
 
     if cfg["train"]["augment"] is not None and cfg["train"]["augment"] not in AUGMENTATIONS:

@@ -91,6 +91,7 @@ def test_bundled_quickstart_config_is_valid():
     ({"device": "tpu"}, "'device'"),
     ({"train": {"students": "all"}}, "'train.students': expected one of"),
     ({"train": {"augment": "mixup"}}, "'train.augment': expected null or one of"),
+    ({"train": {"time_budget_min": 0}}, "'train.time_budget_min': expected null or a positive number"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
@@ -139,6 +140,25 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     for args in calls[:2]:
         assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
         assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
+
+
+def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
+    """train.time_budget_min replaces --epochs and train.augment is passed on; unset, neither is."""
+    import hwnas.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
+    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout"}):
+        cfg = tmp_path / f"run{len(calls)}.yaml"
+        cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
+        p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
+        (p.checkpoint.parent).mkdir(parents=True)
+        (p.checkpoint.parent / "metrics.jsonl").write_text(json.dumps({"epoch": 7}) + "\n")
+        assert p.train()["epochs"] == 7  # what was trained, also when a budget chose it
+    plain, budget = calls
+    assert "--epochs" in plain and "--time-budget-min" not in plain and "--augment" not in plain
+    assert "--epochs" not in budget and budget[budget.index("--time-budget-min") + 1] == "2.5"
+    assert budget[budget.index("--augment") + 1] == "crop_flip_cutout"
 
 
 def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):
