@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
+from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
 from search_space import SearchSpace, Supernet
 from search_space.evaluation import evaluate_archs
 from search_space.io import atomic_write_text
@@ -70,12 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def plan_epochs(args, space: SearchSpace, bundle, config: TrainConfig, steps: int) -> int:
     """Epochs of ``config`` that fit ``args.time_budget_s`` (at least 1)."""
     device = torch.device(args.device)
-
-    def batches():
-        for seed in range(1000, 1100):  # a small training set: start further passes
-            yield from epoch_batches(bundle, config.batch_size, seed, device)(0)
-
-    step_s, _, _ = time_sandwich_steps(space, config, batches(), device)
+    step_s, _, _ = time_sandwich_steps(space, config, probe_batches(bundle, config, device), device)
     return max(1, int(args.time_budget_s // (step_s * steps)))
 
 

@@ -149,9 +149,9 @@ class CostTables:
             prev_w = c.width[i]
         return stages, prev_w
 
-    def stage_costs(self, c: Choices) -> tuple[np.ndarray, np.ndarray]:
-        """(per-stage (flops, params) of shape (n, stages, 2), whole-net (flops, params) (n, 2))."""
-        layers, last_w = self.layer_costs(c)
+    def stage_costs(self, c: Choices, layers: list[np.ndarray], last_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(per-stage (flops, params) of shape (n, stages, 2), whole-net (flops, params) (n, 2)) from
+        :meth:`layer_costs` of ``c``."""
         per_stage = np.stack([stage.sum(1) for stage in layers], axis=1)
         total = per_stage.sum(1) + self.stem[c.resolution] + self.head[c.resolution, last_w]
         return per_stage, total
@@ -162,19 +162,25 @@ def _tables(space: SearchSpace) -> CostTables:
     return CostTables(space)
 
 
+def _log_costs(space: SearchSpace, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cost features, layer features) of ``X`` from one decode and one pass over the layer tables."""
+    tables, c = _tables(space), decode_choices(space, X)
+    layers, last_w = tables.layer_costs(c)
+    per_stage, total = tables.stage_costs(c, layers, last_w)
+    cost = np.concatenate([per_stage.reshape(len(total), -1), total], axis=1)
+    per_layer = np.concatenate([stage.reshape(len(total), -1) for stage in layers], axis=1)
+    return np.log(np.maximum(cost, 1.0)).astype(np.float32), np.log1p(per_layer).astype(np.float32)
+
+
 def cost_features(space: SearchSpace, X: np.ndarray) -> np.ndarray:
     """Per row of ``X``: log FLOPs and log params of each stage, then of the whole net (float32)."""
-    per_stage, total = _tables(space).stage_costs(decode_choices(space, X))
-    out = np.concatenate([per_stage.reshape(len(total), -1), total], axis=1)
-    return np.log(np.maximum(out, 1.0)).astype(np.float32)
+    return _log_costs(space, X)[0]
 
 
 def layer_features(space: SearchSpace, X: np.ndarray) -> np.ndarray:
     """Per row of ``X``: log(1 + FLOPs) and log(1 + params) of every layer slot (0 where unused), so a model
     sees where in the network each layer's compute sits, not only per-stage sums."""
-    layers, _ = _tables(space).layer_costs(decode_choices(space, X))
-    out = np.concatenate([stage.reshape(len(X), -1) for stage in layers], axis=1)
-    return np.log1p(out).astype(np.float32)
+    return _log_costs(space, X)[1]
 
 
 def make_features(space: SearchSpace, X: np.ndarray, recipe: str) -> np.ndarray:
@@ -184,5 +190,5 @@ def make_features(space: SearchSpace, X: np.ndarray, recipe: str) -> np.ndarray:
     if recipe == "cost":
         return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, X)])
     if recipe == "layers":
-        return np.hstack([np.asarray(X, dtype=np.float32), cost_features(space, X), layer_features(space, X)])
+        return np.hstack([np.asarray(X, dtype=np.float32), *_log_costs(space, X)])
     raise ValueError(f"unknown feature recipe {recipe!r}: expected one of {list(FEATURE_RECIPES)}")
