@@ -48,13 +48,23 @@ class TrainingError(UserError):
     """A bad training setting, or a checkpoint that cannot be resumed with these settings."""
 
 
+# Linear lr scaling stops here: a sandwich step adds the gradients of 2 + num_random subnets on the
+# shared weights, so its effective step is several times a plain network's. On JPEG-CIFAR-10
+# (H200, 2026-11-30, experiments/results/cifar_batch_ab.md) lr 0.2 trained at batch 512, 1024 and
+# 2048, while the linearly scaled 0.4 (batch 1024) and 0.8 (2048) diverged.
+MAX_DEFAULT_LR = 0.2
+# An epoch whose mean teacher loss exceeds this many times a uniform guess's (ln classes) has
+# diverged: training stops there (the last checkpoint stays) instead of burning the budget.
+DIVERGED_LOSS_FACTOR = 3.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (stored in the checkpoint; resume requires equality).
 
     ``lr`` is the peak learning rate for the global ``batch_size``; ``None`` means 0.1 per 256
-    images (linear scaling). Warm-up is linear over ``warmup_fraction`` of all steps, then cosine
-    decay to ``min_lr_ratio * lr``.
+    images (linear scaling) up to :data:`MAX_DEFAULT_LR`. Warm-up is linear over
+    ``warmup_fraction`` of all steps, then cosine decay to ``min_lr_ratio * lr``.
     """
 
     epochs: int
@@ -92,7 +102,7 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         """The learning rate after warm-up."""
-        return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
+        return self.lr if self.lr is not None else min(0.1 * self.batch_size / 256, MAX_DEFAULT_LR)
 
     def to_json(self) -> dict:
         """Plain data (stored in checkpoints)."""
@@ -323,6 +333,7 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
             raise TrainingError(f"train_batches({epoch}) yielded {n} batches; expected steps_per_epoch={steps_per_epoch}")
         sums = dist.mean(sums / n).tolist()
         seconds = time.perf_counter() - start
+        _check_not_diverged(sums[0], epoch + 1, supernet.space.config.num_classes, config)
         record = {"epoch": epoch + 1, "step": step, "loss": sums[0], "distill_loss": sums[1],
                   "train_acc_largest": sums[2], "lr": optimizer.param_groups[0]["lr"], "time_s": seconds,
                   "img_per_s": steps_per_epoch * global_batch / seconds}
@@ -343,6 +354,16 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                 write_metrics(metrics_path, history)
         dist.barrier()
     return history
+
+
+def _check_not_diverged(loss: float, epoch: int, num_classes: int, config: TrainConfig) -> None:
+    """Raise a TrainingError if an epoch's mean teacher loss shows divergence (non-finite, or over
+    :data:`DIVERGED_LOSS_FACTOR` x ln(num_classes))."""
+    limit = DIVERGED_LOSS_FACTOR * math.log(max(num_classes, 2))
+    if not math.isfinite(loss) or loss > limit:
+        raise TrainingError(f"training diverged in epoch {epoch}: largest subnet's mean loss {loss:.4g} > {limit:.3g} "
+                            f"({DIVERGED_LOSS_FACTOR:g} x ln {num_classes} classes) at peak lr {config.peak_lr:g}; "
+                            "expected a lower --lr (the last checkpoint is kept)")
 
 
 def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: TrainConfig,

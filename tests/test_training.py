@@ -137,7 +137,22 @@ def test_schedule_optimizer_and_sandwich(space):
             assert (s.width, s.depth) == (t.width, t.depth)
             assert all(l.kernel == min(space.config.stages[0].kernels) for l in s.layers)
     assert len({l.block for a in mixed for s in a.stages for l in s.layers}) == len(space.config.stages[0].blocks)
+    assert TrainConfig(epochs=1, batch_size=256).peak_lr == pytest.approx(0.1)
     assert TrainConfig(epochs=1, batch_size=512).peak_lr == pytest.approx(0.2)
+    assert TrainConfig(epochs=1, batch_size=2048).peak_lr == pytest.approx(0.2)  # capped: 0.8 diverged
+    assert TrainConfig(epochs=1, batch_size=2048, lr=0.8).peak_lr == 0.8  # an explicit lr is kept
+
+
+def test_divergence_stops_training_and_keeps_the_last_checkpoint(space, digits, tmp_path):
+    ckpt = tmp_path / "supernet.pt"
+    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.05, grad_clip=None, warmup_fraction=0.0)
+    _run(space, digits, config, ckpt)
+    assert read_checkpoint(ckpt)["train_state"]["epoch"] == 3
+    wild = TrainConfig(epochs=3, batch_size=BATCH, lr=1e4, grad_clip=None, warmup_fraction=0.0)
+    ckpt2 = tmp_path / "wild.pt"
+    with pytest.raises(TrainingError, match=r"training diverged in epoch 1: .* at peak lr 10000; expected a lower --lr"):
+        _run(space, digits, wild, ckpt2)
+    assert not ckpt2.exists()  # nothing written for the diverged epoch
 
 
 @pytest.mark.parametrize("field,value,needle", [
