@@ -13,7 +13,8 @@ Predictors read ``X = space.encode_many(archs)`` and return ``(mean, std)`` of a
 from .accuracy_dataset import AccuracyDataset, AccuracyDatasetError, build_accuracy_dataset
 from .base import PREDICTORS, Predictor, PredictorError, load_predictor, make_predictor, register_predictor
 from .blend import BlendPredictor
-from .features import DEFAULT_FEATURES, FEATURE_RECIPES, cost_features, decode_choices, decode_encoding, layer_features, make_features
+from .features import (DEFAULT_FEATURES, FEATURE_RECIPES, composition_features, cost_features, decode_choices,
+                        decode_encoding, layer_features, make_features)
 from .gp import GPPredictor
 from .metrics import rank_metrics
 from .mlp import MLPEnsemble
@@ -25,7 +26,7 @@ from .trees import GBTEnsemble
 __all__ = [
     "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor",
     "MLPEnsemble",
-    "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "cost_features", "cross_val_kendall",
+    "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "composition_features", "cost_features", "cross_val_kendall",
     "decode_choices", "decode_encoding",
     "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
     "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from hwnas.cli import main
 from hwnas.datasets import iterate_batches, load_dataset
 from predictors import (AccuracyDataset, AccuracyDatasetError, PredictorError, build_accuracy_dataset,
-                        cost_features, decode_encoding, layer_features, load_predictor, make_features, make_predictor,
+                        composition_features, cost_features, decode_encoding, layer_features, load_predictor, make_features, make_predictor,
                         rank_metrics, sample_archs_spread, select_predictor)
 from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
 
@@ -89,6 +89,22 @@ def test_decode_and_cost_features_match_the_space(name):
         layers.append(row)
     np.testing.assert_allclose(np.expm1(layer_features(space, X)), layers, rtol=1e-5)
     assert make_features(space, X, "layers").shape == (len(X), X.shape[1] + len(expected[0]) + len(layers[0]))
+    # Block mix and agreement with the sandwich anchors, counted from the archs themselves.
+    blocks = sorted({b for st in space.config.stages for b in st.blocks})
+    big, small = space.largest(), space.smallest()
+    mix = []
+    for a in archs:
+        row, total = [], np.zeros(len(blocks) + 2)
+        for i, s in enumerate(a.stages):
+            anchor = lambda ref, j: ref.stages[i].layers[min(j, ref.stages[i].depth - 1)]
+            counts = np.array([sum(l.block == b for l in s.layers) for b in blocks]
+                              + [sum(l == anchor(ref, j) for j, l in enumerate(s.layers)) for ref in (big, small)])
+            row += list(counts / s.depth)
+            total += counts
+        mix.append(row + list(total / sum(s.depth for s in a.stages)))
+    np.testing.assert_allclose(composition_features(space, X), mix, rtol=1e-6)
+    assert make_features(space, X, "composition").shape == (len(X), X.shape[1] + len(expected[0]) + len(layers[0])
+                                                           + len(mix[0]))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -45,7 +45,8 @@ def register(sub) -> None:
                     "included); a resumed run keeps its plan")
     tr.add_argument("--out", required=True, help="output folder for supernet.pt and metrics.jsonl")
     tr.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
-    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images)")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images, at "
+                    "most 0.2: a sandwich step adds several subnets' gradients)")
     tr.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights (default 5e-4)")
     tr.add_argument("--num-random", type=int, default=2, help="random subnets per step besides the largest and "
                     "smallest (default 2)")
