@@ -23,7 +23,7 @@ from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
-LATER_TRAIN_KEYS = ("augment", "time_budget_min")  # optional train keys that older runs did not have
+LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout")  # optional train keys that older runs did not have
 
 
 class StageFailed(UserError):
@@ -99,6 +99,8 @@ class Pipeline:
                 "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
         if c["augment"] is not None:
             args += ["--augment", c["augment"]]
+        if c["teacher_dropout"] is not None:
+            args += ["--teacher-dropout", c["teacher_dropout"]]
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)

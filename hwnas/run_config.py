@@ -33,7 +33,8 @@ SCHEMA = {
     "dataset": {"name": ((str,), REQUIRED), "path": ((str, type(None)), None)},
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
-              "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None)},
+              "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None),
+              "teacher_dropout": ((float, int, type(None)), None)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -102,6 +103,10 @@ def parse_run_config(raw: dict) -> dict:
     if budget is not None and not budget > 0:
         raise RunConfigError(f"config key 'train.time_budget_min': expected null or a positive number of minutes, "
                              f"got {budget!r}")
+    teacher_dropout = cfg["train"]["teacher_dropout"]
+    if teacher_dropout is not None and not 0 <= teacher_dropout < 1:
+        raise RunConfigError(f"config key 'train.teacher_dropout': expected null or a number in [0, 1), "
+                             f"got {teacher_dropout!r}")
     from hwnas.datasets import AUGMENTATIONS
 
     if cfg["train"]["augment"] is not None and cfg["train"]["augment"] not in AUGMENTATIONS:

@@ -78,6 +78,7 @@ class TrainConfig:
     num_random: int = 2
     students: str = "mixed"
     augment: str | None = None  # training-batch augmentation; None: the dataset's own (applied by the caller)
+    teacher_dropout: float | None = None  # head dropout of the largest only (BigNAS); None: the space's for all
     grad_clip: float | None = 5.0
     seed: int = 0
 
@@ -89,6 +90,8 @@ class TrainConfig:
         _check(self.students, "students", str, lambda v: v in STUDENT_RULES, f"one of {', '.join(STUDENT_RULES)}")
         if self.augment is not None:
             _check(self.augment, "augment", str, lambda v: bool(v), "an augmentation name or None")
+        if self.teacher_dropout is not None:
+            _check(self.teacher_dropout, "teacher_dropout", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1) or None")
         if self.lr is not None:
             _check(self.lr, "lr", (int, float), lambda v: v > 0 and math.isfinite(v), "a positive number")
         _check(self.momentum, "momentum", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -166,7 +169,7 @@ STUDENT_RULES = {
 
 
 # Settings of checkpoints written before the setting existed (resume must keep training as it did).
-LEGACY_SETTINGS = {"students": "sandwich", "augment": None}
+LEGACY_SETTINGS = {"students": "sandwich", "augment": None, "teacher_dropout": None}
 
 
 def saved_config(train_state: Mapping) -> dict:
@@ -197,23 +200,30 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
     teacher_probs = None
     out = {}
     student_losses = []
-    for i, arch in enumerate(archs):
-        supernet.set_active(arch)
-        xi = fit_resolution(x, arch.resolution)
-        # all-reduce once per step, after the last subnet's backward (see train_dist)
-        with maybe_no_sync(model, skip_sync=i < len(archs) - 1):
-            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(xi)
-            logits = logits.float()
-            if teacher_probs is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                teacher_probs = F.softmax(logits.detach(), dim=1)
-                out["loss"] = loss.detach()
-                out["correct"] = (logits.detach().argmax(1) == y).sum()
-            else:
-                loss = soft_cross_entropy(logits, teacher_probs)
-                student_losses.append(loss.detach())
-            loss.backward()
+    dropout = supernet.head.dropout
+    space_p = dropout.p
+    try:
+        for i, arch in enumerate(archs):
+            supernet.set_active(arch)
+            # Regularise only the teacher (BigNAS): the largest over-fits while the small subnets under-fit.
+            dropout.p = config.teacher_dropout if i == 0 and config.teacher_dropout is not None else space_p
+            xi = fit_resolution(x, arch.resolution)
+            # all-reduce once per step, after the last subnet's backward (see train_dist)
+            with maybe_no_sync(model, skip_sync=i < len(archs) - 1):
+                with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model(xi)
+                logits = logits.float()
+                if teacher_probs is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                    teacher_probs = F.softmax(logits.detach(), dim=1)
+                    out["loss"] = loss.detach()
+                    out["correct"] = (logits.detach().argmax(1) == y).sum()
+                else:
+                    loss = soft_cross_entropy(logits, teacher_probs)
+                    student_losses.append(loss.detach())
+                loss.backward()
+    finally:  # the space's own dropout for everything else (evaluation, extraction)
+        dropout.p = space_p
     out["distill_loss"] = torch.stack(student_losses).mean() if student_losses else torch.zeros_like(out["loss"])
     if config.grad_clip is not None:
         nn.utils.clip_grad_norm_([p for p in supernet.parameters() if p.grad is not None], config.grad_clip)

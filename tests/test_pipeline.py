@@ -92,6 +92,7 @@ def test_bundled_quickstart_config_is_valid():
     ({"train": {"students": "all"}}, "'train.students': expected one of"),
     ({"train": {"augment": "mixup"}}, "'train.augment': expected null or one of"),
     ({"train": {"time_budget_min": 0}}, "'train.time_budget_min': expected null or a positive number"),
+    ({"train": {"teacher_dropout": 1.5}}, "'train.teacher_dropout': expected null or a number in [0, 1), got 1.5"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
@@ -143,12 +144,13 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
 
 
 def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
-    """train.time_budget_min replaces --epochs and train.augment is passed on; unset, neither is."""
+    """train.time_budget_min replaces --epochs, train.augment and train.teacher_dropout are passed on;
+    unset, none is."""
     import hwnas.pipeline as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
-    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout"}):
+    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3}):
         cfg = tmp_path / f"run{len(calls)}.yaml"
         cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
         p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
@@ -157,6 +159,7 @@ def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
         assert p.train()["epochs"] == 7  # what was trained, also when a budget chose it
     plain, budget = calls
     assert "--epochs" in plain and "--time-budget-min" not in plain and "--augment" not in plain
+    assert "--teacher-dropout" not in plain and budget[budget.index("--teacher-dropout") + 1] == "0.3"
     assert "--epochs" not in budget and budget[budget.index("--time-budget-min") + 1] == "2.5"
     assert budget[budget.index("--augment") + 1] == "crop_flip_cutout"
 

@@ -19,7 +19,7 @@ from search_space.checkpoint import read_checkpoint
 from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
-                                   time_sandwich_steps, train_supernet)
+                                   sandwich_step, time_sandwich_steps, train_supernet)
 
 # Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes; dropout draws from
 # torch's global RNG, so the exact-resume test also checks that its state is restored.
@@ -155,8 +155,23 @@ def test_divergence_stops_training_and_keeps_the_last_checkpoint(space, digits, 
     assert not ckpt2.exists()  # nothing written for the diverged epoch
 
 
+def test_teacher_dropout_applies_to_the_largest_only(space, digits):
+    net = Supernet(space)
+    seen = []
+    net.head.dropout.register_forward_pre_hook(lambda module, args: seen.append(module.p))
+    archs = sandwich_archs(space, np.random.default_rng(0), 2, "sandwich")
+    x, y = next(iter(epoch_batches(digits, 32, 0, torch.device("cpu"))(0)))
+    for teacher_dropout, expected in ((0.5, [0.5, 0.2, 0.2, 0.2]), (None, [0.2] * 4)):
+        seen.clear()
+        config = TrainConfig(epochs=1, batch_size=32, teacher_dropout=teacher_dropout)
+        sandwich_step(net, net, archs, x, y, build_optimizer(net, config), config)
+        assert seen == pytest.approx(expected)  # DIGITS_SPACE's own dropout is 0.2
+        assert net.head.dropout.p == 0.2  # restored for evaluation and extraction
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("epochs", 0, "epochs=0 is invalid; expected an int >= 1"),
+    ("teacher_dropout", 1.0, "teacher_dropout=1.0 is invalid; expected a number in [0, 1) or None"),
     ("batch_size", 1.5, "batch_size=1.5"),
     ("lr", -1.0, "lr=-1.0"),
     ("label_smoothing", 1.0, "label_smoothing=1.0"),
