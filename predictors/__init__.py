@@ -21,13 +21,15 @@ from .mlp import MLPEnsemble
 from .plots import plot_predicted_vs_measured
 from .sampling import sample_archs_spread, sample_mixture_arch
 from .selection import cross_val_kendall, select_predictor
+from .targets import DEFAULT_TARGET, TARGET_TRANSFORMS, fit_target, inverse_target
 from .trees import GBTEnsemble
 
 __all__ = [
-    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor",
+    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "DEFAULT_TARGET", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor",
     "MLPEnsemble",
     "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "composition_features", "cost_features", "cross_val_kendall",
     "decode_choices", "decode_encoding",
     "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
-    "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",
+    "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor", "TARGET_TRANSFORMS",
+    "fit_target", "inverse_target",
 ]

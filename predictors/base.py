@@ -4,11 +4,12 @@ Every predictor maps encodings ``X = space.encode_many(archs)`` to accuracy in [
 ``fit(X, y)``, ``predict(X) -> (mean, std)``, ``save(path)``, :func:`load_predictor`.
 The base class owns what all kinds share: the space (its config and fingerprint travel in
 the file, so a predictor refuses another space's encoding), the feature recipe, feature
-and target standardisation. Subclasses only fit and predict standardised arrays.
+standardisation and the target transform (``predictors.targets``). Subclasses only fit and
+predict standardised arrays.
 
 File format (``torch.save`` of a dict): ``format="hwnas-predictor"``, ``version``, ``kind``,
 ``space`` (config as plain data), ``space_fingerprint``, ``features`` (recipe name),
-``hparams``, ``scalers``, ``state`` (kind-specific; sklearn models are pickled, so load
+``target`` (transform name; files without it used ``standard``), ``hparams``, ``scalers``, ``state`` (kind-specific; sklearn models are pickled, so load
 predictor files only from sources you trust, as with any pickle), ``meta`` (free-form).
 """
 
@@ -24,6 +25,7 @@ from search_space import SearchSpace, UserError
 from search_space.io import atomic_torch_save
 
 from .features import DEFAULT_FEATURES, FEATURE_RECIPES, make_features
+from .targets import DEFAULT_TARGET, TARGET_TRANSFORMS, fit_target, inverse_target
 
 FORMAT, VERSION = "hwnas-predictor", 1
 PREDICTORS: dict[str, type["Predictor"]] = {}
@@ -47,15 +49,19 @@ def register_predictor(kind: str) -> Callable[[type], type]:
 class Predictor:
     """Accuracy predictor over one search space's encoding; subclasses implement
     ``_fit(F, z)`` and ``_predict(F) -> (mean, std)`` on standardised features ``F`` and
-    standardised targets ``z``, plus ``_get_state`` / ``_set_state`` for saving."""
+    transformed targets ``z``, plus ``_get_state`` / ``_set_state`` for saving."""
 
     kind = "base"
 
-    def __init__(self, space: SearchSpace, features: str = DEFAULT_FEATURES, seed: int = 0, **hparams):
+    def __init__(self, space: SearchSpace, features: str = DEFAULT_FEATURES, seed: int = 0,
+                 target: str = DEFAULT_TARGET, **hparams):
         if features not in FEATURE_RECIPES:
             raise PredictorError(f"unknown feature recipe {features!r}: expected one of {list(FEATURE_RECIPES)}")
+        if target not in TARGET_TRANSFORMS:
+            raise PredictorError(f"unknown target transform {target!r}: expected one of {list(TARGET_TRANSFORMS)}")
         self.space = space
         self.features = features
+        self.target = target
         self.seed = seed
         self.hparams = {**self.default_hparams(), **hparams}
         unknown = set(hparams) - set(self.default_hparams())
@@ -96,9 +102,9 @@ class Predictor:
         F = make_features(self.space, X, self.features).astype(np.float64)
         f_mean, f_std = F.mean(0), F.std(0)
         f_std[f_std < 1e-8] = 1.0  # constant columns (a single choice) stay zero, not NaN
-        y_mean, y_std = float(y.mean()), float(y.std()) or 1.0
-        self._scalers = {"f_mean": f_mean, "f_std": f_std, "y_mean": y_mean, "y_std": y_std}
-        self._fit((F - f_mean) / f_std, (y - y_mean) / y_std)
+        z, target_state = fit_target(y, self.target)
+        self._scalers = {"f_mean": f_mean, "f_std": f_std, **target_state}
+        self._fit((F - f_mean) / f_std, z)
         return self
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +116,7 @@ class Predictor:
             return np.zeros(0), np.zeros(0)
         s = self._scalers
         F = (make_features(self.space, X, self.features).astype(np.float64) - s["f_mean"]) / s["f_std"]
-        mean, std = self._predict(F)
-        return mean * s["y_std"] + s["y_mean"], std * s["y_std"]
+        return inverse_target(*self._predict(F), s)
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         """Write the fitted predictor atomically (``meta`` is merged into :attr:`meta`)."""
@@ -120,6 +125,7 @@ class Predictor:
         self.meta.update(meta or {})
         blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "space": self.space.config.to_json(),
                 "space_fingerprint": self.space_fingerprint, "features": self.features, "seed": self.seed,
+                "target": self.target,
                 "hparams": self.hparams, "scalers": self._scalers, "state": self._get_state(), "meta": self.meta}
         return atomic_torch_save(blob, path)
 
@@ -174,7 +180,7 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
         raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: "
                              f"expected one of {sorted(PREDICTORS)}")
     pred = PREDICTORS[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
-                                    seed=blob["seed"], **blob["hparams"])
+                                    seed=blob["seed"], target=blob.get("target", "standard"), **blob["hparams"])
     pred._scalers = blob["scalers"]
     pred._set_state(blob["state"])
     pred.meta = blob["meta"]

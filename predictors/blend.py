@@ -27,7 +27,8 @@ class BlendPredictor(Predictor):
         if not members or bad:
             raise PredictorError(f"blend members {members!r} invalid: expected a mapping of kinds from "
                                  f"{sorted(set(PREDICTORS) - {self.kind})} to hyper-parameters")
-        return [PREDICTORS[k](self.space, features=self.features, seed=self.seed, **hp) for k, hp in members.items()]
+        return [PREDICTORS[k](self.space, features=self.features, seed=self.seed, target=self.target, **hp)
+                for k, hp in members.items()]
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:
         # Features and targets arrive standardised by this predictor: members fit them as they are.

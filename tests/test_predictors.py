@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from hwnas.cli import main
 from hwnas.datasets import iterate_batches, load_dataset
 from predictors import (AccuracyDataset, AccuracyDatasetError, PredictorError, build_accuracy_dataset,
-                        composition_features, cost_features, decode_encoding, layer_features, load_predictor, make_features, make_predictor,
+                        composition_features, cost_features, decode_encoding, fit_target, inverse_target, layer_features, load_predictor, make_features, make_predictor,
                         rank_metrics, sample_archs_spread, select_predictor)
 from search_space import SearchSpace, Supernet, checkpoint_hash, save_supernet
 
@@ -132,6 +132,28 @@ def test_save_load_round_trip_and_foreign_space(kind, cifar, synthetic, tmp_path
         load_predictor(tmp_path / "p.pt", other)
     msg = str(e.value)
     assert cifar.fingerprint in msg and other.fingerprint in msg and "\n" not in msg
+
+
+def test_rank_gauss_target_maps_back_monotonically_and_round_trips(cifar, synthetic, tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.normal(0.8, 0.02, 300), 0.3, 0.35, 0.8, 0.8]  # a low tail and ties
+    z, state = fit_target(y, "rank_gauss")
+    assert abs(z.mean()) < 0.05 and np.argsort(z, kind="stable").tolist() == np.argsort(y, kind="stable").tolist()
+    back, _ = inverse_target(z, np.zeros_like(z), state)
+    np.testing.assert_allclose(back, y, atol=1e-12)  # the fitted points map back exactly
+    grid = np.linspace(-6, 6, 200)  # also beyond the fitted range: strictly increasing, no ties
+    mean, std = inverse_target(grid, np.full_like(grid, 0.1), state)
+    assert np.all(np.diff(mean) > 0) and np.all(std > 0)
+    X, ys = synthetic
+    pred = make_predictor("gbt", cifar, members=2, target="rank_gauss").fit(X[:200], ys[:200])
+    mean, _ = pred.predict(X[200:])
+    assert rank_metrics(ys[200:], mean)["kendall_tau"] > 0.8 and abs(np.median(mean) - np.median(ys)) < 0.01
+    pred.save(tmp_path / "rg.pt")
+    loaded = load_predictor(tmp_path / "rg.pt", cifar)
+    assert loaded.target == "rank_gauss"
+    np.testing.assert_array_equal(loaded.predict(X[200:])[0], mean)
+    with pytest.raises(PredictorError, match="unknown target transform 'log': expected one of"):
+        make_predictor("gp", cifar, target="log")
 
 
 def test_bad_inputs_are_one_line_user_errors(cifar, synthetic, tmp_path):

@@ -18,8 +18,9 @@ import torch
 
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches
 from hwnas.datasets import DatasetBundle, Split
-from predictors import (DEFAULT_FEATURES, FEATURE_RECIPES, PREDICTORS, AccuracyDataset, Predictor, build_accuracy_dataset,
-                        load_predictor, make_predictor, plot_predicted_vs_measured, rank_metrics, select_predictor)
+from predictors import (DEFAULT_FEATURES, DEFAULT_TARGET, FEATURE_RECIPES, PREDICTORS, TARGET_TRANSFORMS,
+                        AccuracyDataset, Predictor, build_accuracy_dataset, load_predictor, make_predictor,
+                        plot_predicted_vs_measured, rank_metrics, select_predictor)
 from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
 from hwnas.cli._group import command_group
@@ -77,7 +78,11 @@ def register(sub) -> None:
                      help="predictor kind, or auto: select by k-fold Kendall tau (default auto)")
     fit.add_argument("--out", required=True, help="predictor file to write (.pt)")
     fit.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURE_RECIPES,
-                     help="cost: encoding plus log FLOPs/params per stage (default); encoding: the encoding only")
+                     help=f"feature recipe (predictors/features.py; default {DEFAULT_FEATURES}): encoding alone, "
+                     "+ log FLOPs/params per stage (cost), + per layer slot (layers), + block mix (composition)")
+    fit.add_argument("--target", default=DEFAULT_TARGET, choices=TARGET_TRANSFORMS,
+                     help=f"what the models fit (predictors/targets.py; default {DEFAULT_TARGET}): standardised "
+                     "accuracy, or the normal quantile of its rank (rank_gauss)")
     fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
     fit.add_argument("--candidates", default=",".join(sorted(PREDICTORS)),
                      help=f"comma-separated kinds auto selects among (default {','.join(sorted(PREDICTORS))})")
@@ -183,7 +188,7 @@ def _dataset(args) -> int:
 
 
 def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES, folds: int = 5,
-                  seed: int = 0, candidates: list[str] | None = None) -> tuple[Predictor, dict[str, float] | None]:
+                  seed: int = 0, candidates: list[str] | None = None, target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
     """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
     (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
     space = data.space()
@@ -194,10 +199,11 @@ def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str =
         unknown = [k for k in kinds if k not in PREDICTORS]
         if unknown:
             raise UserError(f"candidate kind {unknown[0]!r} is unknown; expected some of {sorted(PREDICTORS)}")
-        candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed))
+        candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed,
+                                                              target=target))
                       for kind in kinds}
         model, scores = select_predictor(X, y, candidates, k=folds, seed=seed)
-    predictor = make_predictor(model, space, features=features, seed=seed).fit(X, y)
+    predictor = make_predictor(model, space, features=features, seed=seed, target=target).fit(X, y)
     predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
                            "n_train": len(y), "selection_kendall_tau": scores})
     return predictor, scores
@@ -208,11 +214,11 @@ def _fit(args) -> int:
     start = time.monotonic()
     candidates = [k.strip() for k in args.candidates.split(",") if k.strip()]
     predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed,
-                                      candidates=candidates)
+                                      candidates=candidates, target=args.target)
     if scores:
         print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     predictor.save(args.out, {"data": str(args.data)})
-    print(f"fitted {predictor.kind} ({predictor.features} features) on {len(data)} subnets in "
+    print(f"fitted {predictor.kind} ({predictor.features} features, {predictor.target} target) on {len(data)} subnets in "
           f"{time.monotonic() - start:.1f} s -> {args.out}")
     return 0
 
