@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.gpu_predictor_cifar import limit_threads
 from predictors import AccuracyDataset, make_predictor, rank_metrics
 from predictors.benchmark import holdout_split
 from predictors.selection import cross_val_kendall
@@ -102,7 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--n-fit", type=int, default=1000)
     p.add_argument("--out", default=str(RESULTS), help="output folder (default experiments/results)")
     p.add_argument("--name", default="predictor_variants_cifar", help="output file stem")
+    p.add_argument("--threads", type=int, default=1, help="torch and scikit-learn CPU threads (default 1: two runs "
+                   "side by side with 2 threads each on 2 cores took 730 s per variant and dataset, with 1 thread "
+                   "130-150 s; 0 leaves them all)")
     args = p.parse_args(argv)
+    limit_threads(args.threads)
     variants = dict(map(parse_variant, args.variant)) if args.variant else VARIANTS
     datasets = dict(map(parse_dataset, args.dataset)) if args.dataset else DATASETS
     rows = []
