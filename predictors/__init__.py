@@ -25,11 +25,10 @@ from .targets import DEFAULT_TARGET, TARGET_TRANSFORMS, fit_target, inverse_targ
 from .trees import GBTEnsemble
 
 __all__ = [
-    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "DEFAULT_TARGET", "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor",
-    "MLPEnsemble",
-    "PREDICTORS", "Predictor", "PredictorError", "build_accuracy_dataset", "composition_features", "cost_features", "cross_val_kendall",
-    "decode_choices", "decode_encoding",
-    "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured", "rank_metrics",
-    "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor", "TARGET_TRANSFORMS",
-    "fit_target", "inverse_target",
+    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "DEFAULT_TARGET",
+    "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor", "MLPEnsemble", "PREDICTORS", "Predictor",
+    "PredictorError", "TARGET_TRANSFORMS", "build_accuracy_dataset", "composition_features", "cost_features",
+    "cross_val_kendall", "decode_choices", "decode_encoding", "fit_target", "inverse_target",
+    "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured",
+    "rank_metrics", "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",
 ]

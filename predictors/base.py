@@ -9,8 +9,9 @@ predict standardised arrays.
 
 File format (``torch.save`` of a dict): ``format="hwnas-predictor"``, ``version``, ``kind``,
 ``space`` (config as plain data), ``space_fingerprint``, ``features`` (recipe name),
-``target`` (transform name; files without it used ``standard``), ``hparams``, ``scalers``, ``state`` (kind-specific; sklearn models are pickled, so load
-predictor files only from sources you trust, as with any pickle), ``meta`` (free-form).
+``target`` (transform name; files without it used ``standard``), ``hparams``, ``scalers``,
+``state`` (kind-specific; sklearn models are pickled, so load predictor files only from
+sources you trust, as with any pickle), ``meta`` (free-form).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class Predictor:
         return self._scalers is not None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(space={self.space.name!r}, features={self.features!r}, fitted={self.fitted})"
+        return (f"{type(self).__name__}(space={self.space.name!r}, features={self.features!r}, "
+                f"target={self.target!r}, fitted={self.fitted})")
 
     # ---- public interface ------------------------------------------------------------
     def fit(self, X: np.ndarray, y: np.ndarray) -> "Predictor":

@@ -91,7 +91,8 @@ class TrainConfig:
         if self.augment is not None:
             _check(self.augment, "augment", str, lambda v: bool(v), "an augmentation name or None")
         if self.teacher_dropout is not None:
-            _check(self.teacher_dropout, "teacher_dropout", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1) or None")
+            _check(self.teacher_dropout, "teacher_dropout", (int, float), lambda v: 0 <= v < 1,
+                   "a number in [0, 1) or None")
         if self.lr is not None:
             _check(self.lr, "lr", (int, float), lambda v: v > 0 and math.isfinite(v), "a positive number")
         _check(self.momentum, "momentum", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
