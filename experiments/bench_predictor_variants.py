@@ -2,7 +2,8 @@
 cross-validation on the fit sets of the committed JPEG-CIFAR-10 accuracy datasets, CPU only.
 
 Feature recipes (``predictors/features.py``): ``cost`` = encoding + log FLOPs/params per stage and
-in total; ``layers`` = ``cost`` + log FLOPs/params of every layer slot. Each dataset's fit set is
+in total; ``layers`` = ``cost`` + log FLOPs/params of every layer slot; ``composition`` = ``layers``
++ block-type shares (the default). A variant's JSON may also set ``target`` (``predictors/targets.py``). Each dataset's fit set is
 the one the GPU benchmark uses (``holdout_split(n, 1000, seed=0)``; the 1,000 fit subnets of the
 end-to-end run); variants are ranked by their mean CV tau on these folds alone. The held-out
 scores (fitted on the whole fit set, scored on every other subnet) are reported beside them, for

@@ -4,8 +4,10 @@ Runs ``search_space.training.sandwich_step`` on the ``cifar`` supernet with rand
 dataset needed) at several batch sizes; per batch size, the same 10 sandwiches are first run
 untimed (cuDNN's first call of each conv shape), then ``--steps`` steps are timed and profiled
 with ``torch.profiler``. Reports per step: wall time, summed GPU kernel time, the number of kernel
-launches, and the GPU-busy fraction (kernel time / wall). A fraction well below 1 means the
-step is launch-bound, so a larger batch is nearly free and fewer launches would speed it up.
+launches, and the GPU-busy fraction (kernel time / wall). Each timed step ends with a synchronise,
+so the host cannot queue the next step early: the wall time here is an upper bound that depends on
+the host's speed. Compare the kernel time with training's own step time (epoch time / steps): where
+they are close, training is GPU-bound and fewer launches would not pay.
 
     PYTHONPATH=. python experiments/profile_sandwich_step.py --device cuda        # batch 512, 1024, 2048
     PYTHONPATH=. python experiments/profile_sandwich_step.py --smoke              # CPU, seconds

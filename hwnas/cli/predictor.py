@@ -188,7 +188,8 @@ def _dataset(args) -> int:
 
 
 def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES, folds: int = 5,
-                  seed: int = 0, candidates: list[str] | None = None, target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
+                  seed: int = 0, candidates: list[str] | None = None,
+                  target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
     """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
     (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
     space = data.space()
@@ -218,8 +219,8 @@ def _fit(args) -> int:
     if scores:
         print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     predictor.save(args.out, {"data": str(args.data)})
-    print(f"fitted {predictor.kind} ({predictor.features} features, {predictor.target} target) on {len(data)} subnets in "
-          f"{time.monotonic() - start:.1f} s -> {args.out}")
+    print(f"fitted {predictor.kind} ({predictor.features} features, {predictor.target} target) on {len(data)} "
+          f"subnets in {time.monotonic() - start:.1f} s -> {args.out}")
     return 0
 
 
