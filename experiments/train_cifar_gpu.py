@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "dataset's, crop_flip)")
     p.add_argument("--teacher-dropout", type=float, default=None, help="head dropout of the largest only (default: "
                    "none, the cifar preset's 0 for every subnet)")
+    p.add_argument("--teacher-cutout", action="store_true", help="Cutout on the largest's labelled view only; "
+                   "students distil its clean view")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="suffix of the result file names, for runs side by side (default none)")
     p.add_argument("--run-dir", default="runs/cifar_supernet", help="checkpoint folder (default runs/cifar_supernet)")
@@ -170,7 +172,8 @@ def markdown(res: dict) -> str:
              f"{res['machine']['date']}; `{res['command']}`; {res['epochs']} epochs, batch {res['config']['batch_size']}, "
              f"training {res['train_time_s']:.0f} s ({res['img_per_s']:.0f} img/s), whole script {res['wall_s']:.0f} s; "
              f"students `{res['config']['students']}`, {res['config']['num_random']} random, augment "
-             f"`{res['config'].get('augment') or 'crop_flip'}`, teacher dropout {res['config'].get('teacher_dropout')}", "",
+             f"`{res['config'].get('augment') or 'crop_flip'}`, teacher dropout {res['config'].get('teacher_dropout')}, "
+             f"teacher Cutout {res['config'].get('teacher_cutout', False)}", "",
              "| subnet | MFLOPs | params M | val acc | test acc | target (test) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in res["subnets"].items():
         target = f">= {TARGETS[name]:.0%}: {'met' if r['test_acc'] >= TARGETS[name] else 'missed'}" if name in TARGETS else "-"
@@ -200,7 +203,8 @@ def main(argv=None) -> int:
             sys.exit(f"train_cifar_gpu: {checkpoint} exists; expected --resume or another --run-dir")
         config = TrainConfig(epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
-                             augment=args.augment, teacher_dropout=args.teacher_dropout, seed=args.seed)
+                             augment=args.augment, teacher_dropout=args.teacher_dropout,
+                             teacher_cutout=args.teacher_cutout, seed=args.seed)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search_space.augment import cutout
 from search_space.errors import UserError
 from search_space.io import atomic_write
 
@@ -277,16 +278,8 @@ def _augment(x: torch.Tensor, augment: str, rand: _RandomSource) -> torch.Tensor
 
 
 def _cutout(x: torch.Tensor, rand: _RandomSource) -> torch.Tensor:
-    """Zero a (size/2)-square at a random centre per sample (DeVries & Taylor 2017), after
-    normalising, so the hole is the mean colour; squares may reach past the border."""
-    n, _, h, w = x.shape
-    half = max(1, h // 4)
-    centres = rand.integers(h, (2, n))
-    rows = torch.arange(h, device=x.device).view(1, h) - centres[0].view(n, 1)  # (n, h) offsets from the centre
-    cols = torch.arange(w, device=x.device).view(1, w) - centres[1].view(n, 1)  # (n, w)
-    rows, cols = (rows >= -half) & (rows < half), (cols >= -half) & (cols < half)
-    hole = rows.view(n, 1, h, 1) & cols.view(n, 1, 1, w)
-    return x.masked_fill(hole, 0.0)
+    """:func:`search_space.augment.cutout` at centres drawn from ``rand``."""
+    return cutout(x, rand.integers(x.shape[-2], (2, x.shape[0])))
 
 
 def _crop_padding(size: int) -> int:

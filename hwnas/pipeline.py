@@ -23,7 +23,7 @@ from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
-LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout")  # optional train keys that older runs did not have
+LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout")  # optional train keys that older runs did not have
 
 
 class StageFailed(UserError):
@@ -101,6 +101,8 @@ class Pipeline:
             args += ["--augment", c["augment"]]
         if c["teacher_dropout"] is not None:
             args += ["--teacher-dropout", c["teacher_dropout"]]
+        if c["teacher_cutout"]:
+            args.append("--teacher-cutout")
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)
@@ -189,7 +191,7 @@ class Pipeline:
         steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
             ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"],
                        # keys added later, left unset, must not retrain runs made before they existed
-                       "train": {k: v for k, v in cfg["train"].items() if not (k in LATER_TRAIN_KEYS and v is None)},
+                       "train": {k: v for k, v in cfg["train"].items() if not (k in LATER_TRAIN_KEYS and (v is None or v is False))},
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()

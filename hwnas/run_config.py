@@ -34,7 +34,7 @@ SCHEMA = {
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
               "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None),
-              "teacher_dropout": ((float, int, type(None)), None)},
+              "teacher_dropout": ((float, int, type(None)), None), "teacher_cutout": ((bool,), False)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import Arch, LayerChoice, StageChoice
+from .augment import random_cutout
 from .checkpoint import CheckpointError, read_checkpoint, save_supernet
 from .errors import UserError
 from .evaluation import Batches, evaluate_archs, fit_resolution
@@ -79,6 +80,7 @@ class TrainConfig:
     students: str = "mixed"
     augment: str | None = None  # training-batch augmentation; None: the dataset's own (applied by the caller)
     teacher_dropout: float | None = None  # head dropout of the largest only (BigNAS); None: the space's for all
+    teacher_cutout: bool = False  # Cutout on the largest's labelled view only; students distil its clean view
     grad_clip: float | None = 5.0
     seed: int = 0
 
@@ -93,6 +95,8 @@ class TrainConfig:
         if self.teacher_dropout is not None:
             _check(self.teacher_dropout, "teacher_dropout", (int, float), lambda v: 0 <= v < 1,
                    "a number in [0, 1) or None")
+        if not isinstance(self.teacher_cutout, bool):
+            raise TrainingError(f"teacher_cutout={self.teacher_cutout!r} is invalid; expected true or false")
         if self.lr is not None:
             _check(self.lr, "lr", (int, float), lambda v: v > 0 and math.isfinite(v), "a positive number")
         _check(self.momentum, "momentum", (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -170,7 +174,7 @@ STUDENT_RULES = {
 
 
 # Settings of checkpoints written before the setting existed (resume must keep training as it did).
-LEGACY_SETTINGS = {"students": "sandwich", "augment": None, "teacher_dropout": None}
+LEGACY_SETTINGS = {"students": "sandwich", "augment": None, "teacher_dropout": None, "teacher_cutout": False}
 
 
 def saved_config(train_state: Mapping) -> dict:
@@ -209,6 +213,8 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
             # Regularise only the teacher (BigNAS): the largest over-fits while the small subnets under-fit.
             dropout.p = config.teacher_dropout if i == 0 and config.teacher_dropout is not None else space_p
             xi = fit_resolution(x, arch.resolution)
+            if i == 0 and config.teacher_cutout:
+                xi, clean = random_cutout(xi), xi
             # all-reduce once per step, after the last subnet's backward (see train_dist)
             with maybe_no_sync(model, skip_sync=i < len(archs) - 1):
                 with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -217,6 +223,8 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
                 if teacher_probs is None:
                     loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                     teacher_probs = F.softmax(logits.detach(), dim=1)
+                    if config.teacher_cutout:
+                        teacher_probs = _clean_view_probs(model, clean, autocast_dtype)
                     out["loss"] = loss.detach()
                     out["correct"] = (logits.detach().argmax(1) == y).sum()
                 else:
@@ -230,6 +238,14 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
         nn.utils.clip_grad_norm_([p for p in supernet.parameters() if p.grad is not None], config.grad_clip)
     optimizer.step()
     return out
+
+
+def _clean_view_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The active subnet's soft outputs on ``x`` without gradients: with ``teacher_cutout`` the
+    students distil the image they see, not the teacher's holed one (a consistent teacher;
+    Cutout on every subnet cost the small ones 4 points, experiments/results/cifar_cutout_ab.md)."""
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return F.softmax(model(x).float(), dim=1)
 
 
 def time_sandwich_steps(space: SearchSpace, config: TrainConfig, batches: Iterable[Batch], device: torch.device,

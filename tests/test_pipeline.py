@@ -93,6 +93,7 @@ def test_bundled_quickstart_config_is_valid():
     ({"train": {"augment": "mixup"}}, "'train.augment': expected null or one of"),
     ({"train": {"time_budget_min": 0}}, "'train.time_budget_min': expected null or a positive number"),
     ({"train": {"teacher_dropout": 1.5}}, "'train.teacher_dropout': expected null or a number in [0, 1), got 1.5"),
+    ({"train": {"teacher_cutout": "yes"}}, "'train.teacher_cutout': expected bool"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
@@ -144,13 +145,14 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
 
 
 def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
-    """train.time_budget_min replaces --epochs, train.augment and train.teacher_dropout are passed on;
-    unset, none is."""
+    """train.time_budget_min replaces --epochs, train.augment, train.teacher_dropout and
+    train.teacher_cutout are passed on; unset, none is."""
     import hwnas.pipeline as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
-    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3}):
+    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3,
+                                 "teacher_cutout": True}):
         cfg = tmp_path / f"run{len(calls)}.yaml"
         cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
         p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
@@ -162,6 +164,7 @@ def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
     assert "--teacher-dropout" not in plain and budget[budget.index("--teacher-dropout") + 1] == "0.3"
     assert "--epochs" not in budget and budget[budget.index("--time-budget-min") + 1] == "2.5"
     assert budget[budget.index("--augment") + 1] == "crop_flip_cutout"
+    assert "--teacher-cutout" in budget and "--teacher-cutout" not in plain
 
 
 def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):

@@ -16,6 +16,7 @@ from hwnas.cli import main
 from hwnas.cli.supernet import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet, load_supernet
 from search_space.checkpoint import read_checkpoint
+from search_space.evaluation import fit_resolution
 from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
@@ -72,8 +73,9 @@ def _interrupt_at(batches, epoch_to_fail):
     return wrapped
 
 
-def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path):
-    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.2, seed=3)
+@pytest.mark.parametrize("teacher_cutout", [False, True])
+def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path, teacher_cutout):
+    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.2, seed=3, teacher_cutout=teacher_cutout)
     # Uninterrupted run, evaluating every epoch: evaluation must not change the training.
     evaluate = lambda net: {"val_acc_largest": 0.0}
     full, history = _run(space, digits, config, tmp_path / "a" / "supernet.pt",
@@ -101,7 +103,7 @@ def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path):
     # A finished run resumes to a no-op; other settings or no --resume are refused in one line.
     _run(space, digits, config, ckpt, resume=True)
     with pytest.raises(TrainingError, match=r"lr=0\.1 \(checkpoint: 0\.2\)"):
-        _run(space, digits, TrainConfig(epochs=3, batch_size=BATCH, lr=0.1, seed=3), ckpt, resume=True)
+        _run(space, digits, dataclasses.replace(config, lr=0.1), ckpt, resume=True)
     with pytest.raises(TrainingError, match="already exists"):
         _run(space, digits, config, ckpt)
 
@@ -169,9 +171,27 @@ def test_teacher_dropout_applies_to_the_largest_only(space, digits):
         assert net.head.dropout.p == 0.2  # restored for evaluation and extraction
 
 
+def test_teacher_cutout_holes_the_teachers_labelled_view_only(space, digits):
+    net = Supernet(space)
+    seen = []  # (input, grad enabled) of every forward
+    net.register_forward_pre_hook(lambda module, args: seen.append((args[0].clone(), torch.is_grad_enabled())))
+    archs = sandwich_archs(space, np.random.default_rng(0), 2, "sandwich")
+    x, y = next(iter(epoch_batches(digits, 32, 0, torch.device("cpu"))(0)))
+    config = TrainConfig(epochs=1, batch_size=32, teacher_cutout=True)
+    sandwich_step(net, net, archs, x, y, build_optimizer(net, config), config)
+    assert len(seen) == len(archs) + 1  # one extra forward: the teacher on the clean view
+    (holed, grad0), (clean, grad1), *students = seen
+    zeroed = (holed == 0).all(dim=1) & (x != 0).any(dim=1)  # pixels Cutout set to the mean colour
+    assert grad0 and zeroed.flatten(1).any(dim=1).all()  # every image got a hole, with gradients
+    assert torch.equal(holed[~zeroed.unsqueeze(1).expand_as(x)], x[~zeroed.unsqueeze(1).expand_as(x)])
+    assert not grad1 and torch.equal(clean, x)  # soft targets from the clean view, without gradients
+    assert all(grad and torch.equal(xs, fit_resolution(x, a.resolution)) for (xs, grad), a in zip(students, archs[1:]))
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("epochs", 0, "epochs=0 is invalid; expected an int >= 1"),
     ("teacher_dropout", 1.0, "teacher_dropout=1.0 is invalid; expected a number in [0, 1) or None"),
+    ("teacher_cutout", "yes", "teacher_cutout='yes' is invalid; expected true or false"),
     ("batch_size", 1.5, "batch_size=1.5"),
     ("lr", -1.0, "lr=-1.0"),
     ("label_smoothing", 1.0, "label_smoothing=1.0"),

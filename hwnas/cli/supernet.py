@@ -60,6 +60,9 @@ def register(sub) -> None:
     tr.add_argument("--teacher-dropout", type=float, default=None, metavar="P",
                     help="head dropout for the largest subnet only (BigNAS: regularise the teacher, which over-fits, "
                     "not the students, which under-fit); default: the space's dropout for every subnet")
+    tr.add_argument("--teacher-cutout", action="store_true",
+                    help="Cutout on the largest subnet's labelled view only; the students distil its output on the "
+                    "clean view they see (one extra forward of the largest per step)")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, subnets, data order and split (default 0)")
     tr.add_argument("--eval-every", type=int, default=1, help="validate largest/smallest every N epochs (default 1)")
     tr.add_argument("--resume", action="store_true", help="continue OUT/supernet.pt exactly where it stopped")
@@ -163,7 +166,8 @@ def _train(args) -> int:
         _positive(value, option)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
-                         teacher_dropout=args.teacher_dropout, seed=args.seed)
+                         teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
+                         seed=args.seed)
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
