@@ -65,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "0.2: 0.4 at batch 1024 diverged)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
     p.add_argument("--num-random", type=int, default=2, help="random subnets per step (default 2)")
-    p.add_argument("--students", default="sandwich", help="student rule: sandwich, mixed or uniform (default "
+    p.add_argument("--students", default="sandwich", help="student rule: sandwich, mixed, uniform or none "
+                   "(none with --num-random 0: the largest trains alone, a baseline; default "
                    "sandwich: on JPEG-CIFAR-10 its smallest subnet reached 82.7%% after 55 epochs, mixed's 71.6%% after 64)")
     p.add_argument("--augment", default=None, help="training augmentation, e.g. crop_flip_cutout (default: the "
                    "dataset's, crop_flip)")
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "none, the cifar preset's 0 for every subnet)")
     p.add_argument("--teacher-cutout", action="store_true", help="Cutout on the largest's labelled view only; "
                    "students distil its clean view")
+    p.add_argument("--space", default="cifar", help="search space: preset name or YAML file (default cifar, "
+                   "the space whose targets the issue states)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="suffix of the result file names, for runs side by side (default none)")
     p.add_argument("--run-dir", default="runs/cifar_supernet", help="checkpoint folder (default runs/cifar_supernet)")
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     device = resolve_device(args.device)
-    space = SearchSpace.from_config(SMOKE_SPACE if args.smoke else "cifar")
+    space = SearchSpace.from_config(SMOKE_SPACE if args.smoke else args.space)
     bundle = load_data(args, space, device)
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / "supernet.pt"

@@ -170,6 +170,7 @@ STUDENT_RULES = {
     "sandwich": lambda space, rng: [space.smallest()],       # BigNAS: the smallest subnet every step
     "mixed": lambda space, rng: [smallest_mixed(space, rng)],  # smallest sizes, random block types
     "uniform": lambda space, rng: [space.sample(rng)],        # one more random subnet instead
+    "none": lambda space, rng: [],  # only the random ones; with num_random=0 the largest trains alone (a baseline)
 }
 
 

@@ -129,6 +129,7 @@ def test_schedule_optimizer_and_sandwich(space):
     archs = sandwich_archs(space, np.random.default_rng(0), 3, "sandwich")
     assert archs[:2] == [space.largest(), space.smallest()] and len(archs) == 5
     assert len(sandwich_archs(space, np.random.default_rng(0), 3, "uniform")) == 5
+    assert sandwich_archs(space, np.random.default_rng(0), 0, "none") == [space.largest()]  # plain-network baseline
     # mixed: the smallest sizes everywhere, block types drawn per layer (so they differ across steps)
     rng, small = np.random.default_rng(0), space.smallest()
     mixed = [sandwich_archs(space, rng, 0, "mixed")[1] for _ in range(20)]

@@ -52,8 +52,9 @@ def register(sub) -> None:
                     "smallest (default 2)")
     tr.add_argument("--students", default="mixed", choices=sorted(STUDENT_RULES),
                     help="the subnet trained every step besides the largest and the random ones: sandwich (the "
-                    "smallest, BigNAS), mixed (the smallest sizes with random block types per layer) or uniform "
-                    "(one more random subnet); default mixed")
+                    "smallest, BigNAS), mixed (the smallest sizes with random block types per layer), uniform "
+                    "(one more random subnet) or none (with --num-random 0 the largest trains alone, as a plain "
+                    "network: a baseline); default mixed")
     tr.add_argument("--augment", default=None, choices=AUGMENTATIONS,
                     help="training augmentation instead of the dataset's own (crop_flip_cutout adds Cutout to "
                     "crop and flip); default: the dataset's")
