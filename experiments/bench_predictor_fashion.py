@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
-from threadpoolctl import threadpool_limits
 
+from experiments.gpu_predictor_cifar import limit_threads
 from hwnas.cli.predictor import measure_accuracy_dataset
 from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
 from predictors import AccuracyDataset, rank_metrics
@@ -68,8 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=60, help="subnets re-measured for repeatability (default 60)")
     p.add_argument("--fit-fraction", type=float, default=0.6, help="share of subnets to fit on (default 0.6)")
     p.add_argument("--folds", type=int, default=5, help="folds of the selection (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads (default 1: on a shared machine "
-                   "more threads than free cores run many times slower)")
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP/BLAS threads (default 1: on a shared machine "
+                   "more threads than free cores run many times slower; 0 leaves them all)")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_predictor_fashion"),
                    help="checkpoint and datasets, kept for resuming (default runs/bench_predictor_fashion)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the report goes (default experiments/results)")
@@ -110,7 +110,7 @@ def train(args, space: SearchSpace, bundle, ckpt: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     space = SearchSpace.from_config(SPACE)
@@ -148,8 +148,7 @@ def main(argv=None) -> int:
     fit_idx, test_idx = holdout_split(len(y), int(round(args.fit_fraction * len(y))), seed=0)
     short_mlp = {"steps": 200}  # --smoke: quick fits, the numbers mean nothing anyway
     hparams = {"mlp": short_mlp, "blend": {"members": {"mlp": short_mlp, "gbt": {}, "gp": {}}}} if args.smoke else {}
-    with threadpool_limits(args.threads):
-        result, _ = compare_predictors(space, X, y, fit_idx, test_idx, folds=args.folds, hparams=hparams)
+    result, _ = compare_predictors(space, X, y, fit_idx, test_idx, folds=args.folds, hparams=hparams)
     timings["predictors_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - start, 1)
 
