@@ -6,6 +6,9 @@ The loss is MSE on standardised accuracy plus a pairwise logistic ranking loss (
 because a search only needs the *order* of candidates; pairs are weighted by how far apart
 their measured accuracies are, so near-ties (mostly measurement noise) count little.
 Members stop early on their own held-out part, so noisy, small datasets are not overfitted.
+The ranking loss leaves the output scale free (with rank weight 10 a member's held-out RMSE grew
+from 0.75 to 2.4 accuracy points on JPEG-CIFAR-10), so each member's output is then mapped by a
+least-squares line onto the fit data's targets: a positive slope keeps its order and restores the scale.
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ def member_losses(pred: torch.Tensor, target: torch.Tensor, rank_weight: float, 
     return loss
 
 
+def affine_calibration(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per member (rows of ``out``, shape (E, n)): the least-squares line ``a + b * out`` onto
+    ``target`` (n,), as (E, 2) = (a, b). The slope is kept positive, so each member's order stays."""
+    centred = out - out.mean(1, keepdim=True)
+    slope = (centred * (target - target.mean())).mean(1) / centred.pow(2).mean(1).clamp_min(1e-12)
+    slope = slope.clamp_min(1e-3)  # a member that learned nothing keeps its order, nearly flat
+    return torch.stack([target.mean() - slope * out.mean(1), slope], dim=1)
+
+
 @register_predictor("mlp")
 class MLPEnsemble(Predictor):
     """Ensemble of MLPs; std = disagreement of the members.
@@ -66,8 +78,11 @@ class MLPEnsemble(Predictor):
 
     @classmethod
     def default_hparams(cls) -> dict:
-        return {"members": 5, "hidden": 128, "layers": 2, "steps": 3000, "batch_size": 128, "lr": 1e-3,
-                "weight_decay": 1e-3, "rank_weight": 1.0, "temperature": 0.2, "val_fraction": 0.2,
+        # Chosen by 5-fold CV tau on two JPEG-CIFAR-10 fit sets and confirmed on six: CV +0.005 to
+        # +0.012 over the earlier 5 members, lr 1e-3, weight decay 1e-3, rank weight 1, temperature
+        # 0.2, 20% early-stopping hold-out (experiments/results/predictor_mlp_tuned_cifar.md).
+        return {"members": 10, "hidden": 128, "layers": 2, "steps": 3000, "batch_size": 128, "lr": 3e-3,
+                "weight_decay": 0.1, "rank_weight": 10.0, "temperature": 1.0, "val_fraction": 0.1,
                 "eval_every": 25, "patience": 10, "min_delta": 0.01}
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:
@@ -110,18 +125,25 @@ class MLPEnsemble(Predictor):
         if n_val:
             self.net.load_state_dict(best_state)
         self.net.eval()
+        with torch.no_grad():
+            self.calibration = affine_calibration(self.net(x.expand(E, *x.shape)), t)
 
     @torch.no_grad()
     def _predict(self, F_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.as_tensor(F_, dtype=torch.float32)
-        out = self.net(x.expand(self.hparams["members"], *x.shape)).double().numpy()
+        out = self.net(x.expand(self.hparams["members"], *x.shape))
+        out = (self.calibration[:, :1] + self.calibration[:, 1:] * out).double().numpy()
         return out.mean(0), out.std(0)
 
     def _get_state(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return {**{k: v.detach().clone() for k, v in self.net.state_dict().items()}, "calibration": self.calibration}
 
     def _set_state(self, state: dict) -> None:
         h = self.hparams
+        state = dict(state)
+        # files written before the calibration existed: the identity (their members were fitted unscaled)
+        identity = torch.tensor([[0.0, 1.0]]).expand(h["members"], 2).clone()
+        self.calibration = state.pop("calibration", identity)
         d_in = state["weights.0"].shape[1]
         self.net = EnsembleMLP(h["members"], d_in, h["hidden"], h["layers"], torch.Generator())
         self.net.load_state_dict(state)

@@ -117,6 +117,23 @@ def test_predictor_ranks_synthetic_target(kind, cifar, synthetic):
     assert m["rmse"] < 0.02 and mean.shape == std.shape == (150,) and np.all(std >= 0)
 
 
+def test_mlp_output_scale_is_calibrated_despite_a_strong_ranking_loss(cifar, synthetic):
+    """The ranking loss ignores the output scale; the per-member line puts it back (same order)."""
+    X, y = synthetic
+    hp = {**FAST["mlp"], "rank_weight": 100.0}
+    pred = make_predictor("mlp", cifar, **hp).fit(X[:350], y[:350])
+    mean, _ = pred.predict(X[350:])
+    slope = np.polyfit(mean, y[350:], 1)[0]  # measured vs predicted: 1 when the scale is right
+    assert 0.7 < slope < 1.3 and rank_metrics(y[350:], mean)["rmse"] < 0.02, slope
+    identity = pred.calibration.clone()
+    identity[:, 0], identity[:, 1] = 0.0, 1.0
+    raw = pred.calibration
+    pred.calibration = identity
+    raw_mean, _ = pred.predict(X[350:])
+    pred.calibration = raw
+    assert abs(np.polyfit(raw_mean, y[350:], 1)[0] - 1) > abs(slope - 1)  # uncalibrated: worse scale
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip_and_foreign_space(kind, cifar, synthetic, tmp_path):
     X, y = synthetic
