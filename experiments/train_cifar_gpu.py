@@ -11,6 +11,12 @@ Training is ``search_space.training.train_supernet`` wired as ``hwnas supernet t
     PYTHONPATH=. python experiments/train_cifar_gpu.py --epochs 60            # fixed epochs instead
     PYTHONPATH=. python experiments/train_cifar_gpu.py --resume               # continue a killed run
     PYTHONPATH=. python experiments/train_cifar_gpu.py --smoke                # CPU, small space, seconds
+    PYTHONPATH=. python experiments/train_cifar_gpu.py --epochs 150 --students none --num-random 0
+                                              # the largest alone, a plain network (cifar_largest_alone.md)
+
+``--space`` trains another space (e.g. experiments/configs/space_cifar_wide.yaml). Two runs side by side
+on one host should start together: a probe that overlaps the other run's data decoding can measure slow
+steps, and the plan then leaves budget unused.
 
 Outputs: runs/cifar_supernet/{supernet.pt, metrics.jsonl} (the checkpoint stays out of git);
 metrics.jsonl, train_cifar_results.json/.md and train_cifar_curves.png in $OUT (when set) and,

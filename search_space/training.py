@@ -223,11 +223,10 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
                 logits = logits.float()
                 if teacher_probs is None:
                     loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                    teacher_probs = F.softmax(logits.detach(), dim=1)
-                    if config.teacher_cutout:
-                        teacher_probs = _clean_view_probs(model, clean, autocast_dtype)
+                    teacher_probs = (_clean_view_probs(model, clean, autocast_dtype) if config.teacher_cutout
+                                     else F.softmax(logits.detach(), dim=1))
                     out["loss"] = loss.detach()
-                    out["correct"] = (logits.detach().argmax(1) == y).sum()
+                    out["correct"] = (logits.detach().argmax(1) == y).sum()  # on the holed view with teacher_cutout
                 else:
                     loss = soft_cross_entropy(logits, teacher_probs)
                     student_losses.append(loss.detach())
