@@ -4,8 +4,9 @@ accuracy datasets (never on held-out subnets), CPU only.
 Three modes: ``--random N`` draws N MLP settings from a grid (seeded), ``--around JSON`` varies
 one MLP setting at a time around a base, ``--settings JSON-LIST`` tries the given settings of
 ``--kind``. Each line of the output (JSON lines, appended, so an interrupted sweep keeps what it
-did) holds the dataset, the kind, the settings, the mean CV tau and the seconds. The chosen settings are then confirmed on all six datasets with
-``bench_predictor_variants.py`` (``experiments/results/predictor_mlp_tuned_cifar.md``).
+did) holds the dataset, the kind, the settings, the mean CV tau and the seconds. The chosen
+settings are then confirmed on all six datasets with ``bench_predictor_variants.py``
+(``experiments/results/predictor_mlp_tuned_cifar.md``).
 
     PYTHONPATH=. python experiments/sweep_predictor_hparams.py --dataset b1024=PATH --random 24 --out sweep.jsonl
     PYTHONPATH=. python experiments/sweep_predictor_hparams.py --dataset b1024=PATH --around '{"members": 10}' --out s.jsonl
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         cv = float(np.mean(cross_val_kendall(lambda: make_predictor(args.kind, space, features="composition", seed=0, **hp),
                                              Xf, yf, 5, 0)))
-        row = {"dataset": name, "kind": args.kind, "hparams": hp, "cv_kendall_tau": round(cv, 4), "seconds": round(time.perf_counter() - start, 1)}
+        row = {"dataset": name, "kind": args.kind, "hparams": hp, "cv_kendall_tau": round(cv, 4),
+               "seconds": round(time.perf_counter() - start, 1)}
         with out.open("a") as f:  # one line per setting: an interrupted sweep keeps what it did
             f.write(json.dumps(row) + "\n")
         print(f"[{i + 1}/{len(settings)}] cv tau {cv:.4f} {hp}", flush=True)

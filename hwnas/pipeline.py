@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.run_config import load_run_config
+from hwnas.run_config import SCHEMA, load_run_config
 from hwnas.run_report import best_known
 from hwnas.stages import StageRunner
 from search_space import SearchSpace
@@ -24,6 +24,13 @@ from search_space.io import atomic_write_json
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
 LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout")  # optional train keys that older runs did not have
+
+
+def _later_key_at_default(key: str, value) -> bool:
+    """Whether ``key`` is one of :data:`LATER_TRAIN_KEYS` and holds its schema default (the same
+    type too, so that ``teacher_dropout: 0`` is not taken for an unset ``null``)."""
+    default = SCHEMA["train"][key][1] if key in LATER_TRAIN_KEYS else object()
+    return value is default or (type(value) is type(default) and value == default)
 
 
 class StageFailed(UserError):
@@ -191,7 +198,7 @@ class Pipeline:
         steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
             ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"],
                        # keys added later, left unset, must not retrain runs made before they existed
-                       "train": {k: v for k, v in cfg["train"].items() if not (k in LATER_TRAIN_KEYS and (v is None or v is False))},
+                       "train": {k: v for k, v in cfg["train"].items() if not _later_key_at_default(k, v)},
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()
