@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_space import (Arch, ArchError, BlockSpec, ConfigError, SearchSpace, Supernet, build_block,
                           load_config, recalibrate_bn)
 
-PRESETS = ["cifar", "imagenet"]
+PRESETS = ["cifar", "cifar_res", "imagenet"]
 
 TINY = {
     "name": "tiny", "in_channels": 1, "num_classes": 3, "resolutions": [8, 12],
@@ -173,6 +173,17 @@ def test_largest_and_smallest(space):
     big, small = space.flops(space.largest()), space.flops(space.smallest())
     for _ in range(50):
         assert small <= space.flops(space.sample(rng)) <= big
+
+
+def test_cifar_res_is_topped_by_resnet18():
+    """The cifar_res preset exists for its largest subnet: exactly the CIFAR ResNet-18 (11.17M params)."""
+    space = SearchSpace.from_config("cifar_res")
+    largest = space.largest()
+    assert str(largest) == "r32/" + "/".join(["w1:rn3e1,rn3e1"] * 4)
+    assert round(space.params(largest) / 1e6, 2) == 11.17
+    rng = np.random.default_rng(0)
+    seen = {layer.block for _ in range(100) for stage in space.sample(rng).stages for layer in stage.layers}
+    assert seen == {"mbconv", "fused_mbconv", "pconv", "resnet"}  # all block types stay searchable
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 
-from search_space import SearchSpace
+from search_space import SearchSpace, preset_names
 from hwnas.cli._group import command_group
 
 
 def add_space_arg(p: argparse.ArgumentParser) -> None:
     """The ``--space`` option every command that needs a search space shares."""
-    p.add_argument("--space", default="cifar", help="preset name (cifar, imagenet) or a .yaml/.toml file (default: cifar)")
+    p.add_argument("--space", default="cifar", help=f"preset name ({', '.join(preset_names())}) or a .yaml/.toml file "
+                   "(default: cifar)")
 
 
 def register(sub) -> None:
