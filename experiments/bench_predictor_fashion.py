@@ -33,11 +33,10 @@ import numpy as np
 import sklearn
 import torch
 
-from experiments.gpu_predictor_cifar import limit_threads
 from hwnas.cli.predictor import measure_accuracy_dataset
 from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
 from predictors import AccuracyDataset, rank_metrics
-from predictors.benchmark import compare_predictors, holdout_split, write_report
+from predictors.benchmark import compare_predictors, holdout_split, limit_threads, write_report
 from search_space import SearchSpace, Supernet
 from search_space.training import TrainConfig, subnet_evaluator, train_supernet
 

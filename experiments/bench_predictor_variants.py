@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.gpu_predictor_cifar import limit_threads
 from predictors import AccuracyDataset, make_predictor, rank_metrics
-from predictors.benchmark import holdout_split
+from predictors.benchmark import holdout_split, limit_threads
 from predictors.selection import cross_val_kendall
 from search_space import SearchSpace
 from search_space.io import atomic_write_json, atomic_write_text

@@ -40,12 +40,11 @@ os.environ.setdefault("HWNAS_CACHE", str(ROOT / "runs" / "cache"))  # decoded JP
 
 import numpy as np  # noqa: E402  (after HWNAS_CACHE is set)
 import torch  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 from hwnas.cli.predictor import add_measurement_args, measure_accuracy_dataset, random_subset  # noqa: E402
 from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
 from predictors import DEFAULT_FEATURES, AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
-from predictors.benchmark import compare_predictors, holdout_split, write_report  # noqa: E402
+from predictors.benchmark import compare_predictors, holdout_split, limit_threads, write_report  # noqa: E402
 from search_space import SearchSpace, Supernet, checkpoint_hash, load_supernet, save_supernet  # noqa: E402
 from search_space.evaluation import evaluate_archs  # noqa: E402
 
@@ -108,13 +107,6 @@ def make_smoke_checkpoint(path: Path, data: str) -> None:
         torch.manual_seed(0)
         save_supernet(path, Supernet(SearchSpace.from_config("cifar")),
                       meta={"dataset": "cifar10-jpeg", "data": data, "val_fraction": 0.1, "split_seed": 0})
-
-
-def limit_threads(n: int) -> None:
-    """Cap torch's and scikit-learn's (OpenMP, BLAS) CPU threads at ``n``; 0 leaves them all."""
-    if n:
-        torch.set_num_threads(n)
-        threadpool_limits(n)
 
 
 def sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.bench_predictor_variants import load, parse_dataset
-from experiments.gpu_predictor_cifar import limit_threads
+from predictors.benchmark import limit_threads
 from predictors import make_predictor
 from predictors.selection import cross_val_kendall
 

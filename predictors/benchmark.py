@@ -19,6 +19,17 @@ from .plots import plot_predicted_vs_measured
 from .selection import select_predictor
 
 
+def limit_threads(n: int) -> None:
+    """Cap torch's and scikit-learn's (OpenMP, BLAS) CPU threads at ``n``; 0 leaves them all.
+    Fits are timed and compared, so they must not compete for a shared machine's cores."""
+    if n:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(n)
+        threadpool_limits(n)
+
+
 def holdout_split(n: int, n_fit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random disjoint (fit, test) index arrays: ``n_fit`` to fit, the other ``n - n_fit`` to score."""
     if not 2 <= n_fit <= n - 2:
