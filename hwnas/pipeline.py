@@ -23,7 +23,7 @@ from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
-LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout")  # optional train keys that older runs did not have
+LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay")  # optional train keys that older runs did not have
 
 
 def _later_key_at_default(key: str, value) -> bool:
@@ -101,7 +101,8 @@ class Pipeline:
         c, run_dir = self.cfg["train"], self.checkpoint.parent
         length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
         args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), *length,
-                "--batch-size", c["batch_size"], "--lr", c["lr"], "--num-random", c["num_random"], "--students", c["students"],
+                "--batch-size", c["batch_size"], "--lr", c["lr"], "--weight-decay", c["weight_decay"],
+                "--num-random", c["num_random"], "--students", c["students"],
                 "--eval-every", max(1, c["epochs"] // 10),
                 "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
         if c["augment"] is not None:

@@ -34,7 +34,8 @@ SCHEMA = {
     "train": {"epochs": ((int,), 10), "batch_size": ((int,), 128), "lr": ((float, int), 0.05),
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
               "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None),
-              "teacher_dropout": ((float, int, type(None)), None), "teacher_cutout": ((bool,), False)},
+              "teacher_dropout": ((float, int, type(None)), None), "teacher_cutout": ((bool,), False),
+              "weight_decay": ((float, int), 5e-4)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -107,6 +108,9 @@ def parse_run_config(raw: dict) -> dict:
     if teacher_dropout is not None and not 0 <= teacher_dropout < 1:
         raise RunConfigError(f"config key 'train.teacher_dropout': expected null or a number in [0, 1), "
                              f"got {teacher_dropout!r}")
+    weight_decay = cfg["train"]["weight_decay"]
+    if isinstance(weight_decay, bool) or not weight_decay >= 0:
+        raise RunConfigError(f"config key 'train.weight_decay': expected a number >= 0, got {weight_decay!r}")
     from hwnas.datasets import AUGMENTATIONS
 
     if cfg["train"]["augment"] is not None and cfg["train"]["augment"] not in AUGMENTATIONS:
