@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "none, the cifar preset's 0 for every subnet)")
     p.add_argument("--teacher-cutout", action="store_true", help="Cutout on the largest's labelled view only; "
                    "students distil its clean view")
+    p.add_argument("--ema-decay", type=float, default=None, help="average the weights with this decay, "
+                   "e.g. 0.999 (default: off)")
     p.add_argument("--space", default="cifar", help="search space: preset name or YAML file (default cifar, "
                    "the space whose targets the issue states; cifar_res is topped by the ResNet-18)")
     p.add_argument("--seed", type=int, default=0)
@@ -183,7 +185,8 @@ def markdown(res: dict) -> str:
              f"training {res['train_time_s']:.0f} s ({res['img_per_s']:.0f} img/s), whole script {res['wall_s']:.0f} s; "
              f"students `{res['config']['students']}`, {res['config']['num_random']} random, augment "
              f"`{res['config'].get('augment') or 'crop_flip'}`, teacher dropout {res['config'].get('teacher_dropout')}, "
-             f"teacher Cutout {res['config'].get('teacher_cutout', False)}", "",
+             f"teacher Cutout {res['config'].get('teacher_cutout', False)}, weight decay "
+             f"{res['config'].get('weight_decay')}, EMA {res['config'].get('ema_decay')}", "",
              "| subnet | MFLOPs | params M | val acc | test acc | target (test) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in res["subnets"].items():
         target = f">= {TARGETS[name]:.0%}: {'met' if r['test_acc'] >= TARGETS[name] else 'missed'}" if name in TARGETS else "-"
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
         config = TrainConfig(epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
                              augment=args.augment, teacher_dropout=args.teacher_dropout,
-                             teacher_cutout=args.teacher_cutout, seed=args.seed)
+                             teacher_cutout=args.teacher_cutout, ema_decay=args.ema_decay, seed=args.seed)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)

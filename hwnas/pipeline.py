@@ -23,7 +23,8 @@ from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
-LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay")  # optional train keys that older runs did not have
+LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay",
+                    "ema_decay")  # optional train keys that older runs did not have
 
 
 def _later_key_at_default(key: str, value) -> bool:
@@ -111,6 +112,8 @@ class Pipeline:
             args += ["--teacher-dropout", c["teacher_dropout"]]
         if c["teacher_cutout"]:
             args.append("--teacher-cutout")
+        if c["ema_decay"] is not None:
+            args += ["--ema-decay", c["ema_decay"]]
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)

@@ -35,7 +35,7 @@ SCHEMA = {
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
               "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None),
               "teacher_dropout": ((float, int, type(None)), None), "teacher_cutout": ((bool,), False),
-              "weight_decay": ((float, int), 5e-4)},
+              "weight_decay": ((float, int), 5e-4), "ema_decay": ((float, type(None)), None)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -108,6 +108,9 @@ def parse_run_config(raw: dict) -> dict:
     if teacher_dropout is not None and not 0 <= teacher_dropout < 1:
         raise RunConfigError(f"config key 'train.teacher_dropout': expected null or a number in [0, 1), "
                              f"got {teacher_dropout!r}")
+    ema_decay = cfg["train"]["ema_decay"]
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise RunConfigError(f"config key 'train.ema_decay': expected null or a number in (0, 1), got {ema_decay!r}")
     weight_decay = cfg["train"]["weight_decay"]
     if isinstance(weight_decay, bool) or not weight_decay >= 0:
         raise RunConfigError(f"config key 'train.weight_decay': expected a number >= 0, got {weight_decay!r}")

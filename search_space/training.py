@@ -21,6 +21,7 @@ import dataclasses
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from .evaluation import Batches, evaluate_archs, fit_resolution
 from .space import SearchSpace
 from .supernet import Supernet
 from .train_dist import DistContext, maybe_no_sync, wrap_model
+from .ema import WeightEMA
 from .train_state import capture_rng, restore_rng, write_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -81,6 +83,7 @@ class TrainConfig:
     augment: str | None = None  # training-batch augmentation; None: the dataset's own (applied by the caller)
     teacher_dropout: float | None = None  # head dropout of the largest only (BigNAS); None: the space's for all
     teacher_cutout: bool = False  # Cutout on the largest's labelled view only; students distil its clean view
+    ema_decay: float | None = None  # weights averaged with this decay (search_space.ema); None: off
     grad_clip: float | None = 5.0
     seed: int = 0
 
@@ -95,6 +98,8 @@ class TrainConfig:
         if self.teacher_dropout is not None:
             _check(self.teacher_dropout, "teacher_dropout", (int, float), lambda v: 0 <= v < 1,
                    "a number in [0, 1) or None")
+        if self.ema_decay is not None:
+            _check(self.ema_decay, "ema_decay", (int, float), lambda v: 0 < v < 1, "a number in (0, 1) or None")
         if not isinstance(self.teacher_cutout, bool):
             raise TrainingError(f"teacher_cutout={self.teacher_cutout!r} is invalid; expected true or false")
         if self.lr is not None:
@@ -175,7 +180,8 @@ STUDENT_RULES = {
 
 
 # Settings of checkpoints written before the setting existed (resume must keep training as it did).
-LEGACY_SETTINGS = {"students": "sandwich", "augment": None, "teacher_dropout": None, "teacher_cutout": False}
+LEGACY_SETTINGS = {"students": "sandwich", "augment": None, "teacher_dropout": None, "teacher_cutout": False,
+                   "ema_decay": None}
 
 
 def saved_config(train_state: Mapping) -> dict:
@@ -321,13 +327,15 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     autocast_dtype = torch.bfloat16 if cuda else None
     optimizer = build_optimizer(supernet, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    ema = WeightEMA(supernet, config.ema_decay) if config.ema_decay is not None else None
     arch_rng = np.random.default_rng(config.seed)
     epoch, step, history = 0, 0, []
     if checkpoint is not None and Path(checkpoint).exists():
         if not resume:
             raise TrainingError(f"checkpoint {str(checkpoint)!r} already exists; expected resume=True "
                                 "(--resume) to continue it, or another output folder")
-        epoch, step, history = _load_train_state(checkpoint, supernet, optimizer, scheduler, config, arch_rng, device)
+        epoch, step, history = _load_train_state(checkpoint, supernet, optimizer, scheduler, config, arch_rng, device,
+                                                 ema)
     else:
         torch.manual_seed(config.seed)
     model = wrap_model(supernet, dist)
@@ -349,6 +357,8 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
             out = sandwich_step(model, supernet, sandwich_archs(supernet.space, arch_rng, config.num_random, config.students),
                                 x, y, optimizer, config, autocast_dtype)
             scheduler.step()
+            if ema is not None:
+                ema.update(step)
             sums += torch.stack([out["loss"], out["distill_loss"], out["correct"].float() / y.shape[0]])
             n, step = n + 1, step + 1
             bar.update(1)
@@ -366,7 +376,8 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                   "img_per_s": steps_per_epoch * global_batch / seconds}
         last = epoch + 1 == config.epochs
         if evaluate is not None and dist.is_main and ((epoch + 1) % eval_every == 0 or last):
-            record.update(_evaluate_quietly(evaluate, supernet, arch_rng, device))
+            with ema.swapped() if ema is not None else nullcontext():  # evaluations see what the checkpoint holds
+                record.update(_evaluate_quietly(evaluate, supernet, arch_rng, device))
         history.append(record)
         if dist.is_main:
             if progress:
@@ -376,10 +387,15 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                 state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "epoch": epoch + 1, "step": step, "rng": capture_rng(arch_rng, device),
                          "config": config.to_json(), "history": history, "steps_per_epoch": steps_per_epoch}
-                save_supernet(checkpoint, supernet, {**meta, "epoch": epoch + 1}, train_state=state)
+                if ema is not None:
+                    state["ema_raw"] = ema.raw_state()  # the model is saved averaged; these resume training
+                with ema.swapped() if ema is not None else nullcontext():
+                    save_supernet(checkpoint, supernet, {**meta, "epoch": epoch + 1}, train_state=state)
             if metrics_path is not None:
                 write_metrics(metrics_path, history)
         dist.barrier()
+    if ema is not None:
+        ema.apply()  # the trained model is the average, as in the checkpoint
     return history
 
 
@@ -394,7 +410,8 @@ def _check_not_diverged(loss: float, epoch: int, num_classes: int, config: Train
 
 
 def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: TrainConfig,
-                      arch_rng: np.random.Generator, device: torch.device) -> tuple[int, int, list[dict]]:
+                      arch_rng: np.random.Generator, device: torch.device,
+                      ema: WeightEMA | None = None) -> tuple[int, int, list[dict]]:
     """Restore weights, optimizer, schedule and RNG from a checkpoint; return (epoch, step, history)."""
     blob = read_checkpoint(path)
     if blob["space_fingerprint"] != supernet.space.fingerprint:
@@ -409,6 +426,8 @@ def _load_train_state(path, supernet: Supernet, optimizer, scheduler, config: Tr
         raise TrainingError(f"cannot resume {str(path)!r} with different settings: {', '.join(changed)}; "
                             "expected the settings it was started with")
     supernet.load_state_dict(blob["model"])
+    if ema is not None:
+        ema.restore([t.to(device) for t in state["ema_raw"]])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"], arch_rng, device)

@@ -94,6 +94,7 @@ def test_bundled_quickstart_config_is_valid():
     ({"train": {"time_budget_min": 0}}, "'train.time_budget_min': expected null or a positive number"),
     ({"train": {"teacher_dropout": 1.5}}, "'train.teacher_dropout': expected null or a number in [0, 1), got 1.5"),
     ({"train": {"teacher_cutout": "yes"}}, "'train.teacher_cutout': expected bool"),
+    ({"train": {"ema_decay": 1.5}}, "'train.ema_decay': expected null or a number in (0, 1), got 1.5"),
     ({"train": {"weight_decay": -1e-3}}, "'train.weight_decay': expected a number >= 0, got -0.001"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
@@ -146,14 +147,14 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
 
 
 def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
-    """train.time_budget_min replaces --epochs, train.augment, train.teacher_dropout and
-    train.teacher_cutout are passed on; unset, none is. train.weight_decay is always passed."""
+    """train.time_budget_min replaces --epochs, train.augment, train.teacher_dropout,
+    train.teacher_cutout and train.ema_decay are passed on; unset, none is. train.weight_decay is always passed."""
     import hwnas.pipeline as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
     for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3,
-                                 "teacher_cutout": True, "weight_decay": 2e-3}):
+                                 "teacher_cutout": True, "weight_decay": 2e-3, "ema_decay": 0.999}):
         cfg = tmp_path / f"run{len(calls)}.yaml"
         cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
         p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
@@ -166,6 +167,7 @@ def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
     assert "--epochs" not in budget and budget[budget.index("--time-budget-min") + 1] == "2.5"
     assert budget[budget.index("--augment") + 1] == "crop_flip_cutout"
     assert "--teacher-cutout" in budget and "--teacher-cutout" not in plain
+    assert "--ema-decay" not in plain and budget[budget.index("--ema-decay") + 1] == "0.999"
     assert plain[plain.index("--weight-decay") + 1] == "0.0005" and budget[budget.index("--weight-decay") + 1] == "0.002"
 
 

@@ -73,9 +73,10 @@ def _interrupt_at(batches, epoch_to_fail):
     return wrapped
 
 
-@pytest.mark.parametrize("teacher_cutout", [False, True])
-def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path, teacher_cutout):
-    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.2, seed=3, teacher_cutout=teacher_cutout)
+@pytest.mark.parametrize("teacher_cutout,ema_decay", [(False, None), (True, None), (False, 0.9)])
+def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path, teacher_cutout, ema_decay):
+    config = TrainConfig(epochs=3, batch_size=BATCH, lr=0.2, seed=3, teacher_cutout=teacher_cutout,
+                         ema_decay=ema_decay)
     # Uninterrupted run, evaluating every epoch: evaluation must not change the training.
     evaluate = lambda net: {"val_acc_largest": 0.0}
     full, history = _run(space, digits, config, tmp_path / "a" / "supernet.pt",
@@ -115,6 +116,41 @@ def test_training_lowers_loss_and_resumes_exactly(space, digits, tmp_path, teach
     with pytest.raises(TrainingError, match=r"students='mixed' \(checkpoint: 'sandwich'\)"):
         _run(space, digits, config, ckpt, resume=True)
     _run(space, digits, dataclasses.replace(config, students="sandwich"), ckpt, resume=True)
+
+
+def test_weight_ema_is_what_checkpoints_and_evaluations_hold(space, digits, tmp_path):
+    """With ema_decay the saved model, the evaluated model and the returned model are the
+    average; the raw weights ride along in train_state for resuming, and they differ."""
+    config = TrainConfig(epochs=2, batch_size=BATCH, lr=0.2, seed=1, ema_decay=0.9)
+    seen = []
+    evaluate = lambda net: seen.append({k: v.clone() for k, v in net.state_dict().items()}) or {}
+    net, _ = _run(space, digits, config, tmp_path / "supernet.pt", evaluate=evaluate)
+    blob = read_checkpoint(tmp_path / "supernet.pt")
+    params = dict(net.named_parameters())
+    for name, p in params.items():
+        assert torch.equal(blob["model"][name], p.detach()), name
+        assert torch.equal(seen[-1][name], p.detach()), name
+    raw = blob["train_state"]["ema_raw"]
+    assert len(raw) == len(params) and any(not torch.equal(r, p.detach()) for r, p in zip(raw, params.values()))
+
+
+def test_weight_ema_update_and_swap():
+    from search_space.ema import WeightEMA
+
+    layer = torch.nn.Linear(2, 1)
+    ema = WeightEMA(layer, decay=0.5)
+    start = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update(step=100)  # ramp done: decay 0.5
+    assert torch.allclose(ema.shadow[0], start + 0.5)
+    with ema.swapped():
+        assert torch.allclose(layer.weight, start + 0.5)
+    assert torch.allclose(layer.weight, start + 1.0)
+    ema.update(step=0)  # ramp: decay min(0.5, 1/10), the average follows the weights closely
+    assert torch.allclose(ema.shadow[0], start + 0.5 + 0.9 * 0.5)
+    with pytest.raises(ValueError, match="decay=1.0 is invalid"):
+        WeightEMA(layer, decay=1.0)
 
 
 def test_schedule_optimizer_and_sandwich(space):
@@ -193,6 +229,7 @@ def test_teacher_cutout_holes_the_teachers_labelled_view_only(space, digits):
     ("epochs", 0, "epochs=0 is invalid; expected an int >= 1"),
     ("teacher_dropout", 1.0, "teacher_dropout=1.0 is invalid; expected a number in [0, 1) or None"),
     ("teacher_cutout", "yes", "teacher_cutout='yes' is invalid; expected true or false"),
+    ("ema_decay", 1.0, "ema_decay=1.0 is invalid; expected a number in (0, 1) or None"),
     ("batch_size", 1.5, "batch_size=1.5"),
     ("lr", -1.0, "lr=-1.0"),
     ("label_smoothing", 1.0, "label_smoothing=1.0"),

@@ -65,6 +65,9 @@ def register(sub) -> None:
     tr.add_argument("--teacher-cutout", action="store_true",
                     help="Cutout on the largest subnet's labelled view only; the students distil its output on the "
                     "clean view they see (one extra forward of the largest per step)")
+    tr.add_argument("--ema-decay", type=float, default=None, metavar="D",
+                    help="average the weights with this decay, e.g. 0.999 (BigNAS); the checkpoint, its evaluations "
+                    "and the returned model hold the average (default: off)")
     tr.add_argument("--seed", type=int, default=0, help="seed of weights, subnets, data order and split (default 0)")
     tr.add_argument("--eval-every", type=int, default=1, help="validate largest/smallest every N epochs (default 1)")
     tr.add_argument("--resume", action="store_true", help="continue OUT/supernet.pt exactly where it stopped")
@@ -169,7 +172,7 @@ def _train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
-                         seed=args.seed)
+                         ema_decay=args.ema_decay, seed=args.seed)
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
