@@ -34,12 +34,12 @@ from torch import nn
 from .arch import Arch, LayerChoice, StageChoice
 from .augment import random_cutout
 from .checkpoint import CheckpointError, read_checkpoint, save_supernet
+from .ema import WeightEMA
 from .errors import UserError
 from .evaluation import Batches, evaluate_archs, fit_resolution
 from .space import SearchSpace
 from .supernet import Supernet
 from .train_dist import DistContext, maybe_no_sync, wrap_model
-from .ema import WeightEMA
 from .train_state import capture_rng, restore_rng, write_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -315,7 +315,8 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     ``resume=True`` continues from it exactly when it exists. ``evaluate(supernet)`` runs every
     ``eval_every`` epochs and the last (rank 0) without disturbing training (BN statistics,
     active subnet and RNG states are restored afterwards). The metrics log (JSON lines) goes to
-    ``metrics_path``. On CUDA: bf16 autocast and channels-last.
+    ``metrics_path``. On CUDA: bf16 autocast and channels-last. With ``config.ema_decay`` the
+    checkpoint, the evaluations and the model left behind hold the weights' moving average.
     """
     dist = dist or DistContext(device=next(supernet.parameters()).device)
     device = dist.device
