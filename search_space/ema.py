@@ -31,15 +31,16 @@ class WeightEMA:
     def update(self, step: int) -> None:
         """Fold the current weights into the average (call after each optimizer step)."""
         d = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+        torch._foreach_lerp_(self.shadow, self.params, 1.0 - d)  # no_grad: the parameters are only read
 
     @contextmanager
-    def swapped(self) -> Iterator[None]:
-        """Within the block the model holds the averaged weights; the raw ones come back after."""
+    def swapped(self) -> Iterator[list[torch.Tensor]]:
+        """Within the block the model holds the averaged weights; the raw ones come back after.
+        Yields the copy of the raw weights it keeps (a checkpoint stores it for resuming)."""
         raw = self.raw_state()
         try:
             self.apply()
-            yield
+            yield raw
         finally:
             with torch.no_grad():
                 for p, r in zip(self.params, raw):

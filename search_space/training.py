@@ -377,7 +377,7 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                   "img_per_s": steps_per_epoch * global_batch / seconds}
         last = epoch + 1 == config.epochs
         if evaluate is not None and dist.is_main and ((epoch + 1) % eval_every == 0 or last):
-            with ema.swapped() if ema is not None else nullcontext():  # evaluations see what the checkpoint holds
+            with _averaged(ema):  # evaluations see what the checkpoint holds
                 record.update(_evaluate_quietly(evaluate, supernet, arch_rng, device))
         history.append(record)
         if dist.is_main:
@@ -388,9 +388,9 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                 state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "epoch": epoch + 1, "step": step, "rng": capture_rng(arch_rng, device),
                          "config": config.to_json(), "history": history, "steps_per_epoch": steps_per_epoch}
-                if ema is not None:
-                    state["ema_raw"] = ema.raw_state()  # the model is saved averaged; these resume training
-                with ema.swapped() if ema is not None else nullcontext():
+                with _averaged(ema) as raw:
+                    if raw is not None:
+                        state["ema_raw"] = raw  # the model is saved averaged; these resume training
                     save_supernet(checkpoint, supernet, {**meta, "epoch": epoch + 1}, train_state=state)
             if metrics_path is not None:
                 write_metrics(metrics_path, history)
@@ -398,6 +398,12 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     if ema is not None:
         ema.apply()  # the trained model is the average, as in the checkpoint
     return history
+
+
+def _averaged(ema: WeightEMA | None):
+    """The model with its averaged weights for the block (yielding the raw ones), or unchanged
+    (yielding None) without EMA."""
+    return ema.swapped() if ema is not None else nullcontext()
 
 
 def _check_not_diverged(loss: float, epoch: int, num_classes: int, config: TrainConfig) -> None:
