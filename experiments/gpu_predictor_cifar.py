@@ -16,6 +16,9 @@
         --from-dataset DIR/predictor_cifar_dataset.jsonl --repeat-from DIR/predictor_cifar_repeat.jsonl
                                           # steps 4-5 only, on a dataset measured earlier (CPU is enough)
 
+A wrapper's ``timeout`` should leave 15 s after --deadline: the accuracy dataset is copied to
+the output folder when measuring stops, and continuing below the floor reloads the checkpoint.
+
 Writes to $OUT (default runs/gpu_predictor_cifar/out): predictor_cifar.{json,md,png},
 predictor_cifar_dataset.jsonl, predictor_cifar_repeat.jsonl, predictor_cifar_best.pt.
 Accuracies are on JPEG-CIFAR-10 (JPEG quality ~75), not on the original CIFAR-10.
@@ -193,6 +196,8 @@ def main(argv=None) -> int:
     data = measure_accuracy_dataset(args.checkpoint, args.max_n, dataset_path,
                                     time_budget_s=max(0.0, args.measure_until - elapsed()), **common)
     if len(data) < args.floor and elapsed() < args.deadline:
+        # Reloading the checkpoint takes seconds: keep what is measured if the call ends meanwhile.
+        shutil.copyfile(dataset_path, out / "predictor_cifar_dataset.jsonl")
         print(f"[{elapsed():5.0f} s] {len(data)} < floor {args.floor}: measuring on until {args.deadline:.0f} s")
         data = measure_accuracy_dataset(args.checkpoint, args.max_n, dataset_path,
                                         time_budget_s=max(0.0, args.deadline - elapsed()), **common)
