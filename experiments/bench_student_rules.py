@@ -35,7 +35,7 @@ import torch
 from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
 from search_space import SearchSpace, Supernet
 from search_space.evaluation import evaluate_archs
-from search_space.io import atomic_write_text
+from search_space.io import atomic_write_text, save_png
 from search_space.training import STUDENT_RULES, TrainConfig, time_sandwich_steps, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,10 +120,7 @@ def plot(runs: list[dict], flops: np.ndarray, path: Path) -> None:
     ax.set_title("random subnets after training with each student rule")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def main(argv=None) -> int:

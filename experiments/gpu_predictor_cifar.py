@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-n", type=int, default=6000, help="size of the spread sample to draw from (default 6000)")
     p.add_argument("--n-fit", type=int, default=1000, help="subnets to fit on, at most (default 1000)")
     p.add_argument("--min-test", type=int, default=500, help="held-out subnets, at least (default 500)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the fit/held-out split and of the fits "
+                   "(default 0); other values show how much the scores depend on which subnets are fitted")
     add_measurement_args(p, calib_batches=2, calib_batch_size=1024, eval_batch_size=2500)
     p.add_argument("--repeat", type=int, default=100, help="subnets re-measured for repeatability (default 100)")
     p.add_argument("--layout", default="auto", choices=["auto", "channels_last", "contiguous"],
@@ -262,11 +264,11 @@ def fit_and_report(args, space: SearchSpace, data: AccuracyDataset, again: Accur
     t = time.perf_counter()
     X, y = data.arrays(space)
     n_fit = min(args.n_fit, len(y) - args.min_test)
-    fit_idx, test_idx = holdout_split(len(y), n_fit, seed=0)
+    fit_idx, test_idx = holdout_split(len(y), n_fit, seed=args.split_seed)
     short_mlp = {"steps": 300}  # --smoke: quick fits, the numbers mean nothing anyway
     hparams = {"mlp": short_mlp, "blend": {"members": {"mlp": short_mlp, "gbt": {}, "gp": {}}}} if args.smoke else {}
     result, fitted = compare_predictors(space, X, y, fit_idx, test_idx, features=(DEFAULT_FEATURES,),
-                                        folds=3 if args.smoke else 5, hparams=hparams)
+                                        folds=3 if args.smoke else 5, seed=args.split_seed, hparams=hparams)
     best = result["selection"]["selected"]
     fitted[(best, DEFAULT_FEATURES)].save(out / "predictor_cifar_best.pt", {
         "fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")}, "n_train": int(n_fit)})

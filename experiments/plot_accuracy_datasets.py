@@ -10,7 +10,6 @@ training recipes and spaces can be compared over all their measured subnets, not
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from predictors.accuracy_dataset import AccuracyDataset  # noqa: E402
-from search_space.io import atomic_write_bytes  # noqa: E402
+from search_space.io import save_png  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,10 +64,7 @@ def main(argv=None) -> int:
     ax.legend(loc="lower right", fontsize=8, markerscale=4)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    print(f"wrote {atomic_write_bytes(args.out, buf.getvalue())}")
+    print(f"wrote {save_png(fig, args.out, dpi=120)}")
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search_space.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from search_space.io import atomic_write_json, atomic_write_text, save_png
 
 from .calibration import fit_flops_proxy
 from .errors import TableError
@@ -166,10 +166,7 @@ def _write_plot(path: Path, measured, preds: dict, scores: dict, table: LatencyT
         axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110)
     return True
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from search_space.io import atomic_write_bytes
+from search_space.io import save_png
 
 
 def plot_predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, std: np.ndarray | None,
@@ -33,7 +32,4 @@ def plot_predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, std:
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(fig, path, dpi=120)

@@ -109,14 +109,18 @@ def _drop_surplus(study: optuna.Study, batch: list, n_trials: int) -> list:
 def _tell_batch(study, batch, values, violations, objectives, budgets) -> int:
     completed = 0
     for t, v, c in zip(batch, values, violations):
+        if study._storage.get_trial(t._trial_id).state.is_finished():
+            # Another worker took the same re-queued trial (SQLite cannot lock the row Optuna pops
+            # WAITING trials from) and told it first: it counts once, there.
+            continue
         for b, x in zip(budgets, c.tolist()):
             t.set_constraint(b.objective, x)  # Optuna 5: samplers read trial.constraints
         bad = [o.name for o, x in zip(objectives, v) if not math.isfinite(x)]
         if bad:
             t.set_user_attr(ERROR_ATTR, f"objective(s) {bad} returned a non-finite value")
-            study.tell(t, state=TrialState.FAIL)
+            study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
         else:
-            study.tell(t, v.tolist())
+            study.tell(t, v.tolist(), skip_if_finished=True)  # the same race, in the instant since the check
             completed += 1
     return completed
 
@@ -158,11 +162,11 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
             if not batch:
                 continue
             ctx = _Heartbeat(study._storage, [t._trial_id for t in batch]) if heartbeat else nullcontext()
-            with ctx:
+            with ctx:  # beating until told: a slow tell (SQLite under load) must not look like a dead worker
                 archs = [space.suggest(t) for t in batch]
                 values = score_batch(objectives, archs, use_ray)
-            done += _tell_batch(study, batch, values, budget_violations(values, objectives, budgets), objectives,
-                                 budgets)
+                done += _tell_batch(study, batch, values, budget_violations(values, objectives, budgets),
+                                     objectives, budgets)
         except BaseException:
             # Ctrl-C or a failing objective: no half-scored trial stays RUNNING.
             for t in batch:

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from search_space.io import atomic_write, atomic_write_json, atomic_write_text
+from search_space.io import atomic_write_json, atomic_write_text, save_png
 
 from ._fronts import DeviceFront, FrontPoint, Trials
 
@@ -51,10 +51,6 @@ def _plt():
     return plt
 
 
-def _save_png(fig, path: Path) -> Path:
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-
-
 def plot_front(path: str | Path, trials: Trials, front: DeviceFront) -> Path:
     """Every trial (feasible and not), the predicted front, and measured points where verified."""
     plt = _plt()
@@ -82,10 +78,7 @@ def plot_front(path: str | Path, trials: Trials, front: DeviceFront) -> Path:
     ax.set_title(f"{front.device}: {len(trials)} trials")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    try:
-        return _save_png(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_hypervolume(path: str | Path, fronts: Mapping[str, DeviceFront]) -> Path:
@@ -100,10 +93,7 @@ def plot_hypervolume(path: str | Path, fronts: Mapping[str, DeviceFront]) -> Pat
     ax.set_ylabel("hypervolume / final")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    try:
-        return _save_png(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _fmt(point: FrontPoint, name: str, digits: int) -> str:

@@ -44,6 +44,16 @@ def atomic_write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def save_png(fig, path: str | Path, dpi: int = 110, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as a PNG atomically, then close it (figures hold memory until closed)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, **savefig_kwargs))
+    finally:
+        plt.close(fig)
+
+
 def atomic_torch_save(obj, path: str | Path) -> Path:
     """``torch.save`` atomically."""
     import torch

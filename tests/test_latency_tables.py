@@ -290,3 +290,17 @@ def test_cuda_backend_times_a_block(tiny):
     spec = tiny.unique_block_specs()[0]
     stats = lt.make_backend("cuda", dtype="bf16", **FAST).measure(build_block(spec), (spec.c_in, spec.size, spec.size))
     assert 0 < stats.ms <= stats.median_ms <= stats.p90_ms
+
+
+
+@pytest.mark.parametrize("path", lt.shipped_tables(), ids=lambda p: p.stem)
+def test_shipped_tables_cover_their_preset(path):
+    """A shipped table loads by name, matches its preset's fingerprint (so a changed preset
+    fails here, not in a user's search) and has every block of the space."""
+    with warnings.catch_warnings():  # tables measured on other machines (the H200) warn here, rightly
+        warnings.simplefilter("ignore", lt.FingerprintWarning)
+        table = lt.LatencyTable.load(path.stem)
+    space = SearchSpace.from_config(table.data["space"]["name"])
+    table.check_space(space)
+    assert table.is_complete, f"{path.name}: missing {table.missing_keys(space)[:3]}"
+    assert table.predict(space.largest()) > table.predict(space.smallest()) > 0

@@ -492,6 +492,24 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
 
 
+
+def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):
+    """Two workers can pop the same re-queued trial from SQLite; the second to finish must
+    neither crash ("Cannot tell a COMPLETE trial") nor count it again."""
+    from search._loop import _tell_batch
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    mine, fresh = study.ask(), study.ask()
+    other.tell(mine.number, [0.5, 1.0])  # the other worker was faster
+    values = np.array([[0.9, 2.0], [0.7, 3.0]])
+    done = _tell_batch(study, [mine, fresh], values, np.zeros((2, 0)), toy_objectives(), [])
+    assert done == 1
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[mine.number].values == [0.5, 1.0]  # the first tell stands
+    assert trials[fresh.number].state == TrialState.COMPLETE and trials[fresh.number].values == [0.7, 3.0]
+
 # ---- the command line, on the cifar space with stand-in tables and a fitted predictor ---------
 
 TINY_SPACE = {

@@ -80,7 +80,7 @@ def register(sub) -> None:
 
     v = cmds.add_parser("validate", help="measure random subnets here and score the table and a FLOPs proxy",
                         description="Measure N random subnets (disjoint from the calibration ones) end to end, "
-                        "in several passes, and report MAPE, share within ±10%% and Kendall tau of the table and of a "
+                        "in several passes, and report MAPE, share within ±10% and Kendall tau of the table and of a "
                         "FLOPs proxy, next to the measurement's own repeatability (markdown, CSV, PNG). "
                         "Resumable.")
     _add_table_arg(v)
