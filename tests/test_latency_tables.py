@@ -304,3 +304,24 @@ def test_shipped_tables_cover_their_preset(path):
     table.check_space(space)
     assert table.is_complete, f"{path.name}: missing {table.missing_keys(space)[:3]}"
     assert table.predict(space.largest()) > table.predict(space.smallest()) > 0
+
+
+def _summary(repeat_within_10, table_within_10, median_ratio):
+    met = table_within_10 >= 0.95
+    return {"repeatability": {"within_10": repeat_within_10},
+            "scores": {"table": {"within_10": table_within_10, "median_ratio": median_ratio}},
+            "targets": {"met": met}}
+
+
+def test_validation_advice_tells_a_noisy_machine_from_a_stale_table():
+    """The two ways the CPU table missed on 2026-11-30/12-01: measured under load (85% of nets
+    repeat), and built under load but validated on a quiet machine (4.9% too high)."""
+    from latency_tables.validate import advice
+
+    noisy = advice(_summary(0.85, 0.905, 1.016))
+    assert len(noisy) == 1 and "noisy" in noisy[0] and "85%" in noisy[0]
+    stale = advice(_summary(1.0, 0.81, 1.049))
+    assert len(stale) == 1 and "5% too high" in stale[0] and "rebuild" in stale[0]
+    assert "too low" in advice(_summary(0.99, 0.80, 0.95))[0]
+    assert advice(_summary(1.0, 1.0, 1.0)) == []  # met: nothing to say
+    assert advice(_summary(1.0, 0.90, 1.01)) == []  # missed without bias: no rebuild would help

@@ -197,6 +197,8 @@ def _validate(args) -> int:
     r = s["repeatability"]
     print(f"measurement repeatability (2nd pass within ±10% of 1st): {100 * r['within_10']:.1f}%")
     print(f"target {'met' if s['targets']['met'] else 'MISSED'}; report: {s['files']['md']}")
+    for line in s["advice"]:
+        print(f"advice: {line}")
     return 0
 
 
