@@ -123,10 +123,12 @@ class Pipeline:
 
     def latency(self) -> dict:
         from latency_tables import LatencyTable, build_table, make_backend, validate_table
+        from latency_tables.fingerprint import warn_if_busy
 
         lat, summary = self.cfg["latency"], {}
         for d in self.devices():
             path = self.table_path(d)
+            warn_if_busy(d["backend"])
             if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
                 table = LatencyTable.load(d["table"], space=self.space)
                 table.save(path)
@@ -138,7 +140,7 @@ class Pipeline:
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
                                out_dir=path.parent, name=f"{d['name']}_validation")
             summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.data["blocks"]),
-                                  "scores": s["scores"], "repeatability": s["repeatability"],
+                                  "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
                                   "report": str(s["files"]["md"])}
         summary["skipped_devices"] = self.skipped_devices()
         return summary

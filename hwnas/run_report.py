@@ -69,6 +69,8 @@ def write_run_report(pipeline) -> Path:
         for model, m in s["scores"].items():
             lines.append(f"| {name} | {model} | {_pct(m['mape'])} | {_pct(m['within_10'])} | {m['kendall_tau']:.3f} "
                          f"| {_pct(s['repeatability']['within_10'])} |")
+    advice = [f"- `{name}`: {line}." for name, s in lat.items() if name != "skipped_devices" for line in s.get("advice", [])]
+    lines += ["", "Advice:", *advice] if advice else []
     if lat.get("skipped_devices"):
         lines += ["", f"Not measured here (no CUDA device): {', '.join(lat['skipped_devices'])}."]
     pred = man.get("predictor", {}).get("summary", {})

@@ -16,6 +16,34 @@ RELEVANT_FIELDS = {
 }
 
 
+# Above this load per core, CPU timings drift: on the 2-core VM at load 3.5-8.5 a net re-measured
+# within ±10% of itself only 85% of the time, against 100% when quiet (latency_cpu_notes.md).
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def busy_machine_warning() -> str | None:
+    """A one-line warning when other work loads the CPUs (1-minute load average per core above
+    ``BUSY_LOAD_PER_CORE``), else None; CPU latency measured now would describe a busy machine."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+    cores = os.cpu_count() or 1
+    if load / cores <= BUSY_LOAD_PER_CORE:
+        return None
+    return (f"warning: the machine is busy (load average {load:.1f} on {cores} cores): CPU timings taken now are "
+            "noisy; measure when it is quiet, or expect `hwnas latency validate` to advise a rebuild")
+
+
+def warn_if_busy(backend: str) -> None:
+    """Print :func:`busy_machine_warning` to stderr before timing a CPU backend (``onnxruntime...``);
+    a GPU's timings do not depend on the host's other work in the same way."""
+    import sys
+
+    if backend.startswith("onnxruntime") and (msg := busy_machine_warning()):
+        print(msg, file=sys.stderr)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -325,3 +325,18 @@ def test_validation_advice_tells_a_noisy_machine_from_a_stale_table():
     assert "too low" in advice(_summary(0.99, 0.80, 0.95))[0]
     assert advice(_summary(1.0, 1.0, 1.0)) == []  # met: nothing to say
     assert advice(_summary(1.0, 0.90, 1.01)) == []  # missed without bias: no rebuild would help
+
+
+def test_busy_machine_is_warned_about_before_cpu_timing(monkeypatch, capsys):
+    from latency_tables.fingerprint import busy_machine_warning, warn_if_busy
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert busy_machine_warning() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.5, 4.0, 3.0))
+    msg = busy_machine_warning()
+    assert msg.startswith("warning:") and "load average 6.5 on 2 cores" in msg
+    warn_if_busy("cuda")  # GPU timing: no warning
+    assert capsys.readouterr().err == ""
+    warn_if_busy("onnxruntime")
+    assert capsys.readouterr().err.strip() == msg

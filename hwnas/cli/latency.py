@@ -107,6 +107,7 @@ def _load(args):
 
 def _build(args) -> int:
     from latency_tables import build_table, make_backend
+    from latency_tables.fingerprint import warn_if_busy
 
     space = SearchSpace.from_config(args.space)
     opts = dict(args.opt)
@@ -119,6 +120,7 @@ def _build(args) -> int:
     for k, val in args.opt:
         parts += ["--opt", f"{k}={val}"]
     parts += ["--out", args.out]
+    warn_if_busy(args.backend)
     table = build_table(space, backend, args.out, device=args.device_name, calibration_nets=args.calibration_nets,
                         seed=args.seed, calibration_passes=args.passes, command=" ".join(shlex.quote(x) for x in parts))
     _print_summary(table)
@@ -181,6 +183,7 @@ def _show(args) -> int:
 def _validate(args) -> int:
     from pathlib import Path
 
+    from latency_tables.fingerprint import warn_if_busy
     from latency_tables.validate import replot_validation, report_name, validate_table
 
     table = _load(args)
@@ -190,6 +193,7 @@ def _validate(args) -> int:
     cmd = (f"hwnas latency validate --table {shlex.quote(str(args.table))} --n {args.n} --seed {args.seed} "
            f"--passes {args.passes} "
            f"--out-dir {shlex.quote(args.out_dir)}" + (f" --name {shlex.quote(args.name)}" if args.name else ""))
+    warn_if_busy(table.backend_spec)
     s = validate_table(table, n=args.n, seed=args.seed, out_dir=args.out_dir, name=args.name, command=cmd,
                        passes=args.passes)
     for k, m in s["scores"].items():
