@@ -95,10 +95,12 @@ class Pipeline:
         return [d["name"] for d in self.cfg["latency"]["devices"] if d not in self.devices()]
 
     def table_path(self, device: dict) -> Path:
+        """Where the latency table of one configured device is written."""
         return self.out / "tables" / f"{device['name']}.json"
 
     # ---- stages --------------------------------------------------------------------------
     def train(self) -> dict:
+        """Stage train: the supernet (`hwnas supernet train`), resumed if interrupted."""
         c, run_dir = self.cfg["train"], self.checkpoint.parent
         length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
         args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), *length,
@@ -122,6 +124,7 @@ class Pipeline:
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
 
     def latency(self) -> dict:
+        """Stage latency: build (or reuse) and validate each device's table on this machine."""
         from latency_tables import LatencyTable, build_table, make_backend, validate_table
         from latency_tables.fingerprint import warn_if_busy
 
@@ -146,6 +149,7 @@ class Pipeline:
         return summary
 
     def accuracy(self) -> dict:
+        """Stage accuracy: measure the fit and held-out accuracy datasets of the supernet."""
         p, out = self.cfg["predictor"], self.out / "predictor"
         common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet",
                   "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
@@ -156,6 +160,7 @@ class Pipeline:
         return {"fit": p["archs"], "holdout": holdout}
 
     def fit_predictor(self) -> dict:
+        """Stage predictor: fit the accuracy predictor and score it on the held-out subnets."""
         out = self.out / "predictor"
         _cli(["predictor", "fit", "--data", out / "accuracy_fit.jsonl", "--model", self.cfg["predictor"]["model"],
               "--seed", self.cfg["seed"], "--out", self.predictor], capture=True)
@@ -164,6 +169,7 @@ class Pipeline:
         return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
 
     def search(self) -> dict:
+        """Stage search: multi-objective search over every device with its budget."""
         s, out = self.cfg["search"], self.out / "search"
         args = ["search", "--space", self.space_arg, "--predictor", self.predictor, "--trials", s["trials"],
                 "--sampler", s["sampler"], "--seed", self.cfg["seed"], "--out", out, "--quiet",
@@ -178,6 +184,7 @@ class Pipeline:
         return {d["name"]: str(out / f"pareto_{d['name']}.json") for d in self.devices()}
 
     def export(self) -> dict:
+        """Stage export: ONNX models of the `export.top` most accurate points of each device's front."""
         e, out, exported = self.cfg["export"], self.out / "models", {}
         for d in self.devices():
             front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
@@ -191,6 +198,7 @@ class Pipeline:
         return exported
 
     def report(self) -> dict:
+        """Stage report: the run's markdown report with its plots."""
         from hwnas.run_report import write_run_report
 
         path = write_run_report(self)
