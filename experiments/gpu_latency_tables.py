@@ -1,10 +1,10 @@
-"""Build and validate the CUDA latency tables of the cifar preset on one GPU, in one call.
+"""Build and validate the CUDA latency tables of a preset (default cifar) on one GPU, in one call.
 
     PYTHONPATH=. python experiments/gpu_latency_tables.py            # on the GPU machine, writes to $OUT
     PYTHONPATH=. python experiments/gpu_latency_tables.py --smoke    # a minute on a CPU: tiny space, ORT backend
 
 For each configuration (batch 1 and batch 256, bf16, channels-last, CUDA graphs) it builds
-``cifar_<gpu>_cuda_b<N>_bf16.json`` (every unique block spec + calibration networks), then
+``<space>_<gpu>_cuda_b<N>_bf16.json`` (every unique block spec + calibration networks), then
 validates each table on random subnets disjoint from its calibration ones, writing the tables
 and their reports (``.md``, ``.csv``, ``.png``) to ``$OUT``: 8 files for the two configurations.
 Re-running with the same ``$OUT`` resumes. Prints a summary table at the end.
@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"], help="default bf16")
     p.add_argument("--calibration-nets", type=int, default=100, help="default 100")
     p.add_argument("--n", type=int, default=200, help="validation subnets per table (default 200)")
+    p.add_argument("--space", default="cifar", help="preset name or YAML file (default cifar; e.g. cifar_res)")
     p.add_argument("--smoke", action="store_true", help="tiny space and counts; ORT CPU backend when there is no GPU")
     return p.parse_args(argv)
 
@@ -62,7 +63,7 @@ def configurations(args) -> tuple[SearchSpace, list[tuple[str, object]], int, in
             print("smoke: no CUDA device, the onnxruntime CPU backend stands in (fp32)", flush=True)
             backends = [lt.make_backend("onnxruntime", batch_size=b, **SMOKE_PLAN) for b in args.batch_sizes]
         return space, [(_table_name(space, be), be) for be in backends], 6, 6
-    space = SearchSpace.from_config("cifar")
+    space = SearchSpace.from_config(args.space)
     backends = [lt.make_backend("cuda", batch_size=b, dtype=args.dtype, **GPU_PLAN) for b in args.batch_sizes]
     return space, [(_table_name(space, be), be) for be in backends], args.calibration_nets, args.n
 
