@@ -281,6 +281,10 @@ def test_cli_show_query_and_errors(cifar, tmp_path, capsys):
     assert err.startswith("hwnas: error: malformed") and err.count("\n") == 1
     assert main(["latency", "show", str(tmp_path / "absent.json")]) == 2
     assert issubclass(lt.TableError, UserError)
+    assert main(["latency", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in listed] == [p.stem for p in lt.shipped_tables()]
+    assert all("within ±10%" in line for line in listed)  # every shipped table was validated
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")

@@ -73,6 +73,11 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="print the breakdowns as JSON")
     q.set_defaults(func=_query)
 
+    ls = cmds.add_parser("list", help="the shipped tables: space, device, settings and validation scores",
+                         description="List the tables shipped in latency_tables/tables/; any of them can be "
+                         "passed by name wherever a table is expected.")
+    ls.set_defaults(func=_list)
+
     s = cmds.add_parser("show", help="summarise a table: device, settings, calibration, validation")
     _add_table_arg(s, flag=False)
     s.add_argument("--blocks", action="store_true", help="also list every block's latency")
@@ -168,6 +173,24 @@ def _print_summary(table) -> None:
         print(f"  validation {v['date']} (n={v['n']}): table MAPE {100 * t['mape']:.1f}%, within ±10% "
               f"{100 * t['within_10']:.1f}%, tau {t['kendall_tau']:.3f} | FLOPs proxy {100 * f['within_10']:.1f}%, "
               f"tau {f['kendall_tau']:.3f} | measurement repeatability {100 * r['within_10']:.1f}%")
+
+
+def _list(args) -> int:
+    import warnings
+
+    from latency_tables import FingerprintWarning, LatencyTable, shipped_tables
+
+    print(f"{'name':28s} {'space':10s} {'device':10s} {'backend':32s} {'batch':>5s} {'dtype':5s} {'blocks':>6s}  validation")
+    for path in shipped_tables():
+        with warnings.catch_warnings():  # listing is not using: other machines' tables are expected here
+            warnings.simplefilter("ignore", FingerprintWarning)
+            t = LatencyTable.load(path)
+        v = t.data.get("validation")
+        score = (f"{100 * v['scores']['table']['within_10']:.0f}% within ±10%, tau "
+                 f"{v['scores']['table']['kendall_tau']:.3f} ({v['date'][:10]})") if v else "not validated"
+        print(f"{path.stem:28s} {t.data['space']['name']:10s} {t.device:10s} {t.backend_spec:32s} {t.batch_size:5d} "
+              f"{t.dtype:5s} {len(t.data['blocks']):6d}  {score}")
+    return 0
 
 
 def _show(args) -> int:
