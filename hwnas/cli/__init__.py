@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from search_space.errors import UserError
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"hwnas: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`hwnas latency list | head`): exit quietly. Python flushes stdout
+        # at exit, so point it at devnull first, as the signal module's documentation advises.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("hwnas: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
         return 130
