@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 
 # Fields that change latency, per backend family; a difference in one of them makes a
@@ -38,8 +39,6 @@ def busy_machine_warning() -> str | None:
 def warn_if_busy(backend: str) -> None:
     """Print :func:`busy_machine_warning` to stderr before timing a CPU backend (``onnxruntime...``);
     a GPU's timings do not depend on the host's other work in the same way."""
-    import sys
-
     if backend.startswith("onnxruntime") and (msg := busy_machine_warning()):
         print(msg, file=sys.stderr)
 

@@ -229,5 +229,6 @@ def render_report(table: LatencyTable, s: dict) -> str:
               f"({100 * t['within_10']:.1f}%, tau {t['kendall_tau']:.3f}).",
               f"FLOPs proxy: latency = {s['flops_proxy']['intercept_ms']:.4f} ms + {s['flops_proxy']['ms_per_gflop']:.4f} ms/GFLOP "
               f"(fitted on the calibration nets).", ""]
-    lines += [f"Advice: {line}." for line in s.get("advice", [])] + ([""] if s.get("advice") else [])
+    if s["advice"]:
+        lines += [*(f"Advice: {line}." for line in s["advice"]), ""]
     return "\n".join(lines)

@@ -296,7 +296,6 @@ def test_cuda_backend_times_a_block(tiny):
     assert 0 < stats.ms <= stats.median_ms <= stats.p90_ms
 
 
-
 @pytest.mark.parametrize("path", lt.shipped_tables(), ids=lambda p: p.stem)
 def test_shipped_tables_cover_their_preset(path):
     """A shipped table loads by name, matches its preset's fingerprint (so a changed preset

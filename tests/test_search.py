@@ -492,7 +492,6 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
 
 
-
 def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):
     """Two workers can pop the same re-queued trial from SQLite; the second to finish must
     neither crash ("Cannot tell a COMPLETE trial") nor count it again."""
