@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "none, the cifar preset's 0 for every subnet)")
     p.add_argument("--teacher-cutout", action="store_true", help="Cutout on the largest's labelled view only; "
                    "students distil its clean view")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--logit-scale", type=float, default=1.0, help="logits times this before every loss, e.g. "
+                   "0.125 as ResNet-9 (default 1: off)")
     p.add_argument("--ema-decay", type=float, default=None, help="average the weights with this decay, "
                    "e.g. 0.999 (default: off)")
     p.add_argument("--space", default="cifar", help="search space: preset name or YAML file (default cifar, "
@@ -217,7 +220,8 @@ def main(argv=None) -> int:
         config = TrainConfig(epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
                              augment=args.augment, teacher_dropout=args.teacher_dropout,
-                             teacher_cutout=args.teacher_cutout, ema_decay=args.ema_decay, seed=args.seed)
+                             teacher_cutout=args.teacher_cutout, ema_decay=args.ema_decay, seed=args.seed,
+                             label_smoothing=args.label_smoothing, logit_scale=args.logit_scale)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)

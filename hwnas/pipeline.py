@@ -24,7 +24,7 @@ from search_space.io import atomic_write_json
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
 LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay",
-                    "ema_decay")  # optional train keys that older runs did not have
+                    "ema_decay", "label_smoothing", "logit_scale")  # optional train keys that older runs did not have
 
 
 def _later_key_at_default(key: str, value) -> bool:
@@ -116,6 +116,7 @@ class Pipeline:
             args.append("--teacher-cutout")
         if c["ema_decay"] is not None:
             args += ["--ema-decay", c["ema_decay"]]
+        args += ["--label-smoothing", c["label_smoothing"], "--logit-scale", c["logit_scale"]]
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)

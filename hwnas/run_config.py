@@ -35,7 +35,8 @@ SCHEMA = {
               "num_random": ((int,), 2), "students": ((str,), "mixed"),
               "augment": ((str, type(None)), None), "time_budget_min": ((float, int, type(None)), None),
               "teacher_dropout": ((float, int, type(None)), None), "teacher_cutout": ((bool,), False),
-              "weight_decay": ((float, int), 5e-4), "ema_decay": ((float, type(None)), None)},
+              "weight_decay": ((float, int), 5e-4), "ema_decay": ((float, type(None)), None),
+              "label_smoothing": ((float, int), 0.1), "logit_scale": ((float, int), 1.0)},
     "latency": {"devices": ((list,), REQUIRED), "calibration": ((int,), 20), "validate": ((int,), 40)},
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
@@ -111,6 +112,11 @@ def parse_run_config(raw: dict) -> dict:
     ema_decay = cfg["train"]["ema_decay"]
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise RunConfigError(f"config key 'train.ema_decay': expected null or a number in (0, 1), got {ema_decay!r}")
+    smoothing, scale = cfg["train"]["label_smoothing"], cfg["train"]["logit_scale"]
+    if not 0 <= smoothing < 1:
+        raise RunConfigError(f"config key 'train.label_smoothing': expected a number in [0, 1), got {smoothing!r}")
+    if not 0 < scale < float("inf"):
+        raise RunConfigError(f"config key 'train.logit_scale': expected a positive number, got {scale!r}")
     weight_decay = cfg["train"]["weight_decay"]
     if isinstance(weight_decay, bool) or not weight_decay >= 0:
         raise RunConfigError(f"config key 'train.weight_decay': expected a number >= 0, got {weight_decay!r}")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from .errors import UserError
 
-BLOCK_ABBREV = {"mbconv": "mb", "fused_mbconv": "fmb", "pconv": "pc", "resnet": "rn"}
+BLOCK_ABBREV = {"mbconv": "mb", "fused_mbconv": "fmb", "pconv": "pc", "resnet": "rn", "conv_pool": "cp"}
 ABBREV_BLOCK = {v: k for k, v in BLOCK_ABBREV.items()}
 BLOCK_TYPES = tuple(BLOCK_ABBREV)
 
-_LAYER_RE = re.compile(r"^(mb|fmb|pc|rn)(\d+)e(\d+(?:\.\d+)?)$")
+_LAYER_RE = re.compile(r"^(mb|fmb|pc|rn|cp)(\d+)e(\d+(?:\.\d+)?)$")
 _STAGE_RE = re.compile(r"^w(\d+(?:\.\d+)?):(.+)$")
 _RES_RE = re.compile(r"^r(\d+)$")
 ARCH_FORMAT = "'r<resolution>/w<width>:<block><kernel>e<expansion>,.../...' (e.g. r32/w1:mb3e6,rn3e1/w0.5:pc3e2)"

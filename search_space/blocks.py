@@ -164,6 +164,27 @@ class ResNetBlock(Block):
         return self.out_act(y + (self.shortcut(x) if self.projection else x))
 
 
+class ConvPool(Block):
+    """Plain kxk conv at the input's resolution, max-pooled when downsampling (ResNet-9's layer):
+    pooling keeps the full-resolution conv that a strided conv would skip. Shapes that match
+    get an identity shortcut, as mbconv's do."""
+
+    @staticmethod
+    def layout(s, projection):
+        return {"conv": dict(cin=s.c_in, cout=s.c_out, k=s.kernel, act=s.act)}
+
+    def configure(self, spec):
+        super().configure(spec)
+        self.pool = spec.stride
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.pool != 1:
+            y = F.max_pool2d(y, self.pool, ceil_mode=True)  # ceil: the size conv_out() gives a strided conv
+        y = self.se(y)
+        return x + y if self.residual else y
+
+
 class Stem(Block):
     """Input convolution."""
 
@@ -195,7 +216,8 @@ class Head(nn.Module):
 
 
 BLOCKS: dict[str, type[nn.Module]] = {"mbconv": MBConv, "fused_mbconv": FusedMBConv, "pconv": PConvBlock,
-                                      "resnet": ResNetBlock, "stem": Stem, "head": Head}
+                                      "resnet": ResNetBlock, "conv_pool": ConvPool, "stem": Stem,
+                                      "head": Head}
 
 
 def build_block(spec: BlockSpec, dropout: float = 0.0) -> nn.Module:

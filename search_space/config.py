@@ -16,6 +16,7 @@ from .errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 ACTIVATIONS = ("relu", "hswish", "silu")
+EXTREMES = ("per_stage", "per_layer")  # how SearchSpace.largest()/smallest() pick options
 
 
 class ConfigError(UserError):
@@ -55,6 +56,7 @@ class SpaceConfig:
     head_channels: int | None
     dropout: float
     stages: tuple[StageConfig, ...]
+    extremes: str = "per_stage"
 
     def to_json(self) -> dict:
         """Plain-data config that :func:`parse_config` reads back (also what the fingerprint hashes)."""
@@ -64,6 +66,8 @@ class SpaceConfig:
             "resolutions": d["resolutions"], "act": d["act"],
             "stem": {"channels": d["stem_channels"], "kernel": d["stem_kernel"], "stride": d["stem_stride"]},
             "head": {"channels": d["head_channels"]}, "dropout": d["dropout"], "stages": d["stages"],
+            # Only when set, so that spaces without the key keep their fingerprints.
+            **({"extremes": d["extremes"]} if d["extremes"] != "per_stage" else {}),
         }
 
     def fingerprint(self) -> str:
@@ -72,7 +76,8 @@ class SpaceConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_TOP_KEYS = {"name", "in_channels", "num_classes", "resolutions", "act", "stem", "head", "dropout", "defaults", "stages"}
+_TOP_KEYS = {"name", "in_channels", "num_classes", "resolutions", "act", "stem", "head", "dropout", "defaults", "stages",
+             "extremes"}
 _STAGE_KEYS = {"channels", "stride", "depths", "widths", "blocks", "kernels", "expansions", "se"}
 
 
@@ -179,6 +184,9 @@ def parse_config(raw: dict) -> SpaceConfig:
     dropout = raw.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise _err("dropout", "a number in [0, 1)", dropout)
+    extremes = raw.get("extremes", "per_stage")
+    if extremes not in EXTREMES:
+        raise _err("extremes", f"one of {list(EXTREMES)}", extremes)
     stem_kernel = _int(stem, "kernel", "stem.", default=3)
     if stem_kernel % 2 == 0:
         raise _err("stem.kernel", "an odd integer", stem_kernel)
@@ -194,6 +202,7 @@ def parse_config(raw: dict) -> SpaceConfig:
         head_channels=head_channels,
         dropout=float(dropout),
         stages=tuple(_stage(s, i, defaults) for i, s in enumerate(stages)),
+        extremes=extremes,
     )
 
 

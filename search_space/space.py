@@ -173,22 +173,30 @@ class SearchSpace:
             raise ArchError(f"parameters do not describe an arch of space {self.name!r}: {e}") from None
 
     def _extreme(self, pick) -> Arch:
+        # "per_stage" rates every option as a stride-1 layer and repeats the pick through the
+        # stage (the rule of every space before conv_pool); "per_layer" rates each layer as it
+        # is, since a downsampling conv_pool (a full-resolution conv) outweighs a strided block.
         cfg = self.config
-        stages = []
+        stages, c_in = [], cfg.stem_channels
         for i, (st, opts) in enumerate(zip(cfg.stages, self._options)):
             width = pick(st.widths)
             c = self.stage_channels(i, width)
-            spec = lambda o: self._layer_spec(i, 1, o, c, c, 8).flops()
-            best = pick(opts, key=spec)
-            stages.append(StageChoice(width, (best,) * pick(st.depths)))
+            if cfg.extremes == "per_layer":
+                rate = [lambda o, j=j: self._layer_spec(i, j, o, c_in if j == 0 else c, c, 8).flops()
+                        for j in range(pick(st.depths))]
+            else:
+                rate = [lambda o: self._layer_spec(i, 1, o, c, c, 8).flops()] * pick(st.depths)
+            stages.append(StageChoice(width, tuple(pick(opts, key=r) for r in rate)))
+            c_in = c
         return Arch(pick(cfg.resolutions), tuple(stages))
 
     def largest(self) -> Arch:
-        """Most FLOPs: largest resolution, depth and width; per layer the costliest option."""
+        """Most FLOPs: largest resolution, depth and width; the costliest option per stage or
+        per layer (the space's ``extremes`` rule)."""
         return self._extreme(max)
 
     def smallest(self) -> Arch:
-        """Fewest FLOPs: the cheapest choice everywhere."""
+        """Fewest FLOPs: the cheapest choice everywhere (by the same rule as :meth:`largest`)."""
         return self._extreme(min)
 
     # ---- encoding for predictors ------------------------------------------------------

@@ -29,7 +29,7 @@ def conv_out(size: int, stride: int) -> int:
 class BlockSpec:
     """Static shape of one block (``stem`` and ``head`` included, for whole-net latency)."""
 
-    block: str  # mbconv | fused_mbconv | pconv | resnet | stem | head
+    block: str  # mbconv | fused_mbconv | pconv | resnet | conv_pool | stem | head
     c_in: int
     c_out: int  # head: number of classes
     size: int  # input height = width
@@ -60,7 +60,7 @@ class BlockSpec:
 
     @property
     def residual(self) -> bool:
-        """Whether mbconv / fused_mbconv add their input to the output."""
+        """Whether mbconv / fused_mbconv / conv_pool add their input to the output."""
         return self.stride == 1 and self.c_in == self.c_out
 
     @property
@@ -154,6 +154,10 @@ def _flops_params(s: BlockSpec) -> tuple[int, int]:
             parts.append(_se(s.c_out))
         if s.needs_projection:
             parts.append(_conv(s.c_in, s.c_out, 1, out))
+    elif s.block == "conv_pool":
+        parts.append(_conv(s.c_in, s.c_out, s.kernel, s.size))  # stride 1, then a max-pool (no FLOPs counted)
+        if s.se:
+            parts.append(_se(s.c_out))
     else:
         raise ValueError(f"unknown block type {s.block!r}")
     return sum(f for f, _ in parts), sum(p for _, p in parts)

@@ -96,6 +96,8 @@ def test_bundled_quickstart_config_is_valid():
     ({"train": {"teacher_cutout": "yes"}}, "'train.teacher_cutout': expected bool"),
     ({"train": {"ema_decay": 1.5}}, "'train.ema_decay': expected null or a number in (0, 1), got 1.5"),
     ({"train": {"weight_decay": -1e-3}}, "'train.weight_decay': expected a number >= 0, got -0.001"),
+    ({"train": {"label_smoothing": 1}}, "'train.label_smoothing': expected a number in [0, 1), got 1"),
+    ({"train": {"logit_scale": 0}}, "'train.logit_scale': expected a positive number, got 0"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
@@ -148,13 +150,15 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
 
 def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
     """train.time_budget_min replaces --epochs, train.augment, train.teacher_dropout,
-    train.teacher_cutout and train.ema_decay are passed on; unset, none is. train.weight_decay is always passed."""
+    train.teacher_cutout and train.ema_decay are passed on; unset, none is. train.weight_decay,
+    train.label_smoothing and train.logit_scale are always passed."""
     import hwnas.pipeline as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
     for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3,
-                                 "teacher_cutout": True, "weight_decay": 2e-3, "ema_decay": 0.999}):
+                                 "teacher_cutout": True, "weight_decay": 2e-3, "ema_decay": 0.999,
+                                 "label_smoothing": 0.2, "logit_scale": 0.125}):
         cfg = tmp_path / f"run{len(calls)}.yaml"
         cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
         p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
@@ -169,6 +173,8 @@ def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
     assert "--teacher-cutout" in budget and "--teacher-cutout" not in plain
     assert "--ema-decay" not in plain and budget[budget.index("--ema-decay") + 1] == "0.999"
     assert plain[plain.index("--weight-decay") + 1] == "0.0005" and budget[budget.index("--weight-decay") + 1] == "0.002"
+    assert plain[plain.index("--label-smoothing") + 1] == "0.1" and budget[budget.index("--label-smoothing") + 1] == "0.2"
+    assert plain[plain.index("--logit-scale") + 1] == "1.0" and budget[budget.index("--logit-scale") + 1] == "0.125"
 
 
 def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):

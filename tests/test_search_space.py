@@ -10,8 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_space import (Arch, ArchError, BlockSpec, ConfigError, SearchSpace, Supernet, build_block,
                           load_config, recalibrate_bn)
+from search_space.specs import conv_out
 
-PRESETS = ["cifar", "cifar_res", "imagenet"]
+PRESETS = ["cifar", "cifar_res", "imagenet", "cifar_pool"]
 
 TINY = {
     "name": "tiny", "in_channels": 1, "num_classes": 3, "resolutions": [8, 12],
@@ -20,6 +21,24 @@ TINY = {
                  "expansions": {"mbconv": [2], "resnet": [1]}},
     "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}, {"channels": 16, "stride": 1, "depths": [1]}],
 }
+
+# conv_pool at an odd resolution (7 -> 4 when pooling), beside blocks that downsample with strides
+TINY_POOL = {
+    **TINY, "name": "tiny_pool", "resolutions": [7, 8], "extremes": "per_layer",
+    "defaults": {**TINY["defaults"], "blocks": ["conv_pool", "mbconv", "resnet"],
+                 "expansions": {"conv_pool": [1], "mbconv": [2], "resnet": [1]}},
+}
+
+
+def _randomise_bn(net):
+    """Random BN statistics and affine terms, so equality tests are not trivially satisfied."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net
 
 
 @pytest.fixture(scope="module", params=PRESETS)
@@ -55,6 +74,7 @@ def test_layers_beyond_depth_do_not_distinguish_archs(space):
     ("r32/w1:mb3e5/w1:mb3e6/w1:mb3e6/w1:mb3e6", "stage 0 layer 0 mbconv expansion 5"),
     ("r32/w1:mb3e6,mb3e6,mb3e6/w1:mb3e6/w1:mb3e6/w1:mb3e6", "stage 0 depth 3"),
     ("r32/w1:zz3e6/w1:mb3e6/w1:mb3e6/w1:mb3e6", "malformed layer 'zz3e6'"),
+    ("r32/w1:cp3e1/w1:mb3e6/w1:mb3e6/w1:mb3e6", "stage 0 layer 0 block 'conv_pool' not allowed"),
 ])
 def test_bad_arch_strings_name_the_problem(text, needle):
     space = SearchSpace.from_config("cifar")
@@ -73,6 +93,7 @@ def test_bad_arch_strings_name_the_problem(text, needle):
     ({"stages": [{"channels": 16, "stride": 1, "depths": [1], "expansions": {"mbconv": [2]}}]},
      "'stages[0].expansions.resnet': missing"),
     ({"stages": [{"stride": 1, "depths": [1]}]}, "'stages[0].channels'"),
+    ({"extremes": "biggest"}, "'extremes': expected one of ['per_stage', 'per_layer'], got 'biggest'"),
 ])
 def test_config_errors_point_at_the_key(patch, needle):
     raw = {**TINY, **patch}
@@ -175,32 +196,58 @@ def test_largest_and_smallest(space):
         assert small <= space.flops(space.sample(rng)) <= big
 
 
-def test_cifar_res_is_topped_by_resnet18():
-    """The cifar_res preset exists for its largest subnet: exactly the CIFAR ResNet-18 (11.17M params)."""
-    space = SearchSpace.from_config("cifar_res")
-    largest = space.largest()
-    assert str(largest) == "r32/" + "/".join(["w1:rn3e1,rn3e1"] * 4)
-    assert round(space.params(largest) / 1e6, 2) == 11.17
+@pytest.mark.parametrize("preset,largest,smallest,mparams,gflops", [
+    # exactly the CIFAR ResNet-18
+    ("cifar_res", "r32/" + "/".join(["w1:rn3e1,rn3e1"] * 4), "r32/" + "/".join(["w0.5:pc3e2"] * 4), 11.17, 1.11),
+    # the 2x-wide ResNet-9: conv_pool downsamples, a resnet block follows (extremes: per_layer)
+    ("cifar_pool", "r32/" + "/".join(["w1:cp3e1,rn3e1"] * 3), "r32/w0.5:rn3e0.5/w0.5:fmb3e1/w0.5:fmb3e1", 30.99, 3.63),
+])
+def test_preset_is_topped_by_its_reference_net(preset, largest, smallest, mparams, gflops):
+    """These presets exist for their largest subnet; every other block type stays searchable."""
+    space = SearchSpace.from_config(preset)
+    assert str(space.largest()) == largest and str(space.smallest()) == smallest
+    assert space.parse(largest) == space.largest() and str(space.parse(smallest)) == smallest
+    assert round(space.params(space.largest()) / 1e6, 2) == mparams
+    assert round(space.flops(space.largest()) / 1e9, 2) == gflops
     rng = np.random.default_rng(0)
     seen = {layer.block for _ in range(100) for stage in space.sample(rng).stages for layer in stage.layers}
-    assert seen == {"mbconv", "fused_mbconv", "pconv", "resnet"}  # all block types stay searchable
+    assert seen == {b for st in space.config.stages for b in st.blocks}
+
+
+def test_default_extremes_rule_keeps_old_spaces():
+    """Spaces without 'extremes' rate options per stage, as before, and keep their fingerprints."""
+    space = SearchSpace.from_config("cifar")
+    assert space.config.extremes == "per_stage" and "extremes" not in space.config.to_json()
+    assert space.fingerprint == "f91366196674ccb7"
+    assert str(space.largest()) == "r32/" + "/".join(["w1:fmb5e3,fmb5e3"] + ["w1:fmb5e3,fmb5e3,fmb5e3"] * 3)
+    explicit = SearchSpace.from_config({**space.config.to_json(), "extremes": "per_stage"})
+    assert explicit.fingerprint == space.fingerprint
+    per_layer = SearchSpace.from_config({**space.config.to_json(), "extremes": "per_layer"})
+    assert per_layer.config.to_json()["extremes"] == "per_layer" and per_layer.fingerprint != space.fingerprint
+
+
+def test_per_layer_extremes_bound_per_stage(space):
+    raw = space.config.to_json()
+    per_stage, per_layer = (SearchSpace.from_config({**raw, "extremes": e}) for e in ("per_stage", "per_layer"))
+    assert per_layer.flops(per_layer.largest()) >= per_stage.flops(per_stage.largest())
+    assert per_layer.flops(per_layer.smallest()) <= per_stage.flops(per_stage.smallest())
+
+
+def test_per_layer_extremes_are_the_exact_extremes():
+    """On a space small enough to enumerate, per_layer finds the true FLOPs extremes, which per_stage
+    misses: it rates a downsampling conv_pool (a full-resolution conv) as a stride-1 layer."""
+    space = SearchSpace.from_config(TINY_POOL)
+    choices = [range(len(c)) for _, c in space.gene_choices]
+    flops = [space.flops(space.from_genes(g)) for g in itertools.product(*choices)]
+    assert space.flops(space.largest()) == max(flops) and space.flops(space.smallest()) == min(flops)
+    per_stage = SearchSpace.from_config({**TINY_POOL, "extremes": "per_stage"})
+    assert per_stage.flops(per_stage.largest()) < max(flops)
 
 
 @pytest.fixture(scope="module")
 def supernets():
     torch.manual_seed(0)
-    nets = {}
-    for name in PRESETS:
-        net = Supernet(SearchSpace.from_config(name))
-        # random BN statistics and affine terms, so equality tests are not trivially satisfied
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
-        nets[name] = net.eval()
-    return nets
+    return {name: _randomise_bn(Supernet(SearchSpace.from_config(name))).eval() for name in PRESETS}
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -208,8 +255,10 @@ def test_extracted_subnet_matches_supernet_and_flop_counter(name, supernets):
     net = supernets[name]
     space = net.space
     rng = np.random.default_rng(5)
+    seen = set()
     for i in range(20):
         arch = space.sample(rng)
+        seen |= {layer.block for stage in arch.stages for layer in stage.layers}
         net.set_active(arch)
         sub = net.extract(arch).eval()
         x = torch.randn(2, 3, arch.resolution, arch.resolution)
@@ -223,6 +272,45 @@ def test_extracted_subnet_matches_supernet_and_flop_counter(name, supernets):
             assert sum(p.numel() for p in sub.parameters()) == space.params(arch)
         # no elastic logic is left in the standalone model
         assert all(type(m).__module__ != "search_space.elastic" for m in sub.modules())
+    assert seen == {b for st in space.config.stages for b in st.blocks}  # every block type was compared
+
+
+@pytest.mark.parametrize("se", [False, True])
+@pytest.mark.parametrize("text", [
+    "r7/w0.5:cp3e1,cp3e1/w1:cp3e1",  # pool 7 -> 4 at 8 -> 8 channels, residual, then 8 -> 16 (no shortcut)
+    "r8/w1:cp3e1,rn3e1/w0.5:cp3e1",  # pool 8 -> 4 at 8 -> 16 channels, then 16 -> 8
+])
+def test_conv_pool_slots_match_static_blocks_and_flop_counter(text, se):
+    """Block by block: the supernet's slot narrowed to a spec computes what build_block(spec) computes
+    with the sliced weights, at the spec's output size, with the spec's analytic FLOPs and params."""
+    space = SearchSpace.from_config({**TINY_POOL, "stages": [{**st, "se": se} for st in TINY_POOL["stages"]]})
+    arch = space.parse(text)
+    assert str(arch) == text
+    torch.manual_seed(0)
+    net = _randomise_bn(Supernet(space)).eval()
+    net.set_active(arch)
+    sub = net.extract(arch)
+    specs = space.block_specs(arch)[1:-1]
+    pooled = next(s for s in specs if s.block == "conv_pool")
+    assert pooled.stride == 2 and conv_out(pooled.size, 2) == 4
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        h = net.stem(x)
+        k = 0
+        for i, stage in enumerate(arch.stages):
+            for j, layer in enumerate(stage.layers):
+                spec, static = specs[k], sub.blocks[k]
+                y = net.stages[i][j][layer.block](h)
+                with FlopCounterMode(display=False) as fc:
+                    y_static = static(h[:1])
+                assert y.shape == (2, spec.c_out, conv_out(spec.size, spec.stride), conv_out(spec.size, spec.stride))
+                torch.testing.assert_close(y[:1], y_static, atol=1e-5, rtol=1e-5)
+                assert fc.get_total_flops() == spec.flops(), spec
+                assert sum(p.numel() for p in static.parameters()) == spec.params(), spec
+                if layer.block == "conv_pool":  # silence the conv path: what is left is the shortcut
+                    torch.nn.init.zeros_(static.conv.bn.weight), torch.nn.init.zeros_(static.conv.bn.bias)
+                    assert torch.equal(static(h), h if spec.residual else torch.zeros_like(y))
+                h, k = y, k + 1
 
 
 def test_block_modules_build_from_specs():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 import yaml
 
 from hwnas.cli import main
@@ -20,7 +21,7 @@ from search_space.evaluation import fit_resolution
 from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
-                                   sandwich_step, time_sandwich_steps, train_supernet)
+                                   sandwich_step, soft_cross_entropy, time_sandwich_steps, train_supernet)
 
 # Like TINY in test_search_space.py, for 1-channel 8x8 digits with 10 classes; dropout draws from
 # torch's global RNG, so the exact-resume test also checks that its state is restored.
@@ -225,6 +226,30 @@ def test_teacher_cutout_holes_the_teachers_labelled_view_only(space, digits):
     assert all(grad and torch.equal(xs, fit_resolution(x, a.resolution)) for (xs, grad), a in zip(students, archs[1:]))
 
 
+def test_logit_scale_scales_the_teacher_loss_and_the_students_targets(space, digits):
+    """With logit_scale s the teacher's loss is the cross-entropy of s * logits, and the students
+    distil softmax(s * teacher logits) with their own logits scaled by s as well."""
+    archs = sandwich_archs(space, np.random.default_rng(0), 1, "sandwich")
+    x, y = next(iter(epoch_batches(digits, 32, 0, torch.device("cpu"))(0)))
+    torch.manual_seed(0)
+    net = Supernet(space).eval()  # eval: dropout off, BN running stats, so forwards repeat exactly
+    with torch.no_grad():
+        logits = []
+        for a in archs:
+            net.set_active(a)
+            logits.append(net(x))
+    config = TrainConfig(epochs=1, batch_size=32, logit_scale=0.125, grad_clip=None)
+    out = sandwich_step(net, net, archs, x, y, torch.optim.SGD(net.parameters(), lr=0.0), config)
+    teacher = F.cross_entropy(logits[0] * 0.125, y, label_smoothing=config.label_smoothing)
+    assert out["loss"] == pytest.approx(teacher.item(), rel=1e-5)
+    targets = F.softmax(logits[0] * 0.125, dim=1)
+    students = [soft_cross_entropy(l * 0.125, targets).item() for l in logits[1:]]
+    assert out["distill_loss"] == pytest.approx(np.mean(students), rel=1e-5)
+    unscaled = sandwich_step(net, net, archs, x, y, torch.optim.SGD(net.parameters(), lr=0.0),
+                             dataclasses.replace(config, logit_scale=1.0))
+    assert unscaled["loss"] == pytest.approx(F.cross_entropy(logits[0], y, label_smoothing=0.1).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("epochs", 0, "epochs=0 is invalid; expected an int >= 1"),
     ("teacher_dropout", 1.0, "teacher_dropout=1.0 is invalid; expected a number in [0, 1) or None"),
@@ -233,6 +258,7 @@ def test_teacher_cutout_holes_the_teachers_labelled_view_only(space, digits):
     ("batch_size", 1.5, "batch_size=1.5"),
     ("lr", -1.0, "lr=-1.0"),
     ("label_smoothing", 1.0, "label_smoothing=1.0"),
+    ("logit_scale", 0.0, "logit_scale=0.0 is invalid; expected a positive number"),
 ])
 def test_bad_train_config_is_one_line(field, value, needle):
     kw = {"epochs": 1, "batch_size": 8, field: value}
