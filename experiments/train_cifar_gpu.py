@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--logit-scale", type=float, default=1.0, help="logits times this before every loss, e.g. "
                    "0.125 as ResNet-9 (default 1: off)")
+    p.add_argument("--warmup-fraction", type=float, default=0.05, help="linear warm-up share of all steps "
+                   "(default 0.05; ResNet-9's recipe used 5/24)")
+    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip, 0 = off (default 5)")
     p.add_argument("--ema-decay", type=float, default=None, help="average the weights with this decay, "
                    "e.g. 0.999 (default: off)")
     p.add_argument("--space", default="cifar", help="search space: preset name or YAML file (default cifar, "
@@ -221,7 +224,8 @@ def main(argv=None) -> int:
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
                              augment=args.augment, teacher_dropout=args.teacher_dropout,
                              teacher_cutout=args.teacher_cutout, ema_decay=args.ema_decay, seed=args.seed,
-                             label_smoothing=args.label_smoothing, logit_scale=args.logit_scale)
+                             label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
+                             warmup_fraction=args.warmup_fraction, grad_clip=args.grad_clip or None)
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)

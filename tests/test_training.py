@@ -327,9 +327,13 @@ def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):
     assert main(args + ["--resume", "--augment", "crop_flip_cutout"]) == 2  # other augmentation: refused too
     err = capsys.readouterr().err.strip()
     assert "augment='crop_flip_cutout' (checkpoint: None)" in err and "\n" not in err
-    cut = tmp_path / "cutout"
-    assert main([(str(cut) if a == str(out) else a) for a in args] + ["--augment", "crop_flip_cutout"]) == 0
-    assert read_checkpoint(cut / "supernet.pt")["train_state"]["config"]["augment"] == "crop_flip_cutout"
+    cut = tmp_path / "cutout"  # recipe options reach the stored config
+    assert main([(str(cut) if a == str(out) else a) for a in args] + [
+        "--augment", "crop_flip_cutout", "--label-smoothing", "0.2", "--logit-scale", "0.125",
+        "--warmup-fraction", "0.2", "--grad-clip", "0"]) == 0
+    stored = read_checkpoint(cut / "supernet.pt")["train_state"]["config"]
+    assert stored["augment"] == "crop_flip_cutout" and stored["grad_clip"] is None
+    assert (stored["label_smoothing"], stored["logit_scale"], stored["warmup_fraction"]) == (0.2, 0.125, 0.2)
 
     assert main(["supernet", "eval", "--checkpoint", str(out / "supernet.pt"), "--device", "cpu", "largest"]) == 0
     text = capsys.readouterr().out

@@ -70,6 +70,10 @@ def register(sub) -> None:
     tr.add_argument("--logit-scale", type=float, default=1.0, metavar="S",
                     help="multiply logits by S before every loss; ResNet-9's 1/8 was worth 0.8 points on "
                     "JPEG-CIFAR-10 (default 1: off; predictions and exports are unaffected)")
+    tr.add_argument("--warmup-fraction", type=float, default=0.05, metavar="F",
+                    help="linear warm-up over this fraction of all steps (default 0.05)")
+    tr.add_argument("--grad-clip", type=float, default=5.0, metavar="N",
+                    help="clip the gradient norm at N; 0 = off (default 5)")
     tr.add_argument("--ema-decay", type=float, default=None, metavar="D",
                     help="average the weights with this decay, e.g. 0.999 (BigNAS); the checkpoint, its evaluations "
                     "and the returned model hold the average (default: off)")
@@ -178,7 +182,8 @@ def _train(args) -> int:
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
                          ema_decay=args.ema_decay, seed=args.seed, label_smoothing=args.label_smoothing,
-                         logit_scale=args.logit_scale)
+                         logit_scale=args.logit_scale, warmup_fraction=args.warmup_fraction,
+                         grad_clip=args.grad_clip or None)
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
