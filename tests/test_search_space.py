@@ -346,3 +346,28 @@ def test_bn_recalibration_and_train_mode_parity():
     net.train(), sub.train()
     with torch.no_grad():
         assert (net(data[1]) - sub(data[1])).abs().max() < 1e-4
+
+
+def test_cli_space_commands(capsys):
+    """`hwnas space show/sample/validate/flops` on the cifar_pool preset; bad input: one line, exit 2."""
+    from hwnas.cli import main
+
+    assert main(["space", "show", "--space", "cifar_pool"]) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint d4f2f2f24b45d7af" in out and "unique block specs: 244" in out
+    assert "largest  r32/w1:cp3e1,rn3e1/w1:cp3e1,rn3e1/w1:cp3e1,rn3e1  3631.0 MFLOPs  30.99M params  (per layer)" in out
+    assert main(["space", "sample", "--space", "cifar_pool", "-n", "3", "--seed", "1"]) == 0
+    archs = capsys.readouterr().out.split()
+    space = SearchSpace.from_config("cifar_pool")
+    assert len(archs) == 3 and all(str(space.parse(a)) == a for a in archs)
+    assert main(["space", "validate", "--space", "cifar_pool", archs[0]]) == 0
+    assert f"ok: {archs[0]}" in capsys.readouterr().out
+    assert main(["space", "flops", "--space", "cifar_pool", "largest", "--blocks"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs 3630.98 M" in out and "conv_pool:c128-256:r32:s2:k3:e1:se0:relu" in out
+    for argv, needle in [(["space", "validate", "--space", "cifar", archs[0]], "space 'cifar' expects 4"),
+                         (["space", "sample", "-n", "0"], "-n 0 is invalid; expected an integer >= 1"),
+                         (["space", "show", "--space", "nope"], "unknown space preset 'nope'")]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from search_space import SearchSpace, preset_names
+from search_space.errors import UserError
 from hwnas.cli._group import command_group
 
 
@@ -59,10 +60,15 @@ def _show(args) -> int:
         print(f"stage {i}: {st.channels}ch stride {st.stride} depths {list(st.depths)} widths {list(st.widths)} "
               f"kernels {list(st.kernels)} se={st.se}\n         expansions {exps}")
     print(f"unique block specs: {len(space.unique_block_specs())}  encoding length: {space.encoding_size}")
+    for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+        print(f"{name:8s} {arch}  {space.flops(arch) / 1e6:.1f} MFLOPs  {space.params(arch) / 1e6:.2f}M params"
+              f"  ({cfg.extremes.replace('_', ' ')})")
     return 0
 
 
 def _sample(args) -> int:
+    if args.n < 1:
+        raise UserError(f"-n {args.n} is invalid; expected an integer >= 1")
     space = SearchSpace.from_config(args.space)
     rng = np.random.default_rng(args.seed)
     for _ in range(args.n):
