@@ -18,13 +18,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
-from optuna.storages import fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from ._objectives import Budget, Objective
 from ._storage import has_heartbeat
 
 SURPLUS_ATTR = "hwnas:surplus"
+DUPLICATE_ATTR = "hwnas:duplicate_retry"
 ERROR_ATTR = "hwnas:error"
 _LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
@@ -90,6 +91,28 @@ class _Heartbeat:
         self.thread.join()
 
 
+def _fail_stale_once(study: optuna.Study) -> None:
+    """Fail a dead worker's trials and re-queue each once. Two workers may both fail the same
+    stale trial (SQLite cannot lock the row) and each re-queue a copy: extra WAITING copies of
+    one original are failed and marked ``hwnas:duplicate_retry``, keeping a copy that already
+    runs or finished, else the lowest-numbered one."""
+    fail_stale_trials(study)
+    copies: dict[int, list] = {}
+    for t in study._get_trials(deepcopy=False, states=_LIVE):
+        origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        if origin is not None:
+            copies.setdefault(origin, []).append(t)
+    for same in copies.values():
+        same.sort(key=lambda t: (t.state == TrialState.WAITING, t.number))
+        for t in same[1:]:
+            if t.state == TrialState.WAITING:
+                study._storage.set_trial_user_attr(t._trial_id, DUPLICATE_ATTR, True)
+                try:
+                    study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker finished it meanwhile
+
+
 def _drop_surplus(study: optuna.Study, batch: list, n_trials: int) -> list:
     """Fail (before any work) the trials of ``batch`` beyond the first ``n_trials`` live ones."""
     live = sorted(t.number for t in study._get_trials(deepcopy=False, states=_LIVE))
@@ -144,7 +167,7 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
     done = 0
     while True:
         if heartbeat:
-            fail_stale_trials(study)  # a dead worker's trials: failed, then re-queued as WAITING
+            _fail_stale_once(study)  # a dead worker's trials: failed, then re-queued as WAITING
         counts = trial_counts(study)
         missing = n_trials - counts[TrialState.COMPLETE] - counts[TrialState.RUNNING]
         if missing <= 0:

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from search import (Budget, Objective, SearchError, SearchSpaceProtocol, Trials, device_fronts, format_fronts,
                     hypervolume_2d, hypervolume_history, make_sampler, open_storage, pareto_front_2d, parse_budget,
                     run_search, storage_url, verify_fronts, write_report)
+from search._loop import DUPLICATE_ATTR, SURPLUS_ATTR
 from search._samplers import _NSGAII
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -488,8 +489,15 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
     states = [t.state for t in study.trials]
     assert marker.exists()  # a worker did die
     assert states.count(TrialState.COMPLETE) == 30 and states.count(TrialState.RUNNING) == 0
-    retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
-    assert retried and all(t.state == TrialState.COMPLETE for t in retried)
+    copies = {}  # original trial number -> its re-queued copies
+    for t in study.trials:
+        if "failed_trial" in t.system_attrs:
+            copies.setdefault(t.system_attrs["failed_trial"], []).append(t)
+    assert copies
+    for same in copies.values():  # each dead trial is redone; extra copies were failed, never left waiting
+        assert any(t.state == TrialState.COMPLETE for t in same)
+        assert all(t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and
+                   (t.user_attrs.get(DUPLICATE_ATTR) or t.user_attrs.get(SURPLUS_ATTR)) for t in same)
 
 
 def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):
@@ -508,6 +516,38 @@ def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):
     trials = {t.number: t for t in study.get_trials()}
     assert trials[mine.number].values == [0.5, 1.0]  # the first tell stands
     assert trials[fresh.number].state == TrialState.COMPLETE and trials[fresh.number].values == [0.7, 3.0]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_dead_workers_trial_requeued_twice_runs_once(tmp_path):
+    """Two workers can both fail the same stale trial (SQLite cannot lock the row) and each
+    re-queue a copy: the extra WAITING copy is failed as a duplicate, keeping the lowest, or a
+    copy that already runs."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from search._loop import _fail_stale_once
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize"])
+    dead = [study.ask({"g0": optuna.distributions.CategoricalDistribution([0, 1])}) for _ in range(2)]
+    retry = RetryHeartbeatStaleTrialCallback()
+    for t in dead:
+        study.tell(t, state=TrialState.FAIL)
+        for _ in range(2):  # two workers each re-queue it
+            retry(study, study._storage.get_trial(t._trial_id))
+    running = study.ask()  # the lowest copy of dead[0] is already being scored by a worker
+    _fail_stale_once(study)
+    by_origin = {}
+    for t in study.get_trials():
+        if "failed_trial" in t.system_attrs:
+            by_origin.setdefault(t.system_attrs["failed_trial"], []).append(t)
+    first, second = (sorted(by_origin[t.number], key=lambda t: t.number) for t in dead)
+    assert running.number == first[0].number and first[0].state == TrialState.RUNNING
+    assert first[1].state == TrialState.FAIL and first[1].user_attrs[DUPLICATE_ATTR]
+    assert second[0].state == TrialState.WAITING and DUPLICATE_ATTR not in second[0].user_attrs
+    assert second[1].state == TrialState.FAIL and second[1].user_attrs[DUPLICATE_ATTR]
+    _fail_stale_once(study)  # idempotent
+    assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 1
+
 
 # ---- the command line, on the cifar space with stand-in tables and a fitted predictor ---------
 
