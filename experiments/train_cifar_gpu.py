@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from experiments.bench_supernet import machine
-from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
+from hwnas.cli.supernet import (add_recipe_args, calibration_batches, epoch_batches, load_for_space, probe_batches,
+                               recipe_kwargs, split_batches)
 from hwnas.datasets import Split
 from search_space import SearchSpace, Supernet, checkpoint_hash
 from search_space.checkpoint import read_checkpoint
@@ -81,12 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "none, the cifar preset's 0 for every subnet)")
     p.add_argument("--teacher-cutout", action="store_true", help="Cutout on the largest's labelled view only; "
                    "students distil its clean view")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
-    p.add_argument("--logit-scale", type=float, default=1.0, help="logits times this before every loss, e.g. "
-                   "0.125 as ResNet-9 (default 1: off)")
-    p.add_argument("--warmup-fraction", type=float, default=0.05, help="linear warm-up share of all steps "
-                   "(default 0.05; ResNet-9's recipe used 5/24)")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip, 0 = off (default 5)")
+    add_recipe_args(p)  # --label-smoothing, --logit-scale, --warmup-fraction, --grad-clip
     p.add_argument("--ema-decay", type=float, default=None, help="average the weights with this decay, "
                    "e.g. 0.999 (default: off)")
     p.add_argument("--space", default="cifar", help="search space: preset name or YAML file (default cifar, "
@@ -224,8 +220,7 @@ def main(argv=None) -> int:
                              weight_decay=args.weight_decay, num_random=args.num_random, students=args.students,
                              augment=args.augment, teacher_dropout=args.teacher_dropout,
                              teacher_cutout=args.teacher_cutout, ema_decay=args.ema_decay, seed=args.seed,
-                             label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
-                             warmup_fraction=args.warmup_fraction, grad_clip=args.grad_clip or None)
+                             **recipe_kwargs(args))
         plan = {"epochs": args.epochs, "eval_every": max(1, (args.epochs or 1) // 10), "checkpoint_every": 1}
         if args.epochs is None:
             plan = plan_for_budget(args, space, bundle, config, steps, evaluator, device)

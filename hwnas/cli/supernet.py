@@ -28,6 +28,25 @@ from hwnas.cli._group import command_group
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
 
 
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """Loss and schedule options, shared with experiments/train_cifar_gpu.py (see :func:`recipe_kwargs`)."""
+    p.add_argument("--label-smoothing", type=float, default=0.1, metavar="S",
+                   help="label smoothing of the largest subnet's loss (default 0.1)")
+    p.add_argument("--logit-scale", type=float, default=1.0, metavar="S",
+                   help="multiply logits by S before every loss; ResNet-9's 1/8 was worth 0.8 points on "
+                   "JPEG-CIFAR-10 (default 1: off; predictions and exports are unaffected)")
+    p.add_argument("--warmup-fraction", type=float, default=0.05, metavar="F",
+                   help="linear warm-up over this fraction of all steps (default 0.05)")
+    p.add_argument("--grad-clip", type=float, default=5.0, metavar="N",
+                   help="clip the gradient norm at N; 0 = off (default 5)")
+
+
+def recipe_kwargs(args: argparse.Namespace) -> dict:
+    """The :class:`TrainConfig` keywords of :func:`add_recipe_args`' options (``--grad-clip 0``: off)."""
+    return dict(label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
+                warmup_fraction=args.warmup_fraction, grad_clip=args.grad_clip or None)
+
+
 def register(sub) -> None:
     """Add ``hwnas supernet train|eval``."""
     cmds = command_group(sub, "supernet", help="train a supernet, evaluate its subnets",
@@ -65,15 +84,7 @@ def register(sub) -> None:
     tr.add_argument("--teacher-cutout", action="store_true",
                     help="Cutout on the largest subnet's labelled view only; the students distil its output on the "
                     "clean view they see (one extra forward of the largest per step)")
-    tr.add_argument("--label-smoothing", type=float, default=0.1, metavar="S",
-                    help="label smoothing of the largest subnet's loss (default 0.1)")
-    tr.add_argument("--logit-scale", type=float, default=1.0, metavar="S",
-                    help="multiply logits by S before every loss; ResNet-9's 1/8 was worth 0.8 points on "
-                    "JPEG-CIFAR-10 (default 1: off; predictions and exports are unaffected)")
-    tr.add_argument("--warmup-fraction", type=float, default=0.05, metavar="F",
-                    help="linear warm-up over this fraction of all steps (default 0.05)")
-    tr.add_argument("--grad-clip", type=float, default=5.0, metavar="N",
-                    help="clip the gradient norm at N; 0 = off (default 5)")
+    add_recipe_args(tr)
     tr.add_argument("--ema-decay", type=float, default=None, metavar="D",
                     help="average the weights with this decay, e.g. 0.999 (BigNAS); the checkpoint, its evaluations "
                     "and the returned model hold the average (default: off)")
@@ -181,9 +192,7 @@ def _train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
-                         ema_decay=args.ema_decay, seed=args.seed, label_smoothing=args.label_smoothing,
-                         logit_scale=args.logit_scale, warmup_fraction=args.warmup_fraction,
-                         grad_clip=args.grad_clip or None)
+                         ema_decay=args.ema_decay, seed=args.seed, **recipe_kwargs(args))
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
