@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,10 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     os.replace(tmp, path)
 
 
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} MiB"
+
+
 def markdown(res: dict) -> str:
     """The short table printed at the end and saved next to the JSON."""
     lines = [f"# Supernet on JPEG-CIFAR-10 ({res['machine'].get('gpu', res['machine']['cpu'])})", "",
@@ -188,7 +193,8 @@ def markdown(res: dict) -> str:
              f"students `{res['config']['students']}`, {res['config']['num_random']} random, augment "
              f"`{res['config'].get('augment') or 'crop_flip'}`, teacher dropout {res['config'].get('teacher_dropout')}, "
              f"teacher Cutout {res['config'].get('teacher_cutout', False)}, weight decay "
-             f"{res['config'].get('weight_decay')}, EMA {res['config'].get('ema_decay')}", "",
+             f"{res['config'].get('weight_decay')}, EMA {res['config'].get('ema_decay')}; peak RSS "
+             f"{res['peak_rss_mib']:.0f} MiB, peak GPU memory {_mib(res['peak_gpu_mib'])}", "",
              "| subnet | MFLOPs | params M | val acc | test acc | target (test) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in res["subnets"].items():
         target = f">= {TARGETS[name]:.0%}: {'met' if r['test_acc'] >= TARGETS[name] else 'missed'}" if name in TARGETS else "-"
@@ -246,7 +252,9 @@ def main(argv=None) -> int:
            "img_per_s": steps * config.batch_size * len(history) / train_time, "wall_s": time.perf_counter() - t_start,
            "subnets": subnets, "targets_test_acc": TARGETS,
            "targets_met": {k: subnets[k]["test_acc"] >= v for k, v in TARGETS.items()},
-           "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "smoke": args.smoke}
+           "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "smoke": args.smoke,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+           "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
     text = markdown(res)
     folders = ([] if args.smoke else [RESULTS]) + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     tag = f"_{args.tag}" if args.tag else ""

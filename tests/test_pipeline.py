@@ -1,6 +1,7 @@
 """``hwnas run`` end to end on a reduced quickstart, resume, --from, and config errors."""
 
 import json
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from hwnas.cli import main
 from hwnas.run_config import RunConfigError, load_run_config, parse_run_config
+from search_space import SearchSpace
 
 TINY_RUN = {
     "name": "tiny", "seed": 0, "device": "cpu",
@@ -80,6 +82,20 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
 def test_bundled_quickstart_config_is_valid():
     cfg = load_run_config(None)
     assert cfg["dataset"]["name"] == "digits" and cfg["device"] == "cpu"
+
+
+EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
+def test_example_configs_in_experiments_load(path):
+    """The configs the README and the write-ups point users to stay valid (spaces and run configs)."""
+    if path.name.startswith("space_"):
+        space = SearchSpace.from_config(path)
+        assert space.flops(space.largest()) >= space.flops(space.smallest()) > 0
+    else:
+        cfg = load_run_config(path)
+        assert cfg["name"] and cfg["latency"]["devices"]
 
 
 @pytest.mark.parametrize("patch,needle", [

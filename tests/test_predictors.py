@@ -326,3 +326,33 @@ def test_compare_predictors_writes_report(cifar, synthetic, tmp_path):
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert json.loads(paths[0].read_text())["rows"][0]["kind"] == "gp"
     assert "| gp | cost |" in paths[1].read_text()
+
+
+def test_accuracy_by_block_script_groups_by_each_stages_first_block(tmp_path):
+    """experiments/accuracy_by_block.py: per-stage means of hand-made records, checked by hand."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    space = SearchSpace.from_config("cifar_pool")
+    data = AccuracyDataset.new(space, "0" * 16, "cifar10-jpeg", "val")
+    for text, acc in [("r32/w1:cp3e1/w1:rn3e1/w1:rn3e1", 0.90), ("r32/w1:cp3e1,rn3e1/w1:mb3e3/w1:rn3e1", 0.80),
+                      ("r32/w0.5:rn3e1/w1:rn3e1/w1:rn3e1", 0.70)]:
+        data.records.append({"arch": text, "accuracy": acc, "flops": int(space.flops(space.parse(text)))})
+    path = data.save(tmp_path / "acc.jsonl")
+    out = tmp_path / "table.md"
+    run = subprocess.run([sys.executable, str(root / "experiments" / "accuracy_by_block.py"), str(path),
+                          "--out", str(out)], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line.split("|")[4].strip()
+            for line in out.read_text().splitlines() if line.startswith("| ") and "%" in line}
+    assert rows[("1", "conv_pool (cp)", "2")] == "85.00%"
+    assert rows[("1", "resnet (rn)", "1")] == "70.00%"
+    assert rows[("2", "resnet (rn)", "2")] == "80.00%" and rows[("2", "mbconv (mb)", "1")] == "80.00%"
+    assert rows[("3", "resnet (rn)", "3")] == "80.00%"
+    bad = subprocess.run([sys.executable, str(root / "experiments" / "accuracy_by_block.py"), str(tmp_path / "no.jsonl")],
+                         capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert bad.returncode != 0 and "not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
