@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from predictors import AccuracyDataset
-from search_space.errors import UserError
 from search_space.arch import BLOCK_ABBREV
+from search_space.errors import UserError
 from search_space.io import atomic_write_text
 
 
