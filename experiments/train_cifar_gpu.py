@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from experiments.bench_supernet import machine
+from experiments.bench_supernet import machine, peak_rss_mb
 from hwnas.cli.supernet import (add_recipe_args, calibration_batches, epoch_batches, load_for_space, probe_batches,
                                recipe_kwargs, split_batches)
 from hwnas.datasets import Split
@@ -253,7 +252,7 @@ def main(argv=None) -> int:
            "subnets": subnets, "targets_test_acc": TARGETS,
            "targets_met": {k: subnets[k]["test_acc"] >= v for k, v in TARGETS.items()},
            "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint), "smoke": args.smoke,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+           "peak_rss_mib": peak_rss_mb(),
            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
     text = markdown(res)
     folders = ([] if args.smoke else [RESULTS]) + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
