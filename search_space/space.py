@@ -181,12 +181,13 @@ class SearchSpace:
         for i, (st, opts) in enumerate(zip(cfg.stages, self._options)):
             width = pick(st.widths)
             c = self.stage_channels(i, width)
+            depth = pick(st.depths)
             if cfg.extremes == "per_layer":
-                rate = [lambda o, j=j: self._layer_spec(i, j, o, c_in if j == 0 else c, c, 8).flops()
-                        for j in range(pick(st.depths))]
-            else:
-                rate = [lambda o: self._layer_spec(i, 1, o, c, c, 8).flops()] * pick(st.depths)
-            stages.append(StageChoice(width, tuple(pick(opts, key=r) for r in rate)))
+                layers = tuple(pick(opts, key=lambda o, j=j: self._layer_spec(i, j, o, c_in if j == 0 else c, c, 8).flops())
+                               for j in range(depth))
+            else:  # one pick, repeated: every layer is rated alike
+                layers = (pick(opts, key=lambda o: self._layer_spec(i, 1, o, c, c, 8).flops()),) * depth
+            stages.append(StageChoice(width, layers))
             c_in = c
         return Arch(pick(cfg.resolutions), tuple(stages))
 
