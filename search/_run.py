@@ -82,7 +82,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
                sampler: str = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
-               heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None) -> optuna.Study:
+               heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
+               seed_archs: Sequence = ()) -> optuna.Study:
     """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
 
     Objectives are scored a batch at a time (``batch_size``, default: one GA generation).
@@ -92,6 +93,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
     per study at a time: RUNNING trials it finds at start belong to an interrupted run and
     are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+    ``seed_archs`` (e.g. ``space.extremes()``) open a new study's first population, so corners a
+    random start rarely draws, such as the largest subnet, are scored; the space needs ``to_params``.
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
@@ -103,7 +106,17 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
         raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
-                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period)
+                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs)
+
+
+def _enqueue_seeds(study: optuna.Study, space, archs: Sequence) -> None:
+    """Queue ``archs`` as the first trials of a study that has none (a resumed study keeps its own)."""
+    if not archs or study.get_trials(deepcopy=False):
+        return
+    if not hasattr(space, "to_params"):
+        raise SearchError(f"seed_archs need a space with to_params(arch); {type(space).__name__} has none")
+    for arch in archs:
+        study.enqueue_trial(space.to_params(arch), skip_if_exists=True)
 
 
 @contextmanager
@@ -118,7 +131,7 @@ def quiet_optuna():
 
 
 def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
-                ray_address, batch_size, progress, heartbeat_interval, grace_period) -> optuna.Study:
+                ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=()) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -133,6 +146,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     study = optuna.create_study(storage=store, sampler=the_sampler, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
+    _enqueue_seeds(study, space, seed_archs)
     stuck = _fail_leftovers(study)
     if stuck:
         log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)

@@ -13,7 +13,7 @@ import sys
 from search_space.errors import UserError
 
 # Each module registers its sub-commands and sets ``func`` on the parsed arguments.
-COMMAND_MODULES = ["space", "supernet", "predictor", "latency", "search", "export", "run"]
+COMMAND_MODULES = ["space", "supernet", "predictor", "latency", "search", "final", "export", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:

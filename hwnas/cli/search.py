@@ -174,7 +174,7 @@ def _search(args) -> int:
     study = run_search(space, objectives, args.trials, budgets=budgets, sampler=args.sampler, seed=args.seed,
                        population_size=args.population, storage=args.storage, study_name=args.study,
                        workers=args.workers, ray_address=args.ray_address, batch_size=args.batch_size,
-                       progress=not args.quiet)
+                       progress=not args.quiet, seed_archs=list(space.extremes().values()))
     search_s = time.time() - start
     trials = Trials.from_study(study)
     fronts = device_fronts(trials, space)
