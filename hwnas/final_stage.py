@@ -290,7 +290,7 @@ def _value(pair) -> float:
     return float(pair)
 
 
-CHOICE_RULES = ("top", "spread")
+CHOICE_RULES = ("top", "spread", "measured")
 
 
 def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict]:
@@ -307,20 +307,49 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
     return sorted(spread(by_latency, n), key=lambda e: -front_accuracy(e))
 
 
+def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, float]] = (), table=None,
+                 budget: float | None = None) -> list[str]:
+    """The archs to train alone for one device: ``top`` / ``spread`` pick front entries
+    (:func:`choose_entries`); ``measured`` takes the ``n`` archs of highest *measured* supernet
+    accuracy (``pool``, e.g. the accuracy dataset, and the front's verified points) whose latency on
+    ``table`` is within ``budget``. ``measured`` exists because a predictor fitted on a flat region
+    makes a flat front: on cifar_pool the measured top within budget trained alone to ResNet-18's
+    accuracy where the predicted front's points fell 3 points short (experiments/results/final_cifar_pool.md)."""
+    if rule != "measured":
+        return [e["arch"] for e in choose_entries(front, n, rule)]
+    measured = dict(pool)
+    for e in front:
+        acc = e.get("accuracy")
+        if isinstance(acc, dict) and "measured" in acc:
+            measured[e["arch"]] = float(acc["measured"])
+    if not measured:
+        raise UserError("choice rule 'measured' needs measured supernet accuracies: expected an accuracy dataset "
+                        "(--accuracy-data) or a verified front")
+    archs = sorted(measured, key=lambda a: -measured[a])
+    if table is not None and budget is not None:
+        archs = [a for a, ms in zip(archs, table.predict_many(archs)) if ms <= budget]
+    return archs[:n]
+
+
 def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[dict], *, top: int, choose: str = "spread",
+              budgets: dict[str, float] | None = None, tables: dict | None = None,
               baselines: list[str], inits: list[str], ranking: int = 0, ranking_epochs: int = 0,
               pool: list[tuple[str, float]] = (), measure_settings: dict | None = None) -> dict:
-    """Train ``top`` archs of each device's front (``choose``: see :func:`choose_entries`) with each of ``inits``, the
+    """Train ``top`` archs per device (``choose``: see :func:`choose_archs`) with each of ``inits``, the
     ``baselines``, and ``ranking`` archs spread along the fronts (``ranking_epochs`` epochs);
     time them on ``devices``; mark per arch the init with the best validation accuracy as
     ``deployed``; write verdicts, the ranking check and plots. Returns the stage's summary."""
     for init in inits:
         if init not in INITS:
             raise UserError(f"final init {init!r} is unknown; expected one of {list(INITS)}")
+    if choose not in CHOICE_RULES:
+        raise UserError(f"choice rule {choose!r} is unknown; expected one of {list(CHOICE_RULES)}")
     chosen: dict[str, list[str]] = {}
-    for device, entries in fronts.items():
-        for e in choose_entries(entries, top, choose):
-            chosen.setdefault(e["arch"], []).append(device)
+    per_device = {d: choose_archs(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d))
+                  for d, entries in fronts.items()}
+    for device, archs in per_device.items():
+        for a in archs:
+            chosen.setdefault(a, []).append(device)
     jobs = [Candidate("chosen", arch=a, init=i, devices=ds) for a, ds in chosen.items() for i in inits]
     jobs += [Candidate("baseline", baseline=b, devices=list(fronts)) for b in baselines]
     records = [stage.train(c) for c in jobs]
@@ -354,7 +383,7 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
         if mine:
             picked[device] = max(mine, key=lambda r: r["val"])["key"]
     summary = {"recipe": stage.config.to_json(), "inits": list(inits), "baselines": list(baselines), "picked": picked,
-               "choose": choose,
+               "choose": choose, "chosen": per_device, "budgets": dict(budgets or {}),
                "verdicts": {d: verdicts(list(stage.results["models"].values()), d) for d in (x["name"] for x in devices)}}
     if ranked:
         summary["ranking"] = ranking_summary(ranked, sup)

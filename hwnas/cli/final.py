@@ -26,8 +26,11 @@ def register(sub) -> None:
                    help="time DEVICE with this latency table's backend settings (file or shipped name); "
                         "devices without one are not timed")
     p.add_argument("--top", type=int, default=3, help="architectures per front (default 3)")
-    p.add_argument("--choose", choices=("spread", "top"), default="spread", help="which TOP: spread along the front "
-                   "by latency, fastest and slowest included (default), or the most accurate by the supernet")
+    p.add_argument("--choose", choices=("spread", "top", "measured"), default="spread", help="which TOP: spread along "
+                   "the front by latency, fastest and slowest included (default); the front's most accurate by the "
+                   "supernet; or measured: the highest measured supernet accuracy (--accuracy-data) within --budget")
+    p.add_argument("--budget", action="append", default=[], metavar="DEVICE=MS",
+                   help="latency budget in ms of a device (with --choose measured, judged by its --table)")
     p.add_argument("--baseline", action="append", default=[], help="baseline: largest, resnet18, timm:<model> or "
                    "module:callable (repeatable; default: largest and resnet18)")
     p.add_argument("--init", action="append", choices=("scratch", "inherited"), default=[],
@@ -64,6 +67,15 @@ def _pairs(specs: list[str], option: str) -> dict[str, str]:
     return out
 
 
+def _accepts_check_machine() -> bool:
+    """Whether LatencyTable.load takes check_machine (tables of other machines are the point here)."""
+    import inspect
+
+    from latency_tables import LatencyTable
+
+    return "check_machine" in inspect.signature(LatencyTable.load).parameters
+
+
 def timing_device(name: str, table_spec: str, space) -> dict:
     """The device dict (backend, batch size, dtype, threads) a latency table was measured with."""
     from latency_tables import LatencyTable
@@ -96,7 +108,20 @@ def _final(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--pareto {name}={path}: not a front file ({e}); expected pareto_<device>.json "
                             "from 'hwnas search'") from None
-    devices = [timing_device(n, t, space) for n, t in _pairs(args.table, "--table").items()]
+    table_specs = _pairs(args.table, "--table")
+    devices = [timing_device(n, t, space) for n, t in table_specs.items()]
+    budgets = {}
+    for name, ms in _pairs(args.budget, "--budget").items():
+        try:
+            budgets[name] = float(ms.removesuffix("ms"))
+        except ValueError:
+            raise UserError(f"--budget {name}={ms}: expected a latency in ms, e.g. {name}=0.5") from None
+        if name not in table_specs:
+            raise UserError(f"--budget {name}=...: no --table {name}=TABLE to judge it by")
+    from latency_tables import LatencyTable
+
+    tables = {n: LatencyTable.load(t, space=space, check_machine=False) if _accepts_check_machine()
+              else LatencyTable.load(t, space=space) for n, t in table_specs.items()}
     pool = []
     if args.accuracy_data:
         from predictors import AccuracyDataset
@@ -113,7 +138,8 @@ def _final(args) -> int:
                           label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, augment=args.augment,
                           seed=args.seed)
     stage = FinalStage(space, args.out, config, bundle, torch.device(device), args.checkpoint, progress=not args.quiet)
-    summary = run_final(stage, fronts, devices, top=args.top, choose=args.choose, baselines=args.baseline or ["largest", "resnet18"],
+    summary = run_final(stage, fronts, devices, top=args.top, choose=args.choose, budgets=budgets, tables=tables,
+                        baselines=args.baseline or ["largest", "resnet18"],
                         inits=inits, ranking=args.ranking, ranking_epochs=args.ranking_epochs, pool=pool)
     for d, verdicts in summary["verdicts"].items():
         for v in verdicts:
