@@ -159,7 +159,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             if before >= n_trials:
                 break
             if use_ray:
-                from ._ray import WorkerSpec, run_workers
+                from ._workers import WorkerSpec, run_workers
 
                 spec = WorkerSpec(url, study_name, sampler, seed, population_size, space, objectives, budgets, n_trials,
                                   batch_size, workers, storage_options)
