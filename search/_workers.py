@@ -22,7 +22,7 @@ class WorkerSpec:
 
     storage_url: str
     study_name: str
-    sampler: str
+    sampler: Any  # a name, or an Optuna sampler instance (each worker unpickles its own copy)
     seed: int | None
     population_size: int | None
     space: Any
@@ -43,6 +43,8 @@ def _worker(spec: WorkerSpec, index: int) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = None if spec.seed is None else spec.seed + index  # workers must not propose the same trials
     sampler = make_sampler(spec.sampler, seed=seed, population_size=spec.population_size)
+    if not isinstance(spec.sampler, str):
+        sampler.reseed_rng()  # copies of one instance would otherwise all propose the same trials
     study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage_url, **spec.storage_options),
                               sampler=sampler)
     return optimize_batches(study, spec.space, spec.objectives, spec.budgets, spec.n_trials,
