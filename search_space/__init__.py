@@ -12,6 +12,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "errors": ["UserError"],
     "config": ["ConfigError", "SpaceConfig", "load_config", "preset_names"],
     "space": ["SearchSpace"],
-    "specs": ["BlockSpec", "make_divisible"],
+    "specs": ["BlockSpec", "BlockType", "block_type", "make_divisible", "register_block_type"],
     "supernet": ["Subnet", "Supernet", "recalibrate_bn"],
 })
