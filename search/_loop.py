@@ -22,6 +22,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from ._objectives import Budget, Objective
+from ._ray import submit_score
 from ._storage import has_heartbeat
 
 SURPLUS_ATTR = "hwnas:surplus"
@@ -37,8 +38,6 @@ def score_batch(objectives: Sequence[Objective], archs: Sequence[Any], use_ray: 
     node that has them, concurrently with each other and with the local objectives."""
     remote = {}
     if use_ray:
-        from ._ray import submit_score
-
         remote = {j: submit_score(o, archs) for j, o in enumerate(objectives) if o.resources}
     cols = [None if j in remote else o(archs) for j, o in enumerate(objectives)]
     if remote:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
-from ._samplers import SAMPLERS, default_batch_size, make_sampler
+from ._samplers import check_sampler, default_batch_size, make_sampler
 from ._storage import HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, storage_url
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,15 @@ def _fail_leftovers(study: optuna.Study) -> int:
 
 
 def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
-               sampler: str = "nsga2", seed: int | None = None, population_size: int | None = None,
+               sampler: str | BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
                heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
                seed_archs: Sequence = ()) -> optuna.Study:
     """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
 
+    ``sampler``: a name (see :func:`make_sampler`; ``seed`` and ``population_size`` configure
+    it) or any Optuna sampler instance, used as it is (Ray workers each get a reseeded copy).
     Objectives are scored a batch at a time (``batch_size``, default: one GA generation).
     ``storage``: None (in-memory), a journal file, an SQLite file or an RDB URL; the same
     storage and ``study_name`` resume (``n_trials`` is the study's total, not an increment).
@@ -102,8 +104,7 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     workers = _positive_int(workers, "number of workers")
     if batch_size is not None:
         _positive_int(batch_size, "batch size")
-    if sampler not in SAMPLERS:
-        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
+    check_sampler(sampler, population_size)
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
                            workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs)
@@ -173,7 +174,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             if before >= n_trials:
                 break
             if use_ray:
-                from ._ray import WorkerSpec, run_workers
+                from ._workers import WorkerSpec, run_workers
 
                 spec = WorkerSpec(url, study_name, sampler, seed, population_size, space, objectives, budgets, n_trials,
                                   batch_size, workers, storage_options)

@@ -296,6 +296,20 @@ def test_every_sampler_runs_with_budgets(sampler):
     assert len(done) == n and all("latency:a" in t.constraints for t in done)
 
 
+def test_a_sampler_instance_is_used_as_it_is():
+    """Any Optuna sampler, configured by the caller (here stock NSGA-II with a population of 10)."""
+    sampler = optuna.samplers.NSGAIISampler(population_size=10, seed=0)
+    study = run_search(SPACE, toy_objectives(), 30, budgets=[Budget("latency:a", 4.0)], sampler=sampler,
+                       progress=False)
+    assert study.sampler is sampler and len(study.get_trials(states=(TrialState.COMPLETE,))) == 30
+    gens = {t.system_attrs[optuna.samplers.NSGAIISampler._GENERATION_KEY] for t in study.trials}
+    assert gens == {0, 1, 2}  # its own population size, not the default 100
+    with pytest.raises(SearchError, match="population size 20 was given with a sampler instance"):
+        run_search(SPACE, toy_objectives(), 10, sampler=sampler, population_size=20, progress=False)
+    with pytest.raises(SearchError, match="unknown sampler 42: expected one of .* or an Optuna sampler instance"):
+        run_search(SPACE, toy_objectives(), 10, sampler=42, progress=False)
+
+
 def test_resume_continues_the_same_study(tmp_path):
     storage = str(tmp_path / "s.journal")
     first = run_search(SPACE, toy_objectives(), 60, storage=storage, study_name="r", seed=0, population_size=20,

@@ -12,9 +12,10 @@ from search_space.errors import UserError
 
 def register(sub) -> None:
     """Add ``hwnas final``."""
-    p = sub.add_parser(
-        "final", help="train chosen models and baselines alone, measure them side by side",
-        description="Train the TOP most accurate architectures of each Pareto front stand-alone (from scratch and/or "
+    from hwnas.cli._group import add_command
+
+    p = add_command(
+        sub, "final", description="Train the TOP most accurate architectures of each Pareto front stand-alone (from scratch and/or "
                     "from their supernet weights), the baselines a user would pick instead (the space's largest, "
                     "timm networks, any module:callable) with the same recipe, time all of them on every device with "
                     "the backend settings of that device's latency table, and write OUT/results.json, one plot per "
@@ -67,20 +68,11 @@ def _pairs(specs: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def _accepts_check_machine() -> bool:
-    """Whether LatencyTable.load takes check_machine (tables of other machines are the point here)."""
-    import inspect
-
-    from latency_tables import LatencyTable
-
-    return "check_machine" in inspect.signature(LatencyTable.load).parameters
-
-
 def timing_device(name: str, table_spec: str, space) -> dict:
     """The device dict (backend, batch size, dtype, threads) a latency table was measured with."""
     from latency_tables import LatencyTable
 
-    table = LatencyTable.load(table_spec, space=space)
+    table = LatencyTable.load(table_spec, space=space, check_machine=False)
     s = table.backend_settings
     return {"name": name, "backend": s["spec"], "batch_size": s["batch_size"], "dtype": s["dtype"],
             "threads": s.get("threads")}
@@ -120,8 +112,7 @@ def _final(args) -> int:
             raise UserError(f"--budget {name}=...: no --table {name}=TABLE to judge it by")
     from latency_tables import LatencyTable
 
-    tables = {n: LatencyTable.load(t, space=space, check_machine=False) if _accepts_check_machine()
-              else LatencyTable.load(t, space=space) for n, t in table_specs.items()}
+    tables = {n: LatencyTable.load(t, space=space, check_machine=False) for n, t in table_specs.items()}
     pool = []
     if args.accuracy_data:
         from predictors import AccuracyDataset

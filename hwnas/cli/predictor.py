@@ -43,9 +43,8 @@ def add_measurement_args(p, calib_batches: int = 20, calib_batch_size: int = 256
 
 def register(sub) -> None:
     """Add ``hwnas predictor dataset|fit|eval``."""
-    cmds = command_group(sub, "predictor", help="accuracy datasets and accuracy predictors",
-                         description="Measure subnet accuracies on a trained supernet, fit an accuracy predictor, "
-                         "and score it on held-out subnets.")
+    cmds = command_group(sub, "predictor", description="Measure subnet accuracies on a trained supernet, fit an "
+                         "accuracy predictor, and score it on held-out subnets.")
 
     ds = cmds.add_parser("dataset", help="measure the accuracy of N spread-sampled subnets",
                          description="Sample N subnets spread over the FLOPs range and block types (the space's "
