@@ -24,13 +24,13 @@ from ._ray import cluster_devices, init_ray
 from ._report import format_fronts, front_json, plot_front, plot_hypervolume, write_report, write_summary
 from ._run import run_search
 from ._samplers import SAMPLERS, make_sampler
-from ._storage import open_storage, storage_url
+from ._storage import open_storage, redact_url, storage_url
 from ._verify import verify_fronts
 
 __all__ = [
     "Budget", "DeviceFront", "FrontPoint", "Objective", "SAMPLERS", "SearchError", "SearchSpaceProtocol", "Trials",
     "cluster_devices", "device_fronts", "flops_objective", "format_fronts", "front_json", "hypervolume_2d", "hypervolume_history",
     "init_ray", "latency_name", "make_sampler", "measured_accuracy", "measured_latency", "open_storage", "params_objective",
-    "pareto_front_2d", "parse_budget", "plot_front", "plot_hypervolume", "predicted_accuracy", "run_search",
+    "pareto_front_2d", "parse_budget", "plot_front", "plot_hypervolume", "predicted_accuracy", "redact_url", "run_search",
     "score_batch", "storage_url", "table_latency", "verify_fronts", "write_report", "write_summary",
 ]

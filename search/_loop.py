@@ -180,7 +180,10 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
         k = min(batch_size, math.ceil(missing / n_workers))
         batch = []
         try:
-            batch = [study.ask() for _ in range(k)]
+            for _ in range(k):  # a heartbeat at once: a trial asked just before its worker dies must go stale
+                batch.append(study.ask())
+                if heartbeat:
+                    study._storage.record_heartbeat(batch[-1]._trial_id)
             batch = _drop_surplus(study, batch, n_trials)
             if not batch:
                 continue
