@@ -148,9 +148,9 @@ def _search(args) -> int:
     table_specs = parse_table_args(args.table)
     if (args.dataset or args.data) and not args.checkpoint:
         raise SearchError("--dataset/--data re-evaluate accuracy on a supernet: pass --checkpoint too")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {str(out)!r} is a file: expected a directory")
+    from search_space.io import check_out_dir
+
+    out = check_out_dir(args.out)
 
     space = SearchSpace.from_config(args.space)
     tables = load_tables(table_specs, space)
