@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from postgres_server import PostgresServer, find_bin_dir
-from search import Objective, SearchError, open_storage, redact_url, run_search
+from search import Budget, Objective, SearchError, open_storage, redact_url, run_search
 from search._loop import DUPLICATE_ATTR, SURPLUS_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,6 +110,21 @@ def test_postgresql_url_takes_the_password_from_the_environment_and_never_shows_
             assert storage.engine.dialect.driver == "psycopg"
             storage.engine.dispose()
     assert open_storage(pg.url_with_password).engine.dialect.driver == "psycopg"
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_a_database_study_holds_what_an_in_memory_one_does(pg_env, sampler, tmp_path):
+    """Trials asked and told a batch at a time in one transaction each (search/_batch_ask.py):
+    the same proposals, values, constraints and GA generations as Optuna's own calls."""
+    def run(storage):
+        study = run_search(SPACE, objectives(), 120, budgets=[Budget("latency:a", 0.8)], sampler=sampler, seed=5,
+                           population_size=20, storage=storage, study_name=f"same-{sampler}", progress=False)
+        return [(t.number, t.state, t.params, t.values, t.constraints, t.system_attrs.get("nsga2:generation"))
+                for t in study.trials]
+
+    memory = run(None)
+    assert run(pg_env.url) == memory
+    assert run(f"sqlite:///{tmp_path / 's.db'}") == memory
 
 
 def test_a_killed_driver_is_resumed_on_postgresql(pg_env):
