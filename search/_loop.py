@@ -191,7 +191,8 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
         try:
             if asker is not None:
                 asker.ask(k, batch, drawn, heartbeat)
-            for _ in range(k - len(batch)):  # a heartbeat at once: a trial asked just before its worker dies must go stale
+            # A heartbeat at once: a trial asked just before its worker dies must go stale.
+            for _ in range(k - len(batch)):
                 batch.append(study.ask())
                 if heartbeat:
                     study._storage.record_heartbeat(batch[-1]._trial_id)

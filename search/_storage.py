@@ -134,8 +134,8 @@ def storage_url(spec: str | Path | None) -> str:
     if "://" in text:
         scheme = text.split("://", 1)[0].split("+", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
-            raise SearchError(f"storage URL {redact_url(text)!r} has scheme {scheme!r}: expected an SQLAlchemy database URL "
-                              f"(postgresql://, mysql://, sqlite:///) or one of {', '.join(STORAGE_FORMS)}")
+            raise SearchError(f"storage URL {redact_url(text)!r} has scheme {scheme!r}: expected an SQLAlchemy "
+                              f"database URL (postgresql://, mysql://, sqlite:///) or one of {', '.join(STORAGE_FORMS)}")
         return text
     if text.startswith("journal:"):
         return "journal:" + str(Path(text[len("journal:"):]).expanduser().resolve())

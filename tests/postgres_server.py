@@ -56,7 +56,8 @@ class PostgresServer:
                  durable: bool = False):
         self.bin = find_bin_dir()
         if self.bin is None:
-            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in " + ", ".join(BIN_DIRS))
+            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in "
+                               + ", ".join(BIN_DIRS))
         self.user, self.password, self.database, self.durable = user, password, database, durable
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="hwnas-pg-"))  # not under pytest's tmp: that is private to root

@@ -50,7 +50,8 @@ def cost(archs):
 
 
 def objectives(latency=cost, **kwargs):
-    return [Objective("accuracy", "maximize", quality), Objective("latency:a", "minimize", latency, device="a", **kwargs)]
+    return [Objective("accuracy", "maximize", quality),
+            Objective("latency:a", "minimize", latency, device="a", **kwargs)]
 
 
 def completed(study, n, killed=()):
@@ -177,9 +178,9 @@ def test_cli_reports_hold_no_password(pg, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HWNAS_STORAGE_PASSWORD", pg.password)
     for url in (pg.url, pg.url_with_password):  # password from the environment, or in the URL
         out = tmp_path / f"run{len(url)}"
-        rc, stdout, err = run_cli(["search", "--space", str(config), "--predictor", str(pred), "--table", f"cpu={table}", "--trials", "20",
-                                   "--population", "10", "--storage", url, "--study", f"cli{len(url)}", "--no-verify",
-                                   "--out", str(out), "--quiet"], capsys)
+        rc, stdout, err = run_cli(["search", "--space", str(config), "--predictor", str(pred), "--table", f"cpu={table}",
+                                   "--trials", "20", "--population", "10", "--storage", url, "--study", f"cli{len(url)}",
+                                   "--no-verify", "--out", str(out), "--quiet"], capsys)
         assert rc == 0, err
         written = [stdout, err] + [f.read_text() for f in out.iterdir() if f.suffix in (".json", ".md")]
         assert all(pg.password not in text for text in written)
