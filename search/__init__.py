@@ -30,6 +30,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "_report": ["format_fronts", "front_json", "plot_front", "plot_hypervolume", "write_report", "write_summary"],
     "_run": ["run_search"],
     "_samplers": ["SAMPLERS", "make_sampler"],
-    "_storage": ["open_storage", "storage_url"],
+    "_storage": ["open_storage", "redact_url", "storage_url"],
     "_verify": ["verify_fronts"],
 })
