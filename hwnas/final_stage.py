@@ -303,7 +303,8 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
         raise UserError(f"choice rule {rule!r} is unknown; expected one of {list(CHOICE_RULES)}")
     if rule == "top":
         return sorted(front, key=lambda e: -front_accuracy(e))[:n]
-    by_latency = sorted(front, key=lambda e: _value(e.get("latency_ms")))
+    # an entry without a latency (a hand-written front) sorts last
+    by_latency = sorted(front, key=lambda e: _value(e["latency_ms"]) if e.get("latency_ms") is not None else np.inf)
     return sorted(spread(by_latency, n), key=lambda e: -front_accuracy(e))
 
 

@@ -229,7 +229,7 @@ def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "accuracy: up to date, skipped" in err and "[4/7] predictor: done" in err
+    assert "accuracy: up to date, skipped" in err and "[4/8] predictor: done" in err
     assert json.loads((out / "manifest.json").read_text())["search"]["finished"] >= second["search"]["finished"]
 
 
