@@ -11,7 +11,8 @@ Predictors read ``X = space.encode_many(archs)`` and return ``(mean, std)`` of a
 """
 
 from .accuracy_dataset import AccuracyDataset, AccuracyDatasetError, build_accuracy_dataset
-from .base import PREDICTORS, Predictor, PredictorError, load_predictor, make_predictor, register_predictor
+from .base import (PREDICTORS, Predictor, PredictorError, default_features, load_predictor, make_predictor,
+                   register_predictor)
 from .blend import BlendPredictor
 from .features import (DEFAULT_FEATURES, FEATURE_RECIPES, composition_features, cost_features, decode_choices,
                         decode_encoding, layer_features, make_features)
@@ -28,7 +29,7 @@ __all__ = [
     "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "DEFAULT_TARGET",
     "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor", "MLPEnsemble", "PREDICTORS", "Predictor",
     "PredictorError", "TARGET_TRANSFORMS", "build_accuracy_dataset", "composition_features", "cost_features",
-    "cross_val_kendall", "decode_choices", "decode_encoding", "fit_target", "inverse_target",
+    "cross_val_kendall", "decode_choices", "default_features", "decode_encoding", "fit_target", "inverse_target",
     "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured",
     "rank_metrics", "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",
 ]
