@@ -16,11 +16,12 @@ from tqdm.auto import tqdm
 from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
-from ._samplers import SAMPLERS, default_batch_size, make_sampler
+from ._samplers import DEFAULT_POPULATION, SAMPLERS, default_batch_size, make_sampler
 from ._storage import HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, storage_url
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
+POPULATION_ATTR = "hwnas:population"
 MAX_TOP_UP_ROUNDS = 3
 
 
@@ -59,8 +60,8 @@ def _preflight(space, objectives: Sequence[Objective], seed: int | None) -> None
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
     arch = space.suggest(probe)
     for o in objectives:
-        if o.resources:
-            continue  # runs on a device node; checked when it runs
+        if o.resources or o.measured:
+            continue  # a device node's, or a real measurement: checked when it runs, not spent here
         try:
             o([arch])
         except SearchError:
@@ -79,7 +80,7 @@ def _fail_leftovers(study: optuna.Study) -> int:
 
 
 def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
-               sampler: str = "nsga2", seed: int | None = None, population_size: int | None = None,
+               sampler: str | optuna.samplers.BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
                heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None) -> optuna.Study:
@@ -92,6 +93,11 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
     per study at a time: RUNNING trials it finds at start belong to an interrupted run and
     are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+
+    ``sampler``: a name (:data:`SAMPLERS`; NSGA-II/III sized to ``n_trials`` by
+    :func:`budget_population` unless ``population_size`` is given; a resumed study keeps the
+    population it started with) or an Optuna sampler instance of your own (one process only).
+    Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
@@ -99,8 +105,12 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     workers = _positive_int(workers, "number of workers")
     if batch_size is not None:
         _positive_int(batch_size, "batch size")
-    if sampler not in SAMPLERS:
-        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
+    if isinstance(sampler, optuna.samplers.BaseSampler):
+        if workers > 1 or ray_address:
+            raise SearchError(f"sampler instance {type(sampler).__name__} cannot be shipped to Ray workers: "
+                              f"expected a sampler name from {list(SAMPLERS)} with workers > 1")
+    elif sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)} or an optuna sampler")
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
                            workers, ray_address, batch_size, progress, heartbeat_interval, grace_period)
@@ -129,10 +139,21 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
-    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size)
-    study = optuna.create_study(storage=store, sampler=the_sampler, study_name=study_name, load_if_exists=True,
+    study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
+    if isinstance(sampler, str):
+        # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
+        population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
+        if population_size is None and study.trials:  # started before the population was recorded
+            population_size = DEFAULT_POPULATION
+        the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
+        if isinstance(the_sampler, optuna.samplers.BaseGASampler):
+            population_size = the_sampler.population_size
+            study.set_user_attr(POPULATION_ATTR, population_size)
+    else:
+        the_sampler = sampler
+    study.sampler = the_sampler
     stuck = _fail_leftovers(study)
     if stuck:
         log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
