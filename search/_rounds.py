@@ -47,6 +47,7 @@ class RoundsResult:
     round_of: np.ndarray
     log: list[dict] = field(default_factory=list)
     predictors: dict = field(default_factory=dict)
+    measured_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.archs)
@@ -61,8 +62,18 @@ class RoundsResult:
                       list(self.names), list(self.directions), feasible, dict(self.budgets), archs=list(self.archs))
 
     def fronts(self, space) -> dict[str, DeviceFront]:
-        """The front of every device, made of measured points (see :func:`device_fronts`)."""
-        return device_fronts(self.trials(), space)
+        """The front of every device, made of measured points (see :func:`device_fronts`); the
+        measured objectives' values are marked measured on every point."""
+        fronts = device_fronts(self.trials(), space)
+        for front in fronts.values():
+            for p in front.points:
+                p.measured.update({n: p.predicted[n] for n in self.measured_names})
+        return fronts
+
+    def records(self) -> list[dict]:
+        """Every measured point: arch, round and each objective's value (JSON-ready)."""
+        return [{"arch": str(a), "round": int(r), **{n: float(v) for n, v in zip(self.names, row)}}
+                for a, r, row in zip(self.archs, self.round_of, self.values)]
 
 
 def _unused(archs):  # an Objective needs a score function; Trials only reads names and directions
@@ -142,7 +153,8 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     cache = _Measured(len(objectives))
     names = [o.name for o in objectives]
     result = RoundsResult([], np.zeros((0, len(names))), names, [o.direction for o in objectives],
-                          {b.objective: b.limit for b in budgets}, np.zeros(0, np.int64))
+                          {b.objective: b.limit for b in budgets}, np.zeros(0, np.int64),
+                          measured_names=[o.name for o in measure])
     if known:
         karchs = list(known)
         kvals = np.asarray([list(known[a]) for a in karchs], float).reshape(len(karchs), len(measure))
