@@ -54,7 +54,10 @@ def space_extremes(space) -> list:
 
 def random_archs(space, n: int, rng: np.random.Generator) -> list:
     """Up to ``n`` distinct archs drawn through ``space.suggest`` with a random sampler (any space)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))))
+    from ._run import quiet_optuna
+
+    with quiet_optuna():  # Optuna logs every study it creates at INFO
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))))
     seen: dict = {}
     for _ in range(20 * n):  # a tiny space has fewer distinct archs than asked
         if len(seen) >= n:

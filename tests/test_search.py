@@ -822,3 +822,28 @@ def test_cli_search_in_rounds_measures_on_the_supernet(tmp_path, capsys):
     assert rc == 2 and "--predictor and --rounds exclude each other" in err
     rc, _, err = run_cli(["search", "--table", f"cpu={table}", "--trials", "5", "--out", str(out)], capsys)
     assert rc == 2 and "--predictor is missing" in err
+
+
+def test_readme_bring_your_own_space_example_runs(capsys):
+    """The README's worked example of a user-defined space and objectives runs as written."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Bring your own space and objectives", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result, fronts = namespace["result"], namespace["fronts"]
+    assert len(result) == 40 and (16,) * 4 in result.archs and (128,) * 4 in result.archs  # the extremes are seeded
+    measured = set(result.archs)
+    assert fronts["params"].points and all(p.arch in measured for p in fronts["params"].points)
+    assert "40 architectures measured" in capsys.readouterr().out
+
+
+def test_an_arch_failed_by_one_objective_is_not_scored_by_the_next():
+    from search import score_batch
+
+    acc = CountingAccuracy()
+    first = Objective("q", "maximize", lambda archs: [np.nan if a[0] == 0 else 1.0 for a in archs])
+    values = score_batch([first, Objective("accuracy", "maximize", acc, measured=True)], [(0,) * 6, (1,) * 6])
+    assert acc.calls == [(1,) * 6] and np.isnan(values[0]).all() and np.isfinite(values[1]).all()
