@@ -10,7 +10,10 @@ the space's genes while every point it asks for has a true value. A *query* is o
 architecture whose accuracy is looked up.
 
 Strategies, each with ``--queries`` (200) and ``--seeds`` (10) seeds:
-- ``random``: that many distinct dataset subnets drawn uniformly;
+- ``random``: that many distinct dataset subnets drawn uniformly (the dataset is itself spread
+  over FLOPs and block mixes, so this is spread sampling, a strong baseline);
+- ``random_space``: random search through the space (``run_search`` with a random sampler,
+  each proposal mapped to its nearest measured subnet), as a user would run it;
 - ``nsga2_old`` / ``nsga2_new``: ``run_search`` on the true objectives with the old fixed
   population of 100 / the population sized to the trial count (``search.make_sampler``), at
   the budget and at ``--long-queries`` (500) trials (repeats cost no query: the objective caches);
@@ -27,7 +30,6 @@ the true front's subnets measured). Writes ``search_rounds.json``/``.md``/``.png
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.bench_search_common import RESULTS, facts  # noqa: E402
 from search import (Objective, hypervolume_2d, make_sampler, pareto_front_2d, run_search,  # noqa: E402
                     search_rounds, space_extremes, table_latency)
+from search._rounds import DEFAULT_INNER_TRIALS, DEFAULT_ROUNDS  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text, save_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +126,10 @@ def load_universe(dataset: Path, tables: list[Path]):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FingerprintWarning)
         loaded = [LatencyTable.load(t, space=base) for t in tables]
-    return DatasetSpace(base, archs), accuracy, {f"{t.device}" if len(loaded) == 1 else Path(p).stem: t
-                                                 for t, p in zip(loaded, tables)}
+    devices = [t.device for t in loaded]
+    if len(set(devices)) < len(devices):  # two tables of one device label: name them by file
+        devices = [Path(p).stem for p in tables]
+    return DatasetSpace(base, archs), accuracy, dict(zip(devices, loaded))
 
 
 NADIR_MARGIN = 0.1
@@ -161,12 +166,12 @@ def run_random(space, queries, seed):
     return [str(space.archs[i]) for i in rng.choice(len(space.archs), queries, replace=False)]
 
 
-def run_nsga2(space, accuracy, tables, trials, seed, population):
-    """Direct NSGA-II on the true objectives; returns the distinct subnets it measured."""
+def run_nsga2(space, accuracy, tables, trials, seed, population, kind="nsga2"):
+    """Direct search (NSGA-II, or random) on the true objectives; returns the distinct subnets measured."""
     lookup = Lookup(accuracy)
     objectives = ([Objective("accuracy", "maximize", lookup, measured=True, cache=True)]
                   + [table_latency(t, d) for d, t in tables.items()])
-    sampler = make_sampler("nsga2", seed=seed, population_size=population, n_trials=trials)
+    sampler = make_sampler(kind, seed=seed, population_size=population, n_trials=trials)
     run_search(space, objectives, trials, sampler=sampler, seed=seed, progress=False)
     return sorted(lookup.seen)
 
@@ -190,12 +195,12 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--long-queries", type=int, default=500, help="a second, longer budget for direct NSGA-II")
     p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--inner-trials", type=int, default=1500)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: half)")
+    p.add_argument("--inner-trials", type=int, default=DEFAULT_INNER_TRIALS)
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    p.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%%)")
     p.add_argument("--explore", type=float, default=1.0)
     p.add_argument("--predictor", default="gbt")
-    p.add_argument("--strategies", default="random,nsga2_old,nsga2_new,rounds")
+    p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
     p.add_argument("--out", default="search_rounds", help="result name under experiments/results")
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -216,6 +221,9 @@ def main(argv=None) -> int:
         if "random" in wanted:
             todo["random"] = lambda: run_random(space, args.queries, seed)
             todo[f"random_{args.long_queries}"] = lambda: run_random(space, args.long_queries, seed)
+        if "random_space" in wanted:
+            for n in (args.queries, args.long_queries):
+                todo[f"random_space_{n}"] = lambda n=n: run_nsga2(space, accuracy, tables, n, seed, None, "random")
         for name, pop in (("nsga2_old", 100), ("nsga2_new", None)):
             if name in wanted:
                 for n in (args.queries, args.long_queries):
@@ -236,6 +244,12 @@ def main(argv=None) -> int:
             print(f"seed {seed} {name}: {row['queries']} queries, "
                   + ", ".join(f"{d}: hv {v['hv_ratio']:.3f} recall {v['recall']:.2f}" for d, v in row["devices"].items())
                   + f" ({row['cpu_s']} s CPU)", flush=True)
+        _write(args, argv, space, keys, tables, truth, runs, logs, start)  # after every seed: a cut run keeps its seeds
+    return 0
+
+
+def _write(args, argv, space, keys, tables, truth, runs, logs, start) -> None:
+    """Write the json, markdown and plot of the seeds run so far."""
     summary = _summary(runs, list(tables))
     doc = {"facts": facts(), "command": "python experiments/bench_search_rounds.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -251,7 +265,6 @@ def main(argv=None) -> int:
     atomic_write_text(out.with_suffix(".md"), _markdown(doc))
     _plot(out.with_suffix(".png"), summary, runs, list(tables))
     print(f"wrote {out}.json/.md/.png ({doc['wall_s']} s)")
-    return 0
 
 
 def _summary(runs: dict, devices: list[str]) -> dict:
@@ -276,7 +289,7 @@ def _markdown(doc: dict) -> str:
              f"Ground truth: {doc['dataset']['subnets']} measured subnets of space `{doc['dataset']['space']}` "
              f"(`{doc['dataset']['path']}`), latency from " + ", ".join(f"`{Path(t).name}` ({d})" for d, t in doc["tables"].items())
              + ". True front: " + ", ".join(f"{d}: {t['size']} subnets" for d, t in doc["true_front"].items()) + ".",
-             "", f"Seeds: {s['seeds']}. Rounds: {s['rounds']} rounds after a seed of {s['seed_size'] or 'half the budget'}, "
+             "", f"Seeds: {min(len(r) for r in doc['runs'].values())} of {s['seeds']} run. Rounds: {s['rounds']} rounds after a seed of {s['seed_size'] or '30% of the budget'}, "
              f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`, explore {s['explore']}.", "",
              "| strategy | queries (mean) | " + " | ".join(f"{d}: HV ratio mean ± sd (min) | {d}: HV ratio, loose ref. | "
                                                           f"{d}: front recall" for d in devices)
@@ -300,7 +313,7 @@ def _plot(path: Path, summary: dict, runs: dict, devices: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(devices), figsize=(1.2 + 1.1 * len(runs) * len(devices), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(devices), figsize=((1.5 + 0.8 * len(runs)) * len(devices), 4.4), squeeze=False)
     names = list(runs)
     for ax, d in zip(axes[0], devices):
         for i, n in enumerate(names):

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import optuna
 from optuna.trial import TrialState
 
 from ._errors import SearchError
@@ -30,8 +29,9 @@ from ._objectives import Budget, Objective, _key, _PredictedAccuracy, check_budg
 from ._run import _positive_int, run_search
 from ._select import distinct, random_archs, seed_archs, select_batch
 
-DEFAULT_ROUNDS = 4
-DEFAULT_INNER_TRIALS = 3000
+DEFAULT_ROUNDS = 8  # small batches: each refit sees what the last batch taught
+SEED_SHARE = 0.3  # of the budget measured before the first fit
+DEFAULT_INNER_TRIALS = 1500
 
 
 @dataclass
@@ -103,6 +103,7 @@ class _Measured:
         self.round_of: list[int] = []
         self.index: dict = {}
         self.n = n_objectives
+        self.params: dict = {}  # arch key -> Optuna parameters, where known (warm-starts the inner search)
 
     def add(self, archs: Sequence[Any], values: np.ndarray, round_no: int) -> None:
         """Record ``archs`` (new ones only) with their values (len(archs), n)."""
@@ -130,7 +131,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     ``measure``: the expensive objectives, each measured on every chosen arch and predicted by a
     predictor of kind ``predictor`` (a name from ``predictors.PREDICTORS``, or ``space ->
     unfitted predictor``) between rounds. ``costs``: cheap objectives scored exactly (latency
-    tables, FLOPs). ``seed_size`` archs are measured first (default: half the budget), the rest
+    tables, FLOPs). ``seed_size`` archs are measured first (default: 30% of the budget), the rest
     in ``rounds`` equal batches; each round's inner search runs ``inner_trials`` trials with
     ``sampler`` (sized to them, see :func:`make_sampler`). ``known``: arch -> values of the
     ``measure`` objectives already measured (reused, not counted). ``on_round`` gets the result
@@ -146,7 +147,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
         raise SearchError("no objective to measure: expected at least one in measure= (e.g. measured_accuracy)")
     if not any(o.direction == "maximize" for o in objectives):
         raise SearchError(f"no maximised objective among {[o.name for o in objectives]}: a front needs one (e.g. accuracy)")
-    seed_n = _positive_int(seed_size, "seed size") if seed_size is not None else max(1, queries // 2)
+    seed_n = _positive_int(seed_size, "seed size") if seed_size is not None else max(1, round(SEED_SHARE * queries))
     if seed_n > queries:
         raise SearchError(f"seed size {seed_n} is above the query budget {queries}: expected at most the budget")
     rng = np.random.default_rng(seed)
@@ -212,15 +213,46 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     t1 = time.perf_counter()
     predicted = [predicted_objective(o, fitted[o.name], space) for o in measure]
     study = run_search(space, predicted + list(costs), inner_trials, budgets=budgets, sampler=sampler, seed=seed,
-                       progress=False)
+                       progress=False, warm_start=_warm_start(space, cache, list(measure) + list(costs), budgets))
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    candidates = distinct([space.from_params(t.params) for t in done], set(cache.index))
+    archs = [space.from_params(t.params) for t in done]
+    for a, t in zip(archs, done):
+        cache.params.setdefault(_key(a), t.params)
+    candidates = distinct(archs, set(cache.index))
     if len(candidates) < k:  # the predictions agree on few archs: fill up at random
         candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
     t2 = time.perf_counter()
     picked = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore)
     info.update(fit_s=round(t1 - t0, 2), search_s=round(t2 - t1, 2), candidates=len(candidates))
     return picked
+
+
+def params_of(space, arch, known: dict) -> dict | None:
+    """Optuna parameters of ``arch``: remembered from a trial, or, on a SearchSpace, from its genes."""
+    if _key(arch) in known:
+        return known[_key(arch)]
+    if hasattr(space, "gene_choices") and hasattr(space, "to_genes"):
+        genes = space.to_genes(arch, np.random.default_rng(0))
+        return {name: choices[g] for (name, choices), g in zip(space.gene_choices, genes)}
+    return None
+
+
+def _warm_start(space, cache: _Measured, objectives, budgets, share: float = 0.5) -> list[dict]:
+    """Parameters of the measured archs on the best non-dominated layers of every device, up to
+    ``share`` of a default GA population: the inner search starts from the measured front."""
+    from ._samplers import budget_population
+
+    if not cache.archs:
+        return []
+    values = cache.values()
+    ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
+    trials = Trials(np.arange(len(values)), [], values, [o.name for o in objectives], [o.direction for o in objectives],
+                    ok, {})
+    quality = np.where(ok, trials.column(trials.quality), -np.inf)
+    costs = np.stack([trials.column(c) for c in trials.costs()], axis=1)
+    picked = select_batch(quality, costs, np.zeros(len(values), bool), int(share * budget_population(None)))
+    out = [params_of(space, cache.archs[i], cache.params) for i in picked]
+    return [p for p in out if p is not None]
 
 
 def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,

@@ -83,7 +83,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
                sampler: str | optuna.samplers.BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
-               heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None) -> optuna.Study:
+               heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
+               warm_start: Sequence[dict] = ()) -> optuna.Study:
     """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
 
     Objectives are scored a batch at a time (``batch_size``, default: one GA generation).
@@ -98,6 +99,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     :func:`budget_population` unless ``population_size`` is given; a resumed study keeps the
     population it started with) or an Optuna sampler instance of your own (one process only).
     Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
+    ``warm_start``: parameter dicts (as ``space.suggest`` names them) tried first, in a new study
+    only (e.g. the measured front, so that a GA starts from it).
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
@@ -113,7 +116,7 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
         raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)} or an optuna sampler")
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
-                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period)
+                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, list(warm_start))
 
 
 @contextmanager
@@ -128,7 +131,7 @@ def quiet_optuna():
 
 
 def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
-                ray_address, batch_size, progress, heartbeat_interval, grace_period) -> optuna.Study:
+                ray_address, batch_size, progress, heartbeat_interval, grace_period, warm_start) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -142,6 +145,9 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
+    if not study.trials:
+        for params in warm_start[:n_trials]:
+            study.enqueue_trial(params)
     if isinstance(sampler, str):
         # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
         population_size = population_size or study.user_attrs.get(POPULATION_ATTR)

@@ -847,3 +847,9 @@ def test_an_arch_failed_by_one_objective_is_not_scored_by_the_next():
     first = Objective("q", "maximize", lambda archs: [np.nan if a[0] == 0 else 1.0 for a in archs])
     values = score_batch([first, Objective("accuracy", "maximize", acc, measured=True)], [(0,) * 6, (1,) * 6])
     assert acc.calls == [(1,) * 6] and np.isnan(values[0]).all() and np.isfinite(values[1]).all()
+
+
+def test_warm_start_params_are_tried_first():
+    start = [{f"g{i}": 4 for i in range(6)}, {f"g{i}": 0 for i in range(6)}]
+    study = run_search(SPACE, toy_objectives(), 20, warm_start=start, seed=0, progress=False)
+    assert [t.params for t in study.trials[:2]] == start

@@ -57,9 +57,9 @@ def register(sub) -> None:
     r = p.add_argument_group("rounds", "measure accuracy on the supernet (--checkpoint) in rounds: a seed of "
                              "extremes and spread subnets, then fit a predictor, search it, measure the most promising, "
                              "until --queries distinct subnets; the fronts are made of measured subnets only")
-    r.add_argument("--rounds", type=int, default=None, help="rounds after the seed (e.g. 4); needs --checkpoint and --queries")
+    r.add_argument("--rounds", type=int, default=None, help="rounds after the seed (e.g. 8); needs --checkpoint and --queries")
     r.add_argument("--queries", type=int, default=None, help="distinct subnets to measure in all (the budget)")
-    r.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: half of --queries)")
+    r.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%% of --queries)")
     r.add_argument("--model", default="gbt", help="predictor kind fitted between rounds (default gbt)")
     r.add_argument("--accuracy-dataset", default=None,
                    help="accuracy dataset of the same checkpoint ('hwnas predictor dataset'): its subnets count as "
