@@ -252,7 +252,8 @@ def _write(args, argv, space, keys, tables, truth, runs, logs, start) -> None:
     """Write the json, markdown and plot of the seeds run so far."""
     summary = _summary(runs, list(tables))
     doc = {"facts": facts(), "command": "python experiments/bench_search_rounds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "settings": {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+                        for k, v in vars(args).items()},
            "dataset": {"path": str(args.dataset.relative_to(ROOT) if args.dataset.is_absolute() else args.dataset),
                        "subnets": len(keys), "space": space.base.name},
            "tables": {d: str(t.path) for d, t in tables.items()},

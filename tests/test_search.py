@@ -796,7 +796,7 @@ def test_preflight_spends_no_measurement():
 
 def test_cli_search_in_rounds_measures_on_the_supernet(tmp_path, capsys):
     """--rounds: accuracy measured on the supernet in rounds; every measured subnet reported,
-    the fronts made of them. (Each subnet's BN recalibration takes ~1 s here: few queries.)"""
+    the fronts made of them."""
     from search_space import SearchSpace, Supernet, save_supernet
 
     config = Path(__file__).resolve().parents[1] / "hwnas" / "configs" / "space_digits.yaml"
@@ -807,7 +807,7 @@ def test_cli_search_in_rounds_measures_on_the_supernet(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["search", "--space", str(config), "--table", f"cpu={table}", "--rounds", "2", "--queries", "7",
             "--seed-size", "4", "--trials", "60", "--model", "gp", "--checkpoint", str(ckpt), "--eval-device", "cpu",
-            "--eval-limit", "50", "--no-verify", "--out", str(out), "--quiet"]
+            "--eval-limit", "50", "--calib-batches", "1", "--calib-batch-size", "32", "--no-verify", "--out", str(out), "--quiet"]
     rc, stdout, err = run_cli(argv, capsys)
     assert rc == 0, err
     doc = json.loads((out / "measured.json").read_text())

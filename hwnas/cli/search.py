@@ -72,6 +72,9 @@ def register(sub) -> None:
     v.add_argument("--data", "--data-dir", dest="data", default=None, help="dataset file or folder")
     v.add_argument("--eval-device", default="auto", help="auto, cpu, cuda or cuda:N for the accuracy re-evaluation (default auto)")
     v.add_argument("--eval-limit", type=int, default=None, help="evaluate on a fixed random subset of this many images")
+    # as 'hwnas predictor dataset' (add_measurement_args there, not imported: it pulls in torch)
+    v.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
+    v.add_argument("--calib-batch-size", type=int, default=256, help="batch size of BN recalibration (default 256)")
     p.add_argument("--out", required=True, help="run directory for the outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
@@ -134,15 +137,17 @@ class CheckpointAccuracy:
     Picklable: it loads the checkpoint and dataset in whichever process it runs."""
 
     def __init__(self, checkpoint: str, out: str, dataset: str | None, data: str | None, device: str,
-                 eval_limit: int | None):
+                 eval_limit: int | None, calib_batches: int = 20, calib_batch_size: int = 256):
         self.checkpoint, self.out, self.dataset, self.data = checkpoint, out, dataset, data
         self.device, self.eval_limit = device, eval_limit
+        self.calib_batches, self.calib_batch_size = calib_batches, calib_batch_size
 
     def __call__(self, archs):
         from hwnas.cli.predictor import measure_accuracy_dataset
 
         ds = measure_accuracy_dataset(self.checkpoint, list(archs), self.out, dataset=self.dataset, data=self.data,
-                                      device=self.device, eval_limit=self.eval_limit, progress=False)
+                                      device=self.device, eval_limit=self.eval_limit, calib_batches=self.calib_batches,
+                                      calib_batch_size=self.calib_batch_size, progress=False)
         acc = {r["arch"]: r["accuracy"] for r in ds.records}
         return [acc[str(a)] for a in archs]
 
@@ -180,6 +185,8 @@ def _search(args) -> int:
     _positive(args.batch_size, "--batch-size")
     _positive(args.verify_top, "--verify-top")
     _positive(args.eval_limit, "--eval-limit")
+    _positive(args.calib_batches, "--calib-batches")
+    _positive(args.calib_batch_size, "--calib-batch-size")
     storage_url(args.storage)  # a malformed storage fails now, not after loading everything
     table_specs = parse_table_args(args.table)
     if (args.dataset or args.data) and not args.checkpoint:
@@ -231,7 +238,8 @@ def _search(args) -> int:
         if args.checkpoint:
             resources = {"GPU": 1} if use_ray and args.eval_device.startswith("cuda") else {"CPU": 1}
             evaluate = measured_accuracy(CheckpointAccuracy(args.checkpoint, str(out / "verified_accuracy.jsonl"),
-                                                            args.dataset, args.data, args.eval_device, args.eval_limit),
+                                                            args.dataset, args.data, args.eval_device, args.eval_limit,
+                                                            args.calib_batches, args.calib_batch_size),
                                          resources=resources if use_ray else None)
         verify_fronts(fronts, measure=measure, evaluate=evaluate, max_candidates=args.verify_top, use_ray=use_ray)
         run["total_seconds"] = round(time.time() - start, 1)

@@ -39,7 +39,8 @@ def search_in_rounds(args, space, tables: dict, budgets: list, out: Path, start:
     out.mkdir(parents=True, exist_ok=True)
     # The measurement cache file is also measure_accuracy_dataset's resume file: a re-run reuses it.
     evaluate = measured_accuracy(CheckpointAccuracy(args.checkpoint, str(out / "measured_accuracy.jsonl"), args.dataset,
-                                                    args.data, args.eval_device, args.eval_limit))
+                                                    args.data, args.eval_device, args.eval_limit, args.calib_batches,
+                                                    args.calib_batch_size))
     costs = ([table_latency(t, d) for d, t in tables.items()]
              + [EXTRA_OBJECTIVES[name](space) for name in dict.fromkeys(args.objective)])
     run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
