@@ -193,14 +193,20 @@ def export_one(req: ExportRequest) -> dict:
         if table.space_fingerprint != space.fingerprint:
             raise ExportError(f"latency table for {table.device!r} was built for another space "
                               f"({table.space_fingerprint}, expected {space.fingerprint})")
-    model = supernet.extract(arch)
+    weights = (req.known.get("final") or {}).get("weights")
+    # final-trained weights where the final stage ran; else the supernet's, BN recalibrated
+    model = load_model(weights)[0] if weights else supernet.extract(arch)
+    if weights and model.arch != str(arch):
+        raise ExportError(f"weights {weights!r} hold {model.arch}, expected {arch}")
     shape = (space.config.in_channels, arch.resolution, arch.resolution)
     batches = _data_batches(req, blob.get("meta", {}), arch.resolution)
     meta = {"arch": str(arch), "space": space.name, "space_fingerprint": space.fingerprint,
-            "checkpoint_hash": checkpoint_hash(req.checkpoint), "flops": space.flops(arch), "params": space.params(arch)}
-    meta.update({k: v for k, v in _flatten(req.known).items() if k not in meta})
-    if batches is not None and req.recalibrate:
-        recalibrate_bn(model, batches[0])
+            "checkpoint_hash": checkpoint_hash(req.checkpoint), "flops": space.flops(arch), "params": space.params(arch),
+            "weights": "final-trained" if weights else "supernet"}
+    meta.update({k: v for k, v in _flatten(req.known).items() if k not in meta and k != "final.weights"})
+    if batches is not None and (req.recalibrate or weights):
+        if not weights:
+            recalibrate_bn(model, batches[0])
         meta["test_accuracy"] = round(accuracy(model, batches[1], arch.resolution), 5)
     model.eval()
     example = batches[1][0][0][:8] if batches is not None else torch.randn(8, *shape)

@@ -1,5 +1,5 @@
 """``hwnas run``: config -> trained supernet -> latency tables -> predictor -> search ->
-verified fronts -> ONNX models -> report. Each stage reuses the command that does it alone
+verified fronts -> final training beside baselines -> ONNX models -> report. Each stage reuses the command that does it alone
 (``hwnas supernet train``, ``hwnas predictor ...``, ``hwnas search``, ``hwnas export``), so
 there is one implementation of every step; :class:`hwnas.stages.StageRunner` makes the
 whole run resumable."""
@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 
 from hwnas.run_config import SCHEMA, load_run_config
-from hwnas.run_report import best_known
 from hwnas.stages import StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
 from search_space.io import atomic_write_json
 
 INVOCATIONS = "invocations.json"
-STAGES = ["train", "latency", "accuracy", "predictor", "search", "export", "report"]
+STAGES = ["train", "latency", "accuracy", "predictor", "search", "final", "export", "report"]
 LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay",
                     "ema_decay", "label_smoothing", "logit_scale")  # optional train keys that older runs did not have
 
@@ -157,7 +156,8 @@ class Pipeline:
                   "--eval-batch-size", p["eval_batch_size"]]
         _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
         holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
-        _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--out", out / "accuracy_holdout.jsonl"])
+        _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--no-extremes",
+                       "--out", out / "accuracy_holdout.jsonl"])
         return {"fit": p["archs"], "holdout": holdout}
 
     def fit_predictor(self) -> dict:
@@ -184,12 +184,55 @@ class Pipeline:
         print(_cli(args, capture=True))
         return {d["name"]: str(out / f"pareto_{d['name']}.json") for d in self.devices()}
 
+    def fronts(self) -> dict[str, list[dict]]:
+        """Each measurable device's Pareto front entries (``search/pareto_<device>.json``)."""
+        return {d["name"]: json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())["front"]
+                for d in self.devices()}
+
+    def final(self) -> dict:
+        """Stage final: the `export.top` archs of each front and the baselines trained alone with one
+        recipe, timed on every device; the ranking check (``hwnas.final_stage``)."""
+        from hwnas.cli.supernet import load_for_space
+        from hwnas.final_stage import FinalStage, run_final
+        from hwnas.final_training import plain_config
+        from predictors import AccuracyDataset
+
+        f, p = self.cfg["final"], self.cfg["predictor"]
+        if f["epochs"] == 0:
+            return {"skipped": "final.epochs is 0: exports carry supernet weights"}
+        device = torch.device(_device(self.cfg))
+        bundle = load_for_space(self.cfg["dataset"]["name"], self.cfg["dataset"]["path"], self.space,
+                                seed=self.cfg["seed"], device=device)
+        config = plain_config(f["epochs"], f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
+                              label_smoothing=f["label_smoothing"], logit_scale=f["logit_scale"], augment=f["augment"],
+                              seed=self.cfg["seed"])
+        stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint)
+        fit = AccuracyDataset.load(self.out / "predictor" / "accuracy_fit.jsonl")
+        pool = [(r["arch"], r["accuracy"]) for r in fit.records]
+        measure = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],
+                   "eval_batch_size": p["eval_batch_size"]}
+        return run_final(stage, self.fronts(), self.devices(), top=self.cfg["export"]["top"], choose=f["choose"],
+                         baselines=f["baselines"],
+                         inits=f["init"], ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool,
+                         measure_settings=measure)
+
+    def deployed(self) -> dict[str, dict]:
+        """arch -> the final stage's deployed record (empty when the stage was skipped)."""
+        path = self.out / "final" / "results.json"
+        if not path.exists():
+            return {}
+        models = json.loads(path.read_text())["models"].values()
+        return {r["arch"]: r for r in models if r["role"] == "chosen" and r.get("deployed")}
+
     def export(self) -> dict:
-        """Stage export: ONNX models of the `export.top` most accurate points of each device's front."""
-        e, out, exported = self.cfg["export"], self.out / "models", {}
+        """Stage export: ONNX models of the `export.top` most accurate points of each device's front,
+        with their final-trained weights and measured accuracy where the final stage ran."""
+        from hwnas.final_stage import choose_entries
+
+        e, out, exported, deployed = self.cfg["export"], self.out / "models", {}, self.deployed()
         for d in self.devices():
             front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
-            entries = sorted(front["front"], key=lambda x: -_accuracy_of(x))[: e["top"]]
+            entries = [_with_final(x, deployed.get(x["arch"]), self.out / "final") for x in choose_entries(front["front"], e["top"], self.cfg["final"]["choose"])]
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
             args = ["export", "--checkpoint", self.checkpoint, *_data_args(self.cfg), "--pareto", top, "--out", out, "--force",
@@ -222,6 +265,8 @@ class Pipeline:
             ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor, []),
             ("search", {"search": cfg["search"], "verify": cfg["verify"]},
              [search / f"pareto_{d['name']}.json" for d in self.devices()], self.search, [search]),
+            ("final", {"final": cfg["final"], "top": cfg["export"]["top"]}, [self.out / "final" / "results.json"]
+             if cfg["final"]["epochs"] else [], self.final, [self.out / "final"]),
             ("export", {"export": cfg["export"]}, [self.out / "models"], self.export, [self.out / "models"]),
             ("report", {}, [self.out / "report.md"], self.report, []),
         ]
@@ -253,7 +298,11 @@ class Pipeline:
         atomic_write_json(path, log)
 
 
-def _accuracy_of(entry: dict) -> float:
-    """Best known accuracy of a front entry: measured when verified, else predicted."""
-    value, _ = best_known(entry.get("accuracy"))
-    return 0.0 if value is None else float(value)
+def _with_final(entry: dict, record: dict | None, final_dir: Path) -> dict:
+    """A front entry with its final-trained model: stand-alone accuracy and the weights to export."""
+    if record is None:
+        return entry
+    acc = entry["accuracy"] if isinstance(entry.get("accuracy"), dict) else {"predicted": entry.get("accuracy")}
+    final = {k: record[k] for k in ("val", "test", "init", "epochs")}
+    final["weights"] = str((final_dir / record["weights"]).resolve())
+    return {**entry, "accuracy": {**acc, "standalone_test": record["test"]}, "final": final}

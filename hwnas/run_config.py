@@ -44,6 +44,13 @@ SCHEMA = {
     "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {})},
     "verify": {"top": ((int,), 8)},
     "export": {"top": ((int,), 3), "dynamic_batch": ((bool,), True)},
+    # final training: the chosen (exported) archs and the baselines trained alone with one recipe
+    # (epochs 0: the stage is skipped and exports carry supernet weights)
+    "final": {"epochs": ((int,), 0), "batch_size": ((int,), 256), "lr": ((float, int, type(None)), None),
+              "weight_decay": ((float, int), 5e-4), "label_smoothing": ((float, int), 0.1),
+              "logit_scale": ((float, int), 1.0), "augment": ((str, type(None)), None),
+              "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
+              "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "spread")},
 }
 
 
@@ -125,6 +132,7 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["train"]["augment"] is not None and cfg["train"]["augment"] not in AUGMENTATIONS:
         raise RunConfigError(f"config key 'train.augment': expected null or one of {list(AUGMENTATIONS)}, "
                              f"got {cfg['train']['augment']!r}")
+    _check_final(cfg["final"])
     for dev, budget in cfg["search"]["budgets"].items():
         if dev not in names:
             raise RunConfigError(f"config key 'search.budgets.{dev}': unknown device, expected one of {names}")
@@ -133,6 +141,34 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["device"] not in ("auto", "cpu", "cuda") and not cfg["device"].startswith("cuda:"):
         raise RunConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     return cfg
+
+
+def _check_final(final: dict) -> None:
+    """The ``final`` section's lists and ranges (types are checked by the schema)."""
+    from hwnas.baselines import BaselineError, check_baseline_name
+    from hwnas.final_stage import INITS
+
+    from hwnas.final_stage import CHOICE_RULES
+
+    if final["choose"] not in CHOICE_RULES:
+        raise RunConfigError(f"config key 'final.choose': expected one of {list(CHOICE_RULES)}, got {final['choose']!r}")
+    if not final["init"] or any(i not in INITS for i in final["init"]):
+        raise RunConfigError(f"config key 'final.init': expected a non-empty list of {list(INITS)}, got {final['init']!r}")
+    for i, name in enumerate(final["baselines"]):
+        try:
+            check_baseline_name(name)
+        except BaselineError as e:
+            raise RunConfigError(f"config key 'final.baselines[{i}]': {e}") from None
+    if final["ranking"] and final["ranking"] < 3:
+        raise RunConfigError(f"config key 'final.ranking': expected 0 (off) or at least 3 archs for a rank "
+                             f"correlation, got {final['ranking']!r}")
+    if final["ranking"] and final["ranking_epochs"] < 1:
+        raise RunConfigError(f"config key 'final.ranking_epochs': expected >= 1 when final.ranking is on, "
+                             f"got {final['ranking_epochs']!r}")
+    if final["epochs"] and final["batch_size"] < 1:
+        raise RunConfigError(f"config key 'final.batch_size': expected >= 1, got {final['batch_size']!r}")
+    if final["lr"] is not None and not final["lr"] > 0:
+        raise RunConfigError(f"config key 'final.lr': expected null or a positive number, got {final['lr']!r}")
 
 
 def _table_exists(path_or_name: str) -> bool:

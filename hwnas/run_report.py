@@ -79,6 +79,7 @@ def write_run_report(pipeline) -> Path:
               "| " + " | ".join(pred) + " |", "| " + " | ".join("---:" for _ in pred) + " |",
               "| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in pred.values()) + " |",
               "", "![predictor](predictor/predicted_vs_measured.png)", ""]
+    lines += final_section(out, pipeline.devices())
     exported = man.get("export", {}).get("summary", {})
     lines += ["## Exported models", ""]
     for name, files in exported.items():
@@ -93,6 +94,53 @@ def write_run_report(pipeline) -> Path:
         lines += [f"| {r['started']} | {r['ended']} | {r['status']} | {', '.join(r['ran']) or '-'} "
                   f"| {', '.join(r['skipped']) or '-'} |" for r in runs]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def final_section(out: Path, devices: list[dict]) -> list[str]:
+    """Report lines of the final stage: the chosen models beside the baselines, trained alone with
+    one recipe and measured on every device, the verdicts, and the ranking check."""
+    path = out / "final" / "results.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    models, summary = list(res["models"].values()), res.get("summary", {})
+    recipe = summary.get("recipe", {})
+    names = [d["name"] for d in devices]
+    lines = ["## Final training: chosen models beside the baselines (trained alone, measured)", "",
+             f"Every network below was trained alone with one recipe: {recipe.get('epochs')} epochs, batch "
+             f"{recipe.get('batch_size')}, label smoothing {recipe.get('label_smoothing')}, logit scale "
+             f"{recipe.get('logit_scale')}, weight decay {recipe.get('weight_decay')}; accuracy is top-1 on the test "
+             "split (val picks the init: `deployed`); latency is measured on each device by the same backend, "
+             "all models in interleaved rounds.", "",
+             "| model | role | init | deployed | params | supernet val | val | test | "
+             + " | ".join(f"{n} ms" for n in names) + " |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    for r in sorted((m for m in models if m["role"] != "ranking"), key=lambda m: (m["role"] != "baseline", -m["test"])):
+        lat = [f"{r['latency'][n]['ms']:.4g}" if n in r.get("latency", {}) else "-" for n in names]
+        sup = f"{r['supernet_val']:.4f}" if "supernet_val" in r else "-"
+        lines.append(f"| `{r['label']}` | {r['role']}" + (f" ({', '.join(r['devices'])})" if r["role"] == "chosen" else "")
+                     + f" | {r['init']} | {'yes' if r.get('deployed') else '-'} | {r['params'] / 1e6:.2f}M | {sup} "
+                     f"| {r['val']:.4f} | {r['test']:.4f} | " + " | ".join(lat) + " |")
+    for name in names:
+        v = summary.get("verdicts", {}).get(name, [])
+        if not v:
+            continue
+        lines += ["", f"### `{name}`: the deployed models against each baseline", "",
+                  "| baseline | model | latency ratio | test accuracy gain | verdict |", "| --- | --- | ---: | ---: | --- |"]
+        for x in v:
+            verdict = ("**at half the latency and at least as accurate**" if x["half_latency_and_at_least_as_accurate"]
+                       else "faster and at least as accurate" if x["faster_and_at_least_as_accurate"] else "not better")
+            lines.append(f"| `{x['baseline']}` | `{x['model']}` | {x['latency_ratio']:.3f} | {100 * x['test_gain']:+.2f} pts "
+                         f"| {verdict} |")
+        lines += ["", f"![final {name}](final/final_{name}.png)"]
+    rank = summary.get("ranking")
+    if rank:
+        tau = rank.get("kendall_tau")
+        lines += ["", "### Can I trust the front? (supernet ranking against stand-alone training)", "",
+                  f"{rank['n']} architectures spread along the fronts, each trained alone for {rank.get('epochs')} "
+                  f"epochs: Kendall tau between supernet and stand-alone validation accuracy "
+                  f"**{tau if tau is not None else '-'}**.", "", "![ranking](final/ranking.png)"]
+    return lines + [""]
 
 
 def best_known(pair) -> tuple[float | None, str]:
@@ -126,7 +174,9 @@ def console_summary(pipeline) -> str:
         top = out / "models" / f"top_{name}.json"
         if top.exists():
             best = json.loads(top.read_text())["front"][0]
-            lines.append(f"  most accurate exported: {best['arch']}  accuracy {_best(best['accuracy'])}, "
+            final = best.get("final")
+            acc = (f"{final['test']:.4g} (trained alone, test)" if final else _best(best["accuracy"]))
+            lines.append(f"  most accurate exported: {best['arch']}  accuracy {acc}, "
                          f"latency {_best(best.get('latency_ms'))} ms -> {out / 'models' / f'{name}_rank00.onnx'}")
     for name in pipeline.skipped_devices():
         lines.append(f"{name}: not measured here (no CUDA device)")

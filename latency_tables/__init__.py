@@ -6,21 +6,20 @@
     table = LatencyTable.load("cifar_cpu_ort_b1_fp32", space=space)    # shipped tables by name
     table.predict(arch); table.predict_many(archs); table.breakdown(arch); table.measure_arch(arch)
     validate_table(table, n=200)                                       # markdown + CSV + PNG report
+
+Names load lazily: reading and querying a table needs no torch; backends and measuring do.
 """
 
-from .backends import Backend, CudaBackend, OrtBackend, export_onnx_bytes, make_backend
-from .build import build_table
-from .calibration import Calibration, fit_calibration, fit_flops_proxy
-from .errors import BackendError, FingerprintWarning, TableError
-from .fingerprint import device_fingerprint
-from .metrics import accuracy_metrics, repeatability
-from .table import SCHEMA_VERSION, LatencyTable, resolve_table_path, shipped_tables
-from .timing import TimingPlan, TimingStats
-from .validate import validate_table
+from search_space._lazy import lazy_exports
 
-__all__ = [
-    "Backend", "BackendError", "Calibration", "CudaBackend", "FingerprintWarning", "LatencyTable", "OrtBackend",
-    "SCHEMA_VERSION", "TableError", "TimingPlan", "TimingStats", "accuracy_metrics", "build_table",
-    "device_fingerprint", "export_onnx_bytes", "fit_calibration", "fit_flops_proxy", "make_backend",
-    "repeatability", "resolve_table_path", "shipped_tables", "validate_table",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "backends": ["Backend", "CudaBackend", "OrtBackend", "export_onnx_bytes", "make_backend"],
+    "build": ["build_table"],
+    "calibration": ["Calibration", "fit_calibration", "fit_flops_proxy"],
+    "errors": ["BackendError", "FingerprintWarning", "TableError"],
+    "fingerprint": ["device_fingerprint"],
+    "metrics": ["accuracy_metrics", "repeatability"],
+    "table": ["SCHEMA_VERSION", "LatencyTable", "resolve_table_path", "shipped_tables"],
+    "timing": ["TimingPlan", "TimingStats"],
+    "validate": ["validate_table"],
+})

@@ -91,12 +91,15 @@ class LatencyTable:
         return cls(data, space=space)
 
     @classmethod
-    def load(cls, path: str | Path, space: SearchSpace | None = None, strict: bool = False) -> "LatencyTable":
+    def load(cls, path: str | Path, space: SearchSpace | None = None, strict: bool = False,
+             check_machine: bool = True) -> "LatencyTable":
         """Read and check a table file (or a shipped table by name).
 
         Raises :class:`TableError` for a missing, corrupt or foreign file, or one built for
         another space than ``space``. A table measured on another machine warns
-        (:class:`FingerprintWarning`), or raises with ``strict=True``.
+        (:class:`FingerprintWarning`), or raises with ``strict=True``; ``check_machine=False``
+        skips that comparison (reading another device's table is what shipped tables are for;
+        measuring with it is not, and :meth:`measure_arch` checks again).
         """
         p = resolve_table_path(path)
         try:
@@ -114,7 +117,8 @@ class LatencyTable:
         if space is not None:
             table.check_space(space)
             table._space = space
-        table.check_machine(strict)
+        if check_machine:
+            table.check_machine(strict)
         return table
 
     @staticmethod

@@ -8,28 +8,25 @@ Predictors read ``X = space.encode_many(archs)`` and return ``(mean, std)`` of a
     pred = make_predictor("mlp", space).fit(X, y)
     mean, std = pred.predict(space.encode_many(candidates))
     pred.save("pred.pt"); pred = load_predictor("pred.pt", space)
+
+Names load lazily: features, metrics and sampling need no torch; the predictors themselves do.
 """
 
-from .accuracy_dataset import AccuracyDataset, AccuracyDatasetError, build_accuracy_dataset
-from .base import (PREDICTORS, Predictor, PredictorError, default_features, load_predictor, make_predictor,
-                   register_predictor)
-from .blend import BlendPredictor
-from .features import (DEFAULT_FEATURES, FEATURE_RECIPES, composition_features, cost_features, decode_choices,
-                        decode_encoding, layer_features, make_features)
-from .gp import GPPredictor
-from .metrics import rank_metrics
-from .mlp import MLPEnsemble
-from .plots import plot_predicted_vs_measured
-from .sampling import sample_archs_spread, sample_mixture_arch
-from .selection import cross_val_kendall, select_predictor
-from .targets import DEFAULT_TARGET, TARGET_TRANSFORMS, fit_target, inverse_target
-from .trees import GBTEnsemble
+from search_space._lazy import lazy_exports
 
-__all__ = [
-    "AccuracyDataset", "AccuracyDatasetError", "BlendPredictor", "DEFAULT_FEATURES", "DEFAULT_TARGET",
-    "FEATURE_RECIPES", "GBTEnsemble", "GPPredictor", "MLPEnsemble", "PREDICTORS", "Predictor",
-    "PredictorError", "TARGET_TRANSFORMS", "build_accuracy_dataset", "composition_features", "cost_features",
-    "cross_val_kendall", "decode_choices", "default_features", "decode_encoding", "fit_target", "inverse_target",
-    "layer_features", "load_predictor", "make_features", "make_predictor", "plot_predicted_vs_measured",
-    "rank_metrics", "register_predictor", "sample_archs_spread", "sample_mixture_arch", "select_predictor",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "accuracy_dataset": ["AccuracyDataset", "AccuracyDatasetError", "build_accuracy_dataset"],
+    "base": ["Predictor", "PredictorError", "default_features", "load_predictor", "make_predictor", "predictor_kinds", "register_predictor"],
+    "blend": ["BlendPredictor"],
+    "features": ["DEFAULT_FEATURES", "FEATURE_RECIPES", "composition_features", "cost_features", "decode_choices",
+                 "decode_encoding", "layer_features", "make_features"],
+    "gp": ["GPPredictor"],
+    "kinds": ["PREDICTORS"],  # through kinds: the registry with every built-in kind in it
+    "metrics": ["rank_metrics"],
+    "mlp": ["MLPEnsemble"],
+    "plots": ["plot_predicted_vs_measured"],
+    "sampling": ["sample_archs_spread", "sample_mixture_arch"],
+    "selection": ["cross_val_kendall", "select_predictor"],
+    "targets": ["DEFAULT_TARGET", "TARGET_TRANSFORMS", "fit_target", "inverse_target"],
+    "trees": ["GBTEnsemble"],
+})

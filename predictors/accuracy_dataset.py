@@ -131,10 +131,14 @@ def build_accuracy_dataset(supernet: torch.nn.Module, space: SearchSpace, archs:
                            checkpoint_hash: str, dataset: str, split: str = "val", num_calib_batches: int = 20,
                            autocast_dtype: torch.dtype | None = None, settings: dict | None = None,
                            seed: int = 0, time_budget_s: float | None = None, save_every_s: float = 10.0,
-                           progress: bool = True) -> AccuracyDataset:
+                           progress: bool = True, extremes: bool = True) -> AccuracyDataset:
     """Measure the accuracy of ``archs`` (or of ``n`` spread-sampled archs when an int) on a
     trained supernet, each BN-recalibrated (see ``search_space.evaluation.evaluate_archs``),
     and store them in ``out_path``.
+
+    With an int, ``extremes`` puts the space's corner archs first (``SearchSpace.extremes``:
+    largest, smallest, largest of each block type), counted in ``n``: a spread sample alone
+    never holds the top of the space, so the predictor never learned it.
 
     Resumable: when ``out_path`` exists (same space, checkpoint, dataset, split and settings)
     archs already there are skipped; with an int, the file is topped up to ``n`` records from
@@ -151,7 +155,8 @@ def build_accuracy_dataset(supernet: torch.nn.Module, space: SearchSpace, archs:
         data.records = existing.records
     done = {r["arch"] for r in data.records}
     if isinstance(archs, int):
-        target = sample_archs_spread(space, archs, np.random.default_rng(seed))
+        corners = list(space.extremes().values()) if extremes and hasattr(space, "extremes") else []
+        target = corners + sample_archs_spread(space, archs, np.random.default_rng(seed))
     else:
         target = [space.validate(a) for a in archs]
     todo = list({str(a): a for a in target if str(a) not in done}.values())

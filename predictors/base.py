@@ -168,6 +168,14 @@ class Predictor:
         raise NotImplementedError
 
 
+def predictor_kinds() -> dict[str, type[Predictor]]:
+    """:data:`PREDICTORS` with the built-in kinds registered (the package loads lazily, so a
+    kind's module may not have been imported yet)."""
+    from . import kinds  # noqa: F401  (its import registers them)
+
+    return PREDICTORS
+
+
 def _has_config(space) -> bool:
     """Whether ``space`` is the project's SearchSpace kind (the cost recipes read its config)."""
     return hasattr(space, "config") and hasattr(space.config, "stages")
@@ -185,9 +193,10 @@ def default_features(space) -> str:
 
 def make_predictor(kind: str, space: SearchSpace, **kwargs) -> Predictor:
     """A new, unfitted predictor of ``kind`` (one of :data:`PREDICTORS`)."""
-    if kind not in PREDICTORS:
-        raise PredictorError(f"unknown predictor kind {kind!r}: expected one of {sorted(PREDICTORS)}")
-    return PREDICTORS[kind](space, **kwargs)
+    kinds = predictor_kinds()
+    if kind not in kinds:
+        raise PredictorError(f"unknown predictor kind {kind!r}: expected one of {sorted(kinds)}")
+    return kinds[kind](space, **kwargs)
 
 
 def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predictor:
@@ -213,11 +222,12 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
     if space is None and blob["space"] is None:
         raise PredictorError(f"predictor {str(path)!r} was fitted on a user-defined space {stored_name!r}, "
                              "whose config is not stored: expected load_predictor(path, space)")
-    if blob["kind"] not in PREDICTORS:
+    kinds = predictor_kinds()
+    if blob["kind"] not in kinds:
         raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: "
-                             f"expected one of {sorted(PREDICTORS)}")
-    pred = PREDICTORS[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
-                                    seed=blob["seed"], target=blob.get("target", "standard"), **blob["hparams"])
+                             f"expected one of {sorted(kinds)}")
+    pred = kinds[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
+                               seed=blob["seed"], target=blob.get("target", "standard"), **blob["hparams"])
     pred._scalers = blob["scalers"]
     pred._width = pred._width or blob["scalers"].get("width")
     pred._set_state(blob["state"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import PREDICTORS, Predictor, PredictorError, register_predictor
+from .base import Predictor, PredictorError, predictor_kinds, register_predictor
 
 
 @register_predictor("blend")
@@ -22,12 +22,12 @@ class BlendPredictor(Predictor):
         return {"members": {"mlp": {}, "gbt": {}, "gp": {}}}
 
     def _members(self) -> list[Predictor]:
-        members = self.hparams["members"]
-        bad = [k for k in members if k not in PREDICTORS or k == self.kind] if isinstance(members, dict) else members
+        members, kinds = self.hparams["members"], predictor_kinds()
+        bad = [k for k in members if k not in kinds or k == self.kind] if isinstance(members, dict) else members
         if not members or bad:
             raise PredictorError(f"blend members {members!r} invalid: expected a mapping of kinds from "
-                                 f"{sorted(set(PREDICTORS) - {self.kind})} to hyper-parameters")
-        return [PREDICTORS[k](self.space, features=self.features, seed=self.seed, target=self.target, **hp)
+                                 f"{sorted(set(kinds) - {self.kind})} to hyper-parameters")
+        return [kinds[k](self.space, features=self.features, seed=self.seed, target=self.target, **hp)
                 for k, hp in members.items()]
 
     def _fit(self, F_: np.ndarray, z: np.ndarray) -> None:

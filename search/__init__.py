@@ -17,28 +17,27 @@ measurements in rounds (measure, fit a predictor, search it, measure the most pr
     fronts = result.fronts(space)  # measured points only
 
 Works with any space following :class:`SearchSpaceProtocol` and any :class:`Objective`.
+
+Names load lazily: ``import search`` is instant; Optuna loads with the loop, samplers and
+storages, Ray only when used, and nothing here imports torch.
 """
 
-from ._errors import SearchError
-from ._fronts import DeviceFront, FrontPoint, Trials, device_fronts
-from ._loop import score_batch
-from ._objectives import (Budget, Objective, flops_objective, latency_name, measured_accuracy, measured_latency,
-                          params_objective, parse_budget, predicted_accuracy, table_latency)
-from ._pareto import hypervolume_2d, hypervolume_history, pareto_front_2d, pareto_layers_2d
-from ._protocol import SearchSpaceProtocol
-from ._ray import cluster_devices, init_ray
-from ._report import format_fronts, front_json, plot_front, plot_hypervolume, write_report, write_summary
-from ._rounds import RoundsResult, predicted_objective, search_rounds
-from ._run import run_search
-from ._samplers import SAMPLERS, make_sampler
-from ._select import seed_archs, select_batch, space_extremes
-from ._storage import open_storage, storage_url
-from ._verify import verify_fronts
+from search_space._lazy import lazy_exports
 
-__all__ = [
-    "Budget", "DeviceFront", "FrontPoint", "Objective", "RoundsResult", "SAMPLERS", "SearchError", "SearchSpaceProtocol", "Trials",
-    "cluster_devices", "device_fronts", "flops_objective", "format_fronts", "front_json", "hypervolume_2d", "hypervolume_history",
-    "init_ray", "latency_name", "make_sampler", "measured_accuracy", "measured_latency", "open_storage", "params_objective",
-    "pareto_front_2d", "pareto_layers_2d", "parse_budget", "plot_front", "plot_hypervolume", "predicted_accuracy",
-    "predicted_objective", "run_search", "score_batch", "search_rounds", "seed_archs", "select_batch", "space_extremes", "storage_url", "table_latency", "verify_fronts", "write_report", "write_summary",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "_errors": ["SearchError"],
+    "_fronts": ["DeviceFront", "FrontPoint", "Trials", "device_fronts"],
+    "_loop": ["score_batch"],
+    "_objectives": ["Budget", "Objective", "flops_objective", "latency_name", "measured_accuracy", "measured_latency",
+                    "params_objective", "parse_budget", "predicted_accuracy", "table_latency"],
+    "_pareto": ["hypervolume_2d", "hypervolume_history", "pareto_front_2d", "pareto_layers_2d"],
+    "_protocol": ["SearchSpaceProtocol"],
+    "_ray": ["cluster_devices", "init_ray"],
+    "_report": ["format_fronts", "front_json", "plot_front", "plot_hypervolume", "write_report", "write_summary"],
+    "_rounds": ["RoundsResult", "predicted_objective", "search_rounds"],
+    "_run": ["run_search"],
+    "_samplers": ["SAMPLERS", "budget_population", "make_sampler"],
+    "_select": ["seed_archs", "select_batch", "space_extremes"],
+    "_storage": ["open_storage", "storage_url"],
+    "_verify": ["verify_fronts"],
+})

@@ -22,6 +22,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from ._objectives import Budget, Objective
+from ._ray import submit_score
 from ._storage import has_heartbeat
 
 SURPLUS_ATTR = "hwnas:surplus"
@@ -38,8 +39,6 @@ def score_batch(objectives: Sequence[Objective], archs: Sequence[Any], use_ray: 
     objectives run in order, each skipping archs that an earlier one scored NaN (left NaN)."""
     remote = {}
     if use_ray:
-        from ._ray import submit_score
-
         remote = {j: submit_score(o, archs) for j, o in enumerate(objectives) if o.resources}
     cols: list = [None] * len(objectives)
     alive = np.ones(len(archs), bool)

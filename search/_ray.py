@@ -1,5 +1,5 @@
-"""Ray (imported only when used): search workers sharing one study storage, and objectives that
-run as tasks on the node owning a device (custom resource ``device:NAME``).
+"""Ray (imported only when used): joining a cluster, and objectives that run as tasks on the node
+owning a device (custom resource ``device:NAME``). The search workers are in :mod:`search._workers`.
 
 A device farm is a Ray cluster whose device nodes start with
 ``ray start --address HEAD --resources='{"device:h100": 1}'``.
@@ -8,17 +8,13 @@ A device farm is a Ray cluster whose device nodes start with
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ._errors import SearchError
-from ._objectives import Budget, Objective
+from ._objectives import Objective
 
 DEVICE_PREFIX = "device:"
-# Every worker is a task with one CPU; Ray re-runs a worker whose process died (its
-# unfinished trials are failed by the storage heartbeat and retried by the others).
-WORKER_RETRIES = 2
 
 
 def _ray():
@@ -78,64 +74,3 @@ def _remote_score():
 def submit_score(objective: Objective, archs: Sequence[Any]):
     """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
     return _remote_score().options(**_task_options(objective.resources)).remote(objective, list(archs))
-
-
-@dataclass
-class WorkerSpec:
-    """Everything a worker process needs to join the study (all picklable)."""
-
-    storage_url: str
-    study_name: str
-    sampler: str
-    seed: int | None
-    population_size: int | None
-    space: Any
-    objectives: list[Objective]
-    budgets: list[Budget]
-    n_trials: int
-    batch_size: int | None
-    n_workers: int
-    storage_options: dict = field(default_factory=dict)
-
-
-def _worker(spec: WorkerSpec, index: int) -> int:
-    import optuna
-
-    from ._loop import optimize_batches
-    from ._samplers import default_batch_size, make_sampler
-    from ._storage import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = None if spec.seed is None else spec.seed + index  # workers must not propose the same trials
-    sampler = make_sampler(spec.sampler, seed=seed, population_size=spec.population_size)
-    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage_url, **spec.storage_options),
-                              sampler=sampler)
-    return optimize_batches(study, spec.space, spec.objectives, spec.budgets, spec.n_trials,
-                            spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True)
-
-
-def run_workers(spec: WorkerSpec, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> list[int]:
-    """Run ``spec.n_workers`` workers as Ray tasks until the study is done; returns each
-    worker's completed trials. Ctrl-C cancels them (each fails its in-flight batch)."""
-    ray = _ray()
-    task = ray.remote(_worker).options(num_cpus=1, max_retries=WORKER_RETRIES)
-    refs = [task.remote(spec, i) for i in range(spec.n_workers)]
-    try:
-        pending = refs
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
-            if on_poll is not None:
-                on_poll()
-        return ray.get(refs)
-    except KeyboardInterrupt:
-        for r in refs:
-            ray.cancel(r)
-        ray.wait(refs, num_returns=len(refs), timeout=30)
-        raise
-    except ray.exceptions.RayTaskError as e:
-        # A user error inside a worker is still a user error (one line, exit code 2).
-        from search_space.errors import UserError
-
-        if isinstance(e.cause, UserError):
-            raise e.cause from None
-        raise

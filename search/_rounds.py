@@ -103,7 +103,6 @@ class _Measured:
         self.round_of: list[int] = []
         self.index: dict = {}
         self.n = n_objectives
-        self.params: dict = {}  # arch key -> Optuna parameters, where known (warm-starts the inner search)
 
     def add(self, archs: Sequence[Any], values: np.ndarray, round_no: int) -> None:
         """Record ``archs`` (new ones only) with their values (len(archs), n)."""
@@ -213,12 +212,9 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     t1 = time.perf_counter()
     predicted = [predicted_objective(o, fitted[o.name], space) for o in measure]
     study = run_search(space, predicted + list(costs), inner_trials, budgets=budgets, sampler=sampler, seed=seed,
-                       progress=False, warm_start=_warm_start(space, cache, list(measure) + list(costs), budgets))
+                       progress=False, seed_archs=_measured_front(space, cache, list(measure) + list(costs), budgets))
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    archs = [space.from_params(t.params) for t in done]
-    for a, t in zip(archs, done):
-        cache.params.setdefault(_key(a), t.params)
-    candidates = distinct(archs, set(cache.index))
+    candidates = distinct([space.from_params(t.params) for t in done], set(cache.index))
     if len(candidates) < k:  # the predictions agree on few archs: fill up at random
         candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
     t2 = time.perf_counter()
@@ -227,22 +223,13 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     return picked
 
 
-def params_of(space, arch, known: dict) -> dict | None:
-    """Optuna parameters of ``arch``: remembered from a trial, or, on a SearchSpace, from its genes."""
-    if _key(arch) in known:
-        return known[_key(arch)]
-    if hasattr(space, "gene_choices") and hasattr(space, "to_genes"):
-        genes = space.to_genes(arch, np.random.default_rng(0))
-        return {name: choices[g] for (name, choices), g in zip(space.gene_choices, genes)}
-    return None
-
-
-def _warm_start(space, cache: _Measured, objectives, budgets, share: float = 0.5) -> list[dict]:
-    """Parameters of the measured archs on the best non-dominated layers of every device, up to
-    ``share`` of a default GA population: the inner search starts from the measured front."""
+def _measured_front(space, cache: _Measured, objectives, budgets, share: float = 0.5) -> list:
+    """The measured archs on the best non-dominated layers of every device, up to ``share`` of a
+    default GA population, so that the inner search starts from the measured front (on spaces
+    with ``to_params``, which ``run_search(seed_archs=...)`` needs; else none)."""
     from ._samplers import budget_population
 
-    if not cache.archs:
+    if not cache.archs or not hasattr(space, "to_params"):
         return []
     values = cache.values()
     ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
@@ -251,8 +238,7 @@ def _warm_start(space, cache: _Measured, objectives, budgets, share: float = 0.5
     quality = np.where(ok, trials.column(trials.quality), -np.inf)
     costs = np.stack([trials.column(c) for c in trials.costs()], axis=1)
     picked = select_batch(quality, costs, np.zeros(len(values), bool), int(share * budget_population(None)))
-    out = [params_of(space, cache.archs[i], cache.params) for i in picked]
-    return [p for p in out if p is not None]
+    return [cache.archs[i] for i in picked]
 
 
 def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
-from ._samplers import DEFAULT_POPULATION, SAMPLERS, default_batch_size, make_sampler
+from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, storage_url
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,15 @@ def _fail_leftovers(study: optuna.Study) -> int:
 
 
 def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
-               sampler: str | optuna.samplers.BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
+               sampler: str | BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
                heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
-               warm_start: Sequence[dict] = ()) -> optuna.Study:
+               seed_archs: Sequence = ()) -> optuna.Study:
     """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
 
+    ``sampler``: a name (see :func:`make_sampler`; ``seed`` and ``population_size`` configure
+    it) or any Optuna sampler instance, used as it is (Ray workers each get a reseeded copy).
     Objectives are scored a batch at a time (``batch_size``, default: one GA generation).
     ``storage``: None (in-memory), a journal file, an SQLite file or an RDB URL; the same
     storage and ``study_name`` resume (``n_trials`` is the study's total, not an increment).
@@ -94,13 +96,11 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
     per study at a time: RUNNING trials it finds at start belong to an interrupted run and
     are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
-
-    ``sampler``: a name (:data:`SAMPLERS`; NSGA-II/III sized to ``n_trials`` by
-    :func:`budget_population` unless ``population_size`` is given; a resumed study keeps the
-    population it started with) or an Optuna sampler instance of your own (one process only).
+    A named GA sampler's population is sized to ``n_trials`` (:func:`budget_population`) unless
+    ``population_size`` is given; a resumed study keeps the population it started with.
     Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
-    ``warm_start``: parameter dicts (as ``space.suggest`` names them) tried first, in a new study
-    only (e.g. the measured front, so that a GA starts from it).
+    ``seed_archs`` (e.g. ``space.extremes()``) open a new study's first population, so corners a
+    random start rarely draws, such as the largest subnet, are scored; the space needs ``to_params``.
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
@@ -108,15 +108,20 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     workers = _positive_int(workers, "number of workers")
     if batch_size is not None:
         _positive_int(batch_size, "batch size")
-    if isinstance(sampler, optuna.samplers.BaseSampler):
-        if workers > 1 or ray_address:
-            raise SearchError(f"sampler instance {type(sampler).__name__} cannot be shipped to Ray workers: "
-                              f"expected a sampler name from {list(SAMPLERS)} with workers > 1")
-    elif sampler not in SAMPLERS:
-        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)} or an optuna sampler")
+    check_sampler(sampler, population_size)
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
-                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, list(warm_start))
+                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs)
+
+
+def _enqueue_seeds(study: optuna.Study, space, archs: Sequence) -> None:
+    """Queue ``archs`` as the first trials of a study that has none (a resumed study keeps its own)."""
+    if not archs or study.get_trials(deepcopy=False):
+        return
+    if not hasattr(space, "to_params"):
+        raise SearchError(f"seed_archs need a space with to_params(arch); {type(space).__name__} has none")
+    for arch in archs:
+        study.enqueue_trial(space.to_params(arch), skip_if_exists=True)
 
 
 @contextmanager
@@ -131,7 +136,7 @@ def quiet_optuna():
 
 
 def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
-                ray_address, batch_size, progress, heartbeat_interval, grace_period, warm_start) -> optuna.Study:
+                ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=()) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -145,21 +150,17 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
-    if not study.trials:
-        for params in warm_start[:n_trials]:
-            study.enqueue_trial(params)
     if isinstance(sampler, str):
         # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
         population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
         if population_size is None and study.trials:  # started before the population was recorded
             population_size = DEFAULT_POPULATION
-        the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
-        if isinstance(the_sampler, optuna.samplers.BaseGASampler):
-            population_size = the_sampler.population_size
-            study.set_user_attr(POPULATION_ATTR, population_size)
-    else:
-        the_sampler = sampler
+    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
+    if isinstance(sampler, str) and isinstance(the_sampler, optuna.samplers.BaseGASampler):
+        population_size = the_sampler.population_size  # the Ray workers' samplers get the same
+        study.set_user_attr(POPULATION_ATTR, population_size)
     study.sampler = the_sampler
+    _enqueue_seeds(study, space, seed_archs)
     stuck = _fail_leftovers(study)
     if stuck:
         log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
@@ -186,7 +187,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             if before >= n_trials:
                 break
             if use_ray:
-                from ._ray import WorkerSpec, run_workers
+                from ._workers import WorkerSpec, run_workers
 
                 spec = WorkerSpec(url, study_name, sampler, seed, population_size, space, objectives, budgets, n_trials,
                                   batch_size, workers, storage_options)

@@ -129,19 +129,33 @@ for _cls, _base in ((_NSGAII, NSGAIISampler), (_NSGAIII, NSGAIIISampler)):
     _cls._PARENT_CACHE_KEY_PREFIX = _base._PARENT_CACHE_KEY_PREFIX
 
 
+def check_sampler(sampler, population_size: int | None = None) -> None:
+    """Raise :class:`SearchError` unless ``sampler`` is a known name or a sampler instance, and
+    ``population_size`` is None or an integer >= 2 given with a name."""
+    if isinstance(sampler, BaseSampler):
+        if population_size is not None:  # silently ignoring it would run another population than asked
+            raise SearchError(f"population size {population_size!r} was given with a sampler instance "
+                              f"({type(sampler).__name__}): expected it set on the instance")
+        return
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)} or an Optuna sampler instance")
+    if population_size is not None and (not isinstance(population_size, int) or population_size < 2):
+        raise SearchError(f"population size {population_size!r} is invalid: expected an integer >= 2")
+
+
 def budget_population(n_trials: int | None) -> int:
     """GA population for a run of ``n_trials``: a tenth of it, between 10 and 100, so that a
     small budget still gets ~10 generations of selection (a 200-trial run with the old fixed
-    100 had one, and its front was no better than random sampling's:
-    ``experiments/results/search_rounds.md``). Without a count: 100."""
+    100 had two: ``experiments/results/search_rounds.md``). Without a count: 100."""
     if n_trials is None:
         return DEFAULT_POPULATION
     return int(min(DEFAULT_POPULATION, max(MIN_POPULATION, n_trials // GENERATIONS)))
 
 
-def make_sampler(name: str = "nsga2", *, seed: int | None = None, population_size: int | None = None,
+def make_sampler(name: str | BaseSampler = "nsga2", *, seed: int | None = None, population_size: int | None = None,
                  n_trials: int | None = None, mutation_prob: float | None = None) -> BaseSampler:
-    """An Optuna sampler by name: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp`` or ``random``.
+    """An Optuna sampler by name: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp`` or ``random``;
+    a sampler instance (any :class:`optuna.samplers.BaseSampler`) is returned as it is.
 
     Budgets reach the samplers as trial constraints (``trial.set_constraint``, Optuna 5's
     replacement of ``constraints_func``); all but ``random`` use them (random's fronts are
@@ -149,10 +163,9 @@ def make_sampler(name: str = "nsga2", *, seed: int | None = None, population_siz
     :func:`budget_population` of ``n_trials``, the first generation being one random population);
     ``mutation_prob`` is the per-gene mutation probability of a child (default Optuna's 1 / genes).
     """
-    if name not in SAMPLERS:
-        raise SearchError(f"unknown sampler {name!r}: expected one of {list(SAMPLERS)}")
-    if population_size is not None and (not isinstance(population_size, int) or population_size < 2):
-        raise SearchError(f"population size {population_size!r} is invalid: expected an integer >= 2")
+    check_sampler(name, population_size)
+    if isinstance(name, BaseSampler):
+        return name
     if name in ("nsga2", "nsga3"):
         cls = _NSGAII if name == "nsga2" else _NSGAIII
         if mutation_prob is not None and not (isinstance(mutation_prob, (int, float)) and 0 <= mutation_prob <= 1):

@@ -18,38 +18,15 @@ def _is_search_space(space) -> bool:
     return hasattr(space, "config") and hasattr(getattr(space, "config"), "stages") and hasattr(space, "layer_options")
 
 
-def largest_per_block(space) -> list:
-    """For a SearchSpace: per block type, the largest net built only of that type (largest
-    resolution, depth and width; its costliest kernel and expansion); a stage without the type
-    keeps the largest net's layers. Pure-type nets are where a device's latency differs most."""
-    from search_space import Arch, StageChoice
-
-    big = space.largest()
-    blocks = dict.fromkeys(b for st in space.config.stages for b in st.blocks)
-    out = []
-    for block in blocks:
-        stages = []
-        for i, (st, big_stage) in enumerate(zip(space.config.stages, big.stages)):
-            opts = [o for o in space.layer_options(i) if o.block == block]
-            if not opts:
-                stages.append(big_stage)
-                continue
-            best = max(opts, key=lambda o: (o.kernel, o.expansion))
-            stages.append(StageChoice(max(st.widths), (best,) * max(st.depths)))
-        out.append(space.validate(Arch(big.resolution, tuple(stages))))
-    return out
-
-
 def space_extremes(space) -> list:
-    """The archs a seed always measures: ``space.extremes()`` where the space defines it, else
-    its largest and smallest (where it has them) and, on a SearchSpace, the largest of each
-    block type. They bound every front, and a predictor cannot extrapolate to them."""
+    """The archs a seed always measures: ``space.extremes()`` where the space defines it (a list,
+    or a dict of named archs as SearchSpace's: largest, smallest, largest of each block type),
+    else its largest and smallest where it has them. They bound every front, and a predictor
+    cannot extrapolate to them."""
     if callable(getattr(space, "extremes", None)):
-        return list(space.extremes())
-    out = [getattr(space, m)() for m in ("largest", "smallest") if callable(getattr(space, m, None))]
-    if _is_search_space(space):
-        out += largest_per_block(space)
-    return out
+        found = space.extremes()
+        return list(found.values()) if isinstance(found, dict) else list(found)
+    return [getattr(space, m)() for m in ("largest", "smallest") if callable(getattr(space, m, None))]
 
 
 def random_archs(space, n: int, rng: np.random.Generator) -> list:

@@ -1,17 +1,17 @@
-"""Block search space, architectures, and the weight-sharing supernet."""
+"""Block search space, architectures, and the weight-sharing supernet.
 
-from .arch import BLOCK_TYPES, Arch, ArchError, LayerChoice, StageChoice
-from .blocks import build_block
-from .checkpoint import CheckpointError, checkpoint_hash, load_supernet, save_supernet
-from .errors import UserError
-from .config import ConfigError, SpaceConfig, load_config, preset_names
-from .space import SearchSpace
-from .specs import BlockSpec, make_divisible
-from .supernet import Subnet, Supernet, recalibrate_bn
+Names load lazily (see :mod:`search_space._lazy`): arch strings, configs, :class:`SearchSpace`,
+errors and file helpers need no torch; the blocks, supernet and checkpoints import it."""
 
-__all__ = [
-    "Arch", "ArchError", "BLOCK_TYPES", "BlockSpec", "ConfigError", "LayerChoice", "SearchSpace", "SpaceConfig",
-    "StageChoice", "Subnet", "Supernet", "build_block", "load_config", "make_divisible", "preset_names",
-    "recalibrate_bn", "UserError", "CheckpointError", "checkpoint_hash", "load_supernet",
-    "save_supernet",
-]
+from ._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "arch": ["BLOCK_TYPES", "Arch", "ArchError", "LayerChoice", "StageChoice"],
+    "blocks": ["build_block"],
+    "checkpoint": ["CheckpointError", "checkpoint_hash", "load_supernet", "save_supernet"],
+    "errors": ["UserError"],
+    "config": ["ConfigError", "SpaceConfig", "load_config", "preset_names"],
+    "space": ["SearchSpace"],
+    "specs": ["BlockSpec", "BlockType", "block_type", "make_divisible", "register_block_type"],
+    "supernet": ["Subnet", "Supernet", "recalibrate_bn"],
+})

@@ -16,12 +16,11 @@ import re
 from dataclasses import dataclass
 
 from .errors import UserError
+from .specs import ABBREV_BLOCK, BLOCK_ABBREV  # kept in step with the block-type registry (specs.py)
 
-BLOCK_ABBREV = {"mbconv": "mb", "fused_mbconv": "fmb", "pconv": "pc", "resnet": "rn", "conv_pool": "cp"}
-ABBREV_BLOCK = {v: k for k, v in BLOCK_ABBREV.items()}
-BLOCK_TYPES = tuple(BLOCK_ABBREV)
+BLOCK_TYPES = tuple(BLOCK_ABBREV)  # the built-in layer block types; registered ones: specs.layer_block_types()
 
-_LAYER_RE = re.compile(r"^(mb|fmb|pc|rn|cp)(\d+)e(\d+(?:\.\d+)?)$")
+_LAYER_RE = re.compile(r"^([a-z]+)(\d+)e(\d+(?:\.\d+)?)$")
 _STAGE_RE = re.compile(r"^w(\d+(?:\.\d+)?):(.+)$")
 _RES_RE = re.compile(r"^r(\d+)$")
 ARCH_FORMAT = "'r<resolution>/w<width>:<block><kernel>e<expansion>,.../...' (e.g. r32/w1:mb3e6,rn3e1/w0.5:pc3e2)"
@@ -131,7 +130,7 @@ class Arch:
             layers = []
             for j, tok in enumerate(sm.group(2).split(",")):
                 lm = _LAYER_RE.match(tok)
-                if not lm:
+                if not lm or lm.group(1) not in ABBREV_BLOCK:
                     raise ArchError(
                         f"malformed layer {tok!r} (stage {i}, layer {j}) in arch {text!r}: expected "
                         f"<block><kernel>e<expansion> with block one of {sorted(ABBREV_BLOCK)}"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .specs import BlockSpec, pconv_channels, pconv_merge_kernel, se_channels
+from .specs import BlockSpec, block_type, pconv_channels, pconv_merge_kernel, se_channels
 
 
 def make_act(name: str | None) -> nn.Module:
@@ -215,13 +215,13 @@ class Head(nn.Module):
         return self.fc(self.dropout(torch.flatten(x.mean((2, 3)), 1)))
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"mbconv": MBConv, "fused_mbconv": FusedMBConv, "pconv": PConvBlock,
-                                      "resnet": ResNetBlock, "conv_pool": ConvPool, "stem": Stem,
-                                      "head": Head}
+def block_class(name: str) -> type[nn.Module]:
+    """The module class of block type ``name`` (see :func:`search_space.specs.register_block_type`)."""
+    return block_type(name).module_class()
 
 
 def build_block(spec: BlockSpec, dropout: float = 0.0) -> nn.Module:
     """A static module computing ``spec`` (random weights), e.g. to time it alone."""
     if spec.block == "head":
         return Head(spec, dropout=dropout)
-    return BLOCKS[spec.block](spec)
+    return block_class(spec.block)(spec)

@@ -11,8 +11,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .arch import BLOCK_TYPES
 from .errors import UserError
+from .specs import layer_block_types
 
 PRESET_DIR = Path(__file__).parent / "presets"
 ACTIVATIONS = ("relu", "hswish", "silu")
@@ -122,7 +122,8 @@ def _stage(raw, i: int, defaults: dict) -> StageConfig:
     for key in _STAGE_KEYS - {"se"}:
         if key not in d:
             raise ConfigError(f"config key '{path}{key}': missing (set it in the stage or in 'defaults')")
-    blocks = _list(d, "blocks", path, str, lambda b: b in BLOCK_TYPES, f"block types from {list(BLOCK_TYPES)}")
+    known = layer_block_types()
+    blocks = _list(d, "blocks", path, str, lambda b: b in known, f"block types from {list(known)}")
     exp_raw = d["expansions"]
     if isinstance(exp_raw, list):
         exp_raw = {b: exp_raw for b in blocks}

@@ -172,13 +172,15 @@ class SearchSpace:
         except (KeyError, ValueError) as e:
             raise ArchError(f"parameters do not describe an arch of space {self.name!r}: {e}") from None
 
-    def _extreme(self, pick) -> Arch:
+    def _extreme(self, pick, block: str | None = None) -> Arch:
         # "per_stage" rates every option as a stride-1 layer and repeats the pick through the
         # stage (the rule of every space before conv_pool); "per_layer" rates each layer as it
         # is, since a downsampling conv_pool (a full-resolution conv) outweighs a strided block.
         cfg = self.config
         stages, c_in = [], cfg.stem_channels
         for i, (st, opts) in enumerate(zip(cfg.stages, self._options)):
+            # ``block``: only that type's options where the stage offers it (the largest of one type)
+            opts = tuple(o for o in opts if o.block == block) or opts
             width = pick(st.widths)
             c = self.stage_channels(i, width)
             depth = pick(st.depths)
@@ -199,6 +201,27 @@ class SearchSpace:
     def smallest(self) -> Arch:
         """Fewest FLOPs: the cheapest choice everywhere (by the same rule as :meth:`largest`)."""
         return self._extreme(min)
+
+    def extremes(self) -> dict[str, Arch]:
+        """Named corner architectures, distinct ones only: ``largest``, ``smallest`` and
+        ``largest_<block>`` for every block type the space offers (the largest sizes with that
+        type wherever a stage allows it). Accuracy datasets and first search populations include
+        them, so a predictor sees the top of the space, not only the spread-sampled middle."""
+        named = {"largest": self.largest(), "smallest": self.smallest()}
+        for block in dict.fromkeys(o.block for opts in self._options for o in opts):
+            named[f"largest_{block}"] = self._extreme(max, block)
+        seen, out = set(), {}
+        for name, arch in named.items():
+            if arch not in seen:
+                seen.add(arch)
+                out[name] = arch
+        return out
+
+    def to_params(self, arch: Arch) -> dict:
+        """Optuna parameters (as :meth:`suggest` names them) that describe ``arch``; unused
+        layer slots take their first choice."""
+        genes = self.to_genes(self.validate(arch))
+        return {name: choices[g] for (name, choices), g in zip(self.gene_choices, genes)}
 
     # ---- encoding for predictors ------------------------------------------------------
     @cached_property

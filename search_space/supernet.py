@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .arch import Arch
-from .blocks import BLOCKS, Head, Stem, build_block
+from .blocks import Head, Stem, block_class, build_block
 from .elastic import ElasticConvBnAct, ElasticLinear, ElasticSqueezeExcite, copy_sliced
 from .space import SearchSpace
 from .specs import BlockSpec
@@ -53,7 +53,8 @@ class Supernet(nn.Module):
                     e = max(st.expansions[b])
                     spec = space._layer_spec(i, j, space.layer_options(i)[0].__class__(b, max(st.kernels), e),
                                              max(ins), max(outs), 8)
-                    slot[b] = BLOCKS[b](spec, conv=ElasticConvBnAct, se=ElasticSqueezeExcite, projection=projection)
+                    slot[b] = block_class(b)(spec, conv=ElasticConvBnAct, se=ElasticSqueezeExcite,
+                                             projection=projection)
                 slots.append(slot)
             self.stages.append(slots)
             prev = outs

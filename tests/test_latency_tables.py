@@ -163,6 +163,26 @@ def test_fingerprint_mismatch_warns_or_refuses(cifar, tmp_path):
         lt.LatencyTable.load(tmp_path / "same.json")
 
 
+def test_reading_another_machines_table_is_quiet(cifar, tmp_path, capsys):
+    """Querying, showing and listing a table of a device you do not have is what shipped tables
+    are for: no FingerprintWarning; --strict still refuses, and measuring still checks."""
+    table = synthetic_table(cifar)
+    table.data["fingerprint"]["cpu_model"] = "Some Other CPU"
+    p = table.save(tmp_path / "t.json")
+    arch = str(cifar.smallest())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lt.LatencyTable.load(p, check_machine=False).predict(arch) > 0
+        assert main(["latency", "query", "--table", str(p), arch]) == 0
+        assert main(["latency", "show", str(p)]) == 0
+        assert main(["latency", "list"]) == 0
+    capsys.readouterr()
+    assert main(["latency", "query", "--strict", "--table", str(p), arch]) == 2
+    assert "measured on another machine" in capsys.readouterr().err
+    with pytest.warns(lt.FingerprintWarning):
+        lt.LatencyTable.load(p, check_machine=False).check_machine()
+
+
 def test_backend_errors_name_the_bad_value():
     for spec, kw, needle in [("tensorrt", {}, "backend 'tensorrt': expected"),
                              ("onnxruntime:NoSuchProvider", {}, "provider 'NoSuchProvider' is not available"),

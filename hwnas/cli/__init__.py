@@ -1,5 +1,7 @@
 """The ``hwnas`` command line: one module per command group, each with ``register(subparsers)``.
 
+Only the module of the command being run is imported (``hwnas latency query`` needs no torch);
+the others appear in ``hwnas --help`` by their one-line help (:data:`hwnas.cli._group.COMMANDS`).
 User errors (:class:`search_space.UserError`) print one line and exit with code 2.
 """
 
@@ -9,29 +11,35 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Iterable
 
+from hwnas.cli._group import COMMANDS
 from search_space.errors import UserError
 
-# Each module registers its sub-commands and sets ``func`` on the parsed arguments.
-COMMAND_MODULES = ["space", "supernet", "predictor", "latency", "search", "export", "run"]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (all command groups)."""
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with ``commands`` (default: all) in full; the other commands are
+    listed by name and help only, without importing their modules."""
     parser = argparse.ArgumentParser(
         prog="hwnas",
         description="Hardware-aware neural architecture search: find the most accurate network "
         "that meets a latency budget measured on your device.",
     )
+    full = set(COMMANDS if commands is None else commands)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"hwnas.cli.{name}").register(sub)
+    for name, help in COMMANDS.items():
+        if name in full:
+            importlib.import_module(f"hwnas.cli.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hwnas`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    # The top-level parser takes no option besides --help, so the command is the first word.
+    parser = build_parser([a for a in argv[:1] if a in COMMANDS])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

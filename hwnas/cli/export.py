@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hwnas.cli._group import add_command
 from hwnas.export import ExportRequest, export_one, front_requests
 
 
 def register(sub) -> None:
     """Add ``hwnas export``."""
-    p = sub.add_parser(
-        "export", help="export architectures to ONNX",
+    p = add_command(
+        sub, "export",
         description="Extract a subnet from a trained supernet, recalibrate BatchNorm on training data, export it to "
         "ONNX, check ONNX Runtime against PyTorch, measure its latency on this machine and save the PyTorch model too.")
     p.add_argument("--checkpoint", required=True, help="supernet checkpoint (hwnas supernet train)")

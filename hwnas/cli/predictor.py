@@ -43,12 +43,12 @@ def add_measurement_args(p, calib_batches: int = 20, calib_batch_size: int = 256
 
 def register(sub) -> None:
     """Add ``hwnas predictor dataset|fit|eval``."""
-    cmds = command_group(sub, "predictor", help="accuracy datasets and accuracy predictors",
-                         description="Measure subnet accuracies on a trained supernet, fit an accuracy predictor, "
-                         "and score it on held-out subnets.")
+    cmds = command_group(sub, "predictor", description="Measure subnet accuracies on a trained supernet, fit an "
+                         "accuracy predictor, and score it on held-out subnets.")
 
     ds = cmds.add_parser("dataset", help="measure the accuracy of N spread-sampled subnets",
-                         description="Sample N subnets spread over the FLOPs range and block types, recalibrate "
+                         description="Sample N subnets spread over the FLOPs range and block types (the space's "
+                         "extremes first), recalibrate "
                          "BatchNorm for each on training images, measure its accuracy on the validation split, "
                          "and append it to OUT (JSON lines). Re-running the same command resumes.")
     ds.add_argument("--checkpoint", required=True, help="supernet.pt written by 'hwnas supernet train'")
@@ -62,6 +62,9 @@ def register(sub) -> None:
                     "are fitted on validation accuracies; keep test for final reports)")
     ds.add_argument("--seed", type=int, default=0, help="seed of the subnet sample (default 0); another seed gives "
                     "other subnets measured the same way, e.g. a held-out set")
+    ds.add_argument("--no-extremes", dest="extremes", action="store_false",
+                    help="leave out the space's corner archs (largest, smallest, largest of each block type), which "
+                    "are otherwise the first of the N; for a held-out set beside a fit set")
     ds.add_argument("--measure-seed", type=int, default=0, help="seed of the calibration images and the eval subset "
                     "(default 0); accuracies are comparable only between equal measure seeds")
     add_measurement_args(ds)
@@ -122,13 +125,15 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
                              measure_seed: int = 0, calib_batches: int = 20, calib_batch_size: int = 256,
                              eval_batch_size: int = 1000, eval_limit: int | None = None,
                              time_budget_s: float | None = None, channels_last: bool | None = None,
-                             progress: bool = True, bundle: DatasetBundle | None = None) -> AccuracyDataset:
+                             progress: bool = True, bundle: DatasetBundle | None = None,
+                             extremes: bool = True) -> AccuracyDataset:
     """Measure ``n`` spread-sampled subnets (or the archs given) of ``checkpoint`` on ``split`` of
     its dataset (or the one named) and store them in ``out`` (resumable). ``seed`` picks the
     sample; ``measure_seed`` the calibration images and the eval subset (a measurement setting,
     recorded in the file's header). On CUDA, calibration and evaluation run under bf16 autocast.
     ``channels_last`` (default: on CUDA only, as training does) sets the memory layout.
-    ``bundle`` (already on ``device``) skips loading the dataset again."""
+    ``bundle`` (already on ``device``) skips loading the dataset again. ``extremes`` puts the
+    space's corner archs among the ``n`` (off for a held-out set drawn beside a fit set)."""
     for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
                           (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
                           (eval_limit, "--eval-limit")):
@@ -162,7 +167,7 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
             supernet, space, n, calibration_batches(bundle, calib_batch_size, device, measure_seed),
             split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
             dataset=dataset, split=split, num_calib_batches=calib_batches, autocast_dtype=autocast,
-            settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress)
+            settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress, extremes=extremes)
 
 
 def _dataset(args) -> int:
@@ -173,7 +178,8 @@ def _dataset(args) -> int:
                                     measure_seed=args.measure_seed,
                                     calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
                                     eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
-                                    time_budget_s=args.time_budget, progress=not args.quiet)
+                                    time_budget_s=args.time_budget, progress=not args.quiet,
+                                    extremes=args.extremes)
     acc = data.accuracies()
     added, secs = len(data) - before, time.monotonic() - start
     summary = f"accuracy {acc.min():.4f}..{acc.max():.4f}" if len(acc) else "no records"

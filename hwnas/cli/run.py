@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from hwnas.cli._group import add_command
 from hwnas.pipeline import STAGES, Pipeline
 from hwnas.run_config import DEFAULT_CONFIG
 
 
 def register(sub) -> None:
     """Add ``hwnas run``."""
-    p = sub.add_parser(
-        "run", help="train, measure, search and export in one go",
+    p = add_command(
+        sub, "run",
         description="Train the supernet, build a latency table for every local device, fit the accuracy "
         "predictor, search the Pareto fronts, verify them, export the best models to ONNX and write "
         "OUT/report.md. Finished stages are skipped when their inputs are unchanged, so an interrupted "

@@ -9,6 +9,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hwnas.cli._group import add_command
 from hwnas.cli.space import add_space_arg
 from search import (SAMPLERS, SearchError, Trials, device_fronts, flops_objective, format_fronts, measured_accuracy,
                     measured_latency, params_objective, parse_budget, predicted_accuracy, run_search, storage_url,
@@ -22,8 +23,8 @@ EXTRA_OBJECTIVES = {"flops": flops_objective, "params": params_objective}
 
 def register(sub) -> None:
     """Add ``hwnas search``."""
-    p = sub.add_parser(
-        "search", help="search Pareto-optimal architectures per device",
+    p = add_command(
+        sub, "search",
         description="Search architectures that maximise predicted accuracy and minimise the latency of every "
                     "device (from its latency table), under optional latency budgets; re-measure the fronts on "
                     "the devices that are reachable and write pareto_<device>.json, plots and summary.md.")
@@ -102,13 +103,12 @@ def _positive(value, option: str) -> None:
 
 def load_tables(specs: list[tuple[str | None, str]], space: SearchSpace) -> dict:
     """Device name -> LatencyTable, each checked against ``space``; another space's table is refused."""
-    from latency_tables import FingerprintWarning, LatencyTable
+    from latency_tables import LatencyTable
 
     tables = {}
     for name, path in specs:
-        with warnings.catch_warnings():  # a remote device's table is expected to differ from this machine
-            warnings.simplefilter("ignore", FingerprintWarning)
-            table = LatencyTable.load(path, space=space)
+        # A remote device's table is expected to differ from this machine (local_devices tells which).
+        table = LatencyTable.load(path, space=space, check_machine=False)
         device = name or table.device
         if not _DEVICE_RE.match(device):
             raise SearchError(f"latency table {path!r} has device label {device!r}: name it with --table NAME={path}")
@@ -225,7 +225,7 @@ def _search(args) -> int:
     study = run_search(space, objectives, args.trials, budgets=budgets, sampler=args.sampler, seed=args.seed,
                        population_size=args.population, storage=args.storage, study_name=args.study,
                        workers=args.workers, ray_address=args.ray_address, batch_size=args.batch_size,
-                       progress=not args.quiet)
+                       progress=not args.quiet, seed_archs=list(space.extremes().values()))
     search_s = time.time() - start
     trials = Trials.from_study(study)
     fronts = device_fronts(trials, space)

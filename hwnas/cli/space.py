@@ -20,7 +20,7 @@ def add_space_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     """Add ``hwnas space ...``."""
-    cmds = command_group(sub, "space", help="inspect a search space", description="Inspect a search space and its architectures.")
+    cmds = command_group(sub, "space", description="Inspect a search space and its architectures.")
 
     show = cmds.add_parser("show", help="print the space's choices and size")
     add_space_arg(show)

@@ -49,8 +49,7 @@ def recipe_kwargs(args: argparse.Namespace) -> dict:
 
 def register(sub) -> None:
     """Add ``hwnas supernet train|eval``."""
-    cmds = command_group(sub, "supernet", help="train a supernet, evaluate its subnets",
-                         description="Train a weight-sharing supernet and evaluate its subnets.")
+    cmds = command_group(sub, "supernet", description="Train a weight-sharing supernet and evaluate its subnets.")
 
     tr = cmds.add_parser("train", help="train a supernet (sandwich rule, in-place distillation)",
                          description="Train every subnet of a space at once: each step trains the largest subnet "

@@ -1,0 +1,78 @@
+"""Search workers as Ray tasks sharing one study storage (:func:`run_workers`); each runs the
+worker loop of :mod:`search._loop`, which in turn sends device objectives to Ray through
+:mod:`search._ray` (hence three modules: no import cycle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ._loop import optimize_batches
+from ._objectives import Budget, Objective
+from ._ray import _ray
+
+# Every worker is a task with one CPU; Ray re-runs a worker whose process died (its
+# unfinished trials are failed by the storage heartbeat and retried by the others).
+WORKER_RETRIES = 2
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs to join the study (all picklable)."""
+
+    storage_url: str
+    study_name: str
+    sampler: Any  # a name, or an Optuna sampler instance (each worker unpickles its own copy)
+    seed: int | None
+    population_size: int | None
+    space: Any
+    objectives: list[Objective]
+    budgets: list[Budget]
+    n_trials: int
+    batch_size: int | None
+    n_workers: int
+    storage_options: dict = field(default_factory=dict)
+
+
+def _worker(spec: WorkerSpec, index: int) -> int:
+    import optuna
+
+    from ._samplers import default_batch_size, make_sampler
+    from ._storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = None if spec.seed is None else spec.seed + index  # workers must not propose the same trials
+    sampler = make_sampler(spec.sampler, seed=seed, population_size=spec.population_size)
+    if not isinstance(spec.sampler, str):
+        sampler.reseed_rng()  # copies of one instance would otherwise all propose the same trials
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage_url, **spec.storage_options),
+                              sampler=sampler)
+    return optimize_batches(study, spec.space, spec.objectives, spec.budgets, spec.n_trials,
+                            spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True)
+
+
+def run_workers(spec: WorkerSpec, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> list[int]:
+    """Run ``spec.n_workers`` workers as Ray tasks until the study is done; returns each
+    worker's completed trials. Ctrl-C cancels them (each fails its in-flight batch)."""
+    ray = _ray()
+    task = ray.remote(_worker).options(num_cpus=1, max_retries=WORKER_RETRIES)
+    refs = [task.remote(spec, i) for i in range(spec.n_workers)]
+    try:
+        pending = refs
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+            if on_poll is not None:
+                on_poll()
+        return ray.get(refs)
+    except KeyboardInterrupt:
+        for r in refs:
+            ray.cancel(r)
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+        raise
+    except ray.exceptions.RayTaskError as e:
+        # A user error inside a worker is still a user error (one line, exit code 2).
+        from search_space.errors import UserError
+
+        if isinstance(e.cause, UserError):
+            raise e.cause from None
+        raise

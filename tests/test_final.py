@@ -1,0 +1,144 @@
+"""Final training beside baselines (issue 18): extremes, baselines, stand-alone training, the
+ranking check, the final stage of ``hwnas run`` and its errors."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hwnas.baselines import BaselineError, make_baseline
+from hwnas.cli import main
+from hwnas.cli.supernet import load_for_space
+from hwnas.export import read_metadata
+from hwnas.final_stage import Candidate, FinalStage, pick_ranking_archs, ranking_summary, run_final
+from hwnas.final_training import evaluate_model, plain_config, train_model
+from hwnas.run_config import RunConfigError, parse_run_config
+from search import run_search
+from search_space import SearchSpace, Subnet
+from tests.test_pipeline import TINY_RUN
+
+SPACE = SearchSpace.from_config(TINY_RUN["space"])
+CPU = [{"name": "cpu", "backend": "onnxruntime", "batch_size": 1, "dtype": "fp32", "threads": 1}]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_for_space("digits", None, SPACE, device="cpu")
+
+
+def test_extremes_are_distinct_and_include_each_block_type():
+    ext = SPACE.extremes()
+    assert list(ext)[:2] == ["largest", "smallest"]
+    assert ext["largest"] == SPACE.largest() and ext["smallest"] == SPACE.smallest()
+    assert len(set(ext.values())) == len(ext)
+    blocks = {layer.block for s in ext["largest_mbconv"].stages for layer in s.layers}
+    assert blocks == {"mbconv"}
+    # to_params round-trips through Optuna's parameter names
+    for arch in ext.values():
+        assert SPACE.from_params(SPACE.to_params(arch)) == arch
+
+
+def test_search_first_population_holds_the_seed_archs():
+    from search import Objective
+
+    flops = lambda archs: np.array([SPACE.flops(a) / 1e6 for a in archs], dtype=float)  # noqa: E731
+    objectives = [Objective("accuracy", "maximize", lambda archs: np.log1p(flops(archs))),
+                  Objective("latency_ms:cpu", "minimize", flops)]
+    seeds = list(SPACE.extremes().values())
+    study = run_search(SPACE, objectives, 30, sampler="nsga2", seed=0, progress=False, seed_archs=seeds)
+    first = [SPACE.from_params(t.params) for t in study.trials[:len(seeds)]]
+    assert first == seeds
+
+
+def test_baseline_errors_are_one_line():
+    with pytest.raises(BaselineError, match="unknown baseline 'resnet19'"):
+        make_baseline("resnet19", SPACE)
+    with pytest.raises(BaselineError, match="returned int; expected a torch.nn.Module"):
+        make_baseline("builtins:int", SPACE)
+    with pytest.raises(BaselineError, match="cannot import"):
+        make_baseline("no_such_module_xyz:net", SPACE)
+    with pytest.raises(BaselineError, match="timm:not_a_model"):
+        make_baseline("timm:not_a_model", SPACE)
+
+
+def test_resnet18_baseline_has_the_small_image_stem():
+    net = make_baseline("resnet18", SPACE)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1) and net.conv1.in_channels == 1
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_standalone_training_raises_accuracy_and_resumes(tmp_path, digits):
+    arch = SPACE.largest()
+    torch.manual_seed(0)
+    net = Subnet(arch, SPACE.block_specs(arch))
+    before = evaluate_model(net, digits, torch.device("cpu"), 8)["test"]
+    config = plain_config(3, 128, lr=0.05)
+    ck = tmp_path / "t.pt"
+    train_model(net, digits, config, torch.device("cpu"), ck, progress=False)
+    after = evaluate_model(net, digits, torch.device("cpu"), 8)["test"]
+    assert after > before + 0.3 and after > 0.6
+    # a checkpoint of other settings is refused in one line; the same settings resume (nothing left to do)
+    with pytest.raises(Exception, match="different settings"):
+        train_model(net, digits, plain_config(4, 128, lr=0.05), torch.device("cpu"), ck, progress=False)
+    assert len(train_model(net, digits, config, torch.device("cpu"), ck, progress=False)) == 3
+
+
+def test_final_stage_trains_times_and_draws_a_callable_baseline(tmp_path, digits, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = FinalStage(SPACE, tmp_path / "final", plain_config(2, 128, lr=0.05), digits, torch.device("cpu"),
+                       progress=False)
+    front = [{"arch": str(SPACE.smallest()), "accuracy": {"predicted": 0.5}, "latency_ms": {"predicted": 0.01}},
+             {"arch": str(SPACE.largest()), "accuracy": {"predicted": 0.9}, "latency_ms": {"predicted": 0.02}}]
+    summary = run_final(stage, {"cpu": front}, CPU, top=1, choose="top", baselines=["mynets:tiny"], inits=["scratch"])
+    models = json.loads((tmp_path / "final" / "results.json").read_text())["models"]
+    roles = sorted(m["role"] for m in models.values())
+    assert roles == ["baseline", "chosen"]
+    chosen = next(m for m in models.values() if m["role"] == "chosen")
+    assert chosen["arch"] == str(SPACE.largest()) and chosen["deployed"]  # the most accurate point of the front
+    base = next(m for m in models.values() if m["role"] == "baseline")
+    assert base["label"] == "mynets:tiny" and base["latency"]["cpu"]["ms"] > 0 and 0 <= base["test"] <= 1
+    v = summary["verdicts"]["cpu"]
+    assert len(v) == 1 and v[0]["baseline"] == "mynets:tiny"
+    assert v[0]["latency_ratio"] == pytest.approx(chosen["latency"]["cpu"]["ms"] / base["latency"]["cpu"]["ms"], rel=1e-3)
+    assert (tmp_path / "final" / "final_cpu.png").stat().st_size > 0
+    # resumed: nothing is retrained
+    stamp = (tmp_path / "final" / "results.json").stat().st_mtime_ns
+    again = FinalStage(SPACE, tmp_path / "final", plain_config(2, 128, lr=0.05), digits, torch.device("cpu"),
+                       progress=False)
+    assert again.train(Candidate("baseline", baseline="mynets:tiny"))["test"] == base["test"]
+
+
+def test_ranking_check_spreads_archs_and_computes_tau():
+    fronts = {"cpu": [{"arch": f"a{i}", "accuracy": {"predicted": i / 10}} for i in range(5)]}
+    pool = [(f"p{i}", i / 20) for i in range(20)]
+    picked = pick_ranking_archs(fronts, pool, 8)
+    assert picked[:5] == [f"a{i}" for i in range(5)] and len(set(picked)) == 8
+    records = [{"arch": f"a{i}", "val": v, "test": v} for i, v in enumerate([0.1, 0.3, 0.2, 0.4, 0.5])]
+    s = ranking_summary(records, {f"a{i}": i / 10 for i in range(5)})
+    assert s["n"] == 5 and s["kendall_tau"] == pytest.approx(0.8)
+
+
+def test_final_config_errors():
+    with pytest.raises(RunConfigError, match=r"final.baselines\[0\]'.*unknown baseline 'resnet"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "baselines": ["resnet"]}})
+    with pytest.raises(RunConfigError, match="final.init"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "init": ["pretrained"]}})
+    with pytest.raises(RunConfigError, match="final.ranking_epochs"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "ranking": 4}})
+
+
+def test_bad_baseline_in_run_config_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_RUN, "final": {"epochs": 1, "baselines": ["builtin_net"]}}))
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "final.baselines[0]" in err[0] and "builtin_net" in err[0]
