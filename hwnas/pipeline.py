@@ -18,7 +18,7 @@ from hwnas.run_config import SCHEMA, load_run_config
 from hwnas.stages import StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
-from search_space.io import atomic_write_json
+from search_space.io import atomic_write_json, check_out_dir
 
 INVOCATIONS = "invocations.json"
 STAGES = ["train", "latency", "accuracy", "predictor", "search", "final", "export", "report"]
@@ -44,6 +44,8 @@ def _cli(args: list[str], capture: bool = False) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
         rc = main([str(a) for a in args])
+    if rc == 130:  # the stage was interrupted (Ctrl-C): so is the run, with the same exit code
+        raise KeyboardInterrupt
     if rc != 0:
         raise StageFailed(f"'hwnas {' '.join(str(a) for a in args[:2])}' failed with exit code {rc}; "
                           f"fix the cause and re-run: finished stages are kept")
@@ -64,6 +66,10 @@ class Pipeline:
 
     def __init__(self, config_path: str | Path | None, out: str | Path, redo_from: str | None = None,
                  until: str | None = None):
+        check_out_dir(out)  # a file in the way, a read-only folder: one line before anything runs
+        if redo_from in STAGES and until in STAGES and STAGES.index(until) < STAGES.index(redo_from):
+            raise UserError(f"--until {until!r} comes before --from {redo_from!r}: expected a stage at or after "
+                            f"{redo_from!r} (order: {', '.join(STAGES)})")
         self.cfg = load_run_config(config_path)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)

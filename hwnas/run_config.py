@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from search_space.errors import UserError
+from search_space.io import read_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
@@ -49,9 +50,12 @@ SCHEMA = {
     "final": {"epochs": ((int,), 0), "batch_size": ((int,), 256), "lr": ((float, int, type(None)), None),
               "weight_decay": ((float, int), 5e-4), "label_smoothing": ((float, int), 0.1),
               "logit_scale": ((float, int), 1.0), "augment": ((str, type(None)), None),
-              "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
+              "init": ((list,), ["scratch"]), "baselines": ((list,), ["largest"]),
               "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "spread")},
 }
+# Counts where 0 means no work at all (the run would train for nothing): refused up front.
+POSITIVE = ("train.batch_size", "predictor.archs", "predictor.calib_batch_size",
+            "predictor.eval_batch_size", "search.trials", "verify.top")
 
 
 class RunConfigError(UserError):
@@ -92,6 +96,10 @@ def parse_run_config(raw: dict) -> dict:
     devices = cfg["latency"]["devices"]
     if not devices:
         raise RunConfigError("config key 'latency.devices': expected at least one device")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        if cfg[section][name] < 1:
+            raise RunConfigError(f"config key '{key}': expected a positive integer, got {cfg[section][name]!r}")
     cfg["latency"]["devices"] = [_check(d, DEVICE_SCHEMA, f"latency.devices[{i}].") for i, d in enumerate(devices)]
     names = [d["name"] for d in cfg["latency"]["devices"]]
     for i, d in enumerate(cfg["latency"]["devices"]):
@@ -183,7 +191,7 @@ def load_run_config(path: str | Path | None = None) -> dict:
     if not path.is_file():
         raise RunConfigError(f"run config {str(path)!r} not found: expected a YAML file such as experiments/configs/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text(path, "run config", "a YAML file", RunConfigError))
     except yaml.YAMLError as e:
         raise RunConfigError(f"run config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     cfg = parse_run_config(raw)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from search_space import Arch, SearchSpace
-from search_space.io import atomic_write_json
+from search_space.io import atomic_write_json, read_text
 
 from .calibration import Calibration
 from .errors import FingerprintWarning, TableError
@@ -103,7 +103,7 @@ class LatencyTable:
         """
         p = resolve_table_path(path)
         try:
-            text = p.read_text()
+            text = read_text(p, "latency table", "a JSON file written by `hwnas latency build`", TableError)
         except OSError as e:
             raise TableError(f"cannot read latency table {str(p)!r}: {e.strerror or e}; expected a file "
                              f"written by `hwnas latency build`") from None

@@ -21,7 +21,7 @@ import torch
 
 from search_space import Arch, SearchSpace, UserError
 from search_space.evaluation import Batches, evaluate_archs
-from search_space.io import atomic_write_text
+from search_space.io import atomic_write_text, read_text
 
 from .sampling import sample_archs_spread
 
@@ -64,7 +64,8 @@ class AccuracyDataset:
         if not path.is_file():
             raise AccuracyDatasetError(f"accuracy dataset {str(path)!r} not found: expected a .jsonl file "
                                        "written by 'hwnas predictor dataset'")
-        lines = [l for l in path.read_text().splitlines() if l.strip()]
+        lines = [l for l in read_text(path, "accuracy dataset", "a .jsonl file written by 'hwnas predictor dataset'",
+                                      AccuracyDatasetError).splitlines() if l.strip()]
         try:
             header = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:

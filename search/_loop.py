@@ -21,6 +21,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from ._batch_ask import BatchAsker, is_database, tell_all
 from ._objectives import Budget, Objective
 from ._ray import submit_score
 from ._storage import has_heartbeat
@@ -142,20 +143,27 @@ def _drop_surplus(study: optuna.Study, batch: list, n_trials: int) -> list:
 
 
 def _tell_batch(study, batch, values, violations, objectives, budgets) -> int:
-    completed = 0
+    outcomes = []  # (trial, values or None when failed, constraints, user attributes)
     for t, v, c in zip(batch, values, violations):
+        bad = [o.name for o, x in zip(objectives, v) if not math.isfinite(x)]
+        attrs = {ERROR_ATTR: f"objective(s) {bad} returned a non-finite value"} if bad else {}
+        outcomes.append((t, None if bad else v.tolist(), {b.objective: x for b, x in zip(budgets, c.tolist())}, attrs))
+    if is_database(study._storage):
+        return tell_all(study, outcomes)  # one transaction for the batch
+    completed = 0
+    for t, v, constraints, attrs in outcomes:
         if study._storage.get_trial(t._trial_id).state.is_finished():
             # Another worker took the same re-queued trial (SQLite cannot lock the row Optuna pops
             # WAITING trials from) and told it first: it counts once, there.
             continue
-        for b, x in zip(budgets, c.tolist()):
-            t.set_constraint(b.objective, x)  # Optuna 5: samplers read trial.constraints
-        bad = [o.name for o, x in zip(objectives, v) if not math.isfinite(x)]
-        if bad:
-            t.set_user_attr(ERROR_ATTR, f"objective(s) {bad} returned a non-finite value")
+        for key, x in constraints.items():
+            t.set_constraint(key, x)  # Optuna 5: samplers read trial.constraints
+        for key, x in attrs.items():
+            t.set_user_attr(key, x)
+        if v is None:
             study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
         else:
-            study.tell(t, v.tolist(), skip_if_finished=True)  # the same race, in the instant since the check
+            study.tell(t, v, skip_if_finished=True)  # the same race, in the instant since the check
             completed += 1
     return completed
 
@@ -176,6 +184,7 @@ def optimize_batches(study: optuna.Study, space, objectives: Sequence[Objective]
 
 def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch) -> int:
     heartbeat = has_heartbeat(study._storage)
+    asker = BatchAsker(study, space) if is_database(study._storage) else None
     done = 0
     while True:
         if heartbeat:
@@ -190,15 +199,21 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
             continue
         # Near the end, share what is missing among the workers so that they do not race for it.
         k = min(batch_size, math.ceil(missing / n_workers))
-        batch = []
+        batch, drawn = [], {}
         try:
-            batch = [study.ask() for _ in range(k)]
+            if asker is not None:
+                asker.ask(k, batch, drawn, heartbeat)
+            # A heartbeat at once: a trial asked just before its worker dies must go stale.
+            for _ in range(k - len(batch)):
+                batch.append(study.ask())
+                if heartbeat:
+                    study._storage.record_heartbeat(batch[-1]._trial_id)
             batch = _drop_surplus(study, batch, n_trials)
             if not batch:
                 continue
             ctx = _Heartbeat(study._storage, [t._trial_id for t in batch]) if heartbeat else nullcontext()
             with ctx:  # beating until told: a slow tell (SQLite under load) must not look like a dead worker
-                archs = [space.suggest(t) for t in batch]
+                archs = [drawn[t.number] if t.number in drawn else space.suggest(t) for t in batch]
                 values = score_batch(objectives, archs, use_ray)
                 done += _tell_batch(study, batch, values, budget_violations(values, objectives, budgets),
                                      objectives, budgets)

@@ -8,6 +8,7 @@ A device farm is a Ray cluster whose device nodes start with
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -15,6 +16,8 @@ from ._errors import SearchError
 from ._objectives import Objective
 
 DEVICE_PREFIX = "device:"
+# ray.init waits minutes for a cluster address that nothing answers; a TCP connect says so in seconds.
+CONNECT_TIMEOUT_S = 5
 
 
 def _ray():
@@ -29,6 +32,8 @@ def init_ray(address: str | None = None, *, local_devices: Sequence[str] = (), n
     """Join the cluster at ``address``, or start a local Ray instance whose node owns
     ``local_devices`` (resource ``device:NAME`` = 1 each). Reuses a running instance."""
     ray = _ray()
+    if address:
+        check_address(address)
     if ray.is_initialized():
         return
     # Workers of a local instance must import the same packages as this process.
@@ -44,6 +49,36 @@ def init_ray(address: str | None = None, *, local_devices: Sequence[str] = (), n
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"at {address!r}" if address else "locally"
         raise SearchError(f"cannot start or join Ray {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds, in one line naming ``address``, when no Ray cluster answers there."""
+    if address == "auto":
+        return  # Ray finds the local cluster itself, and says at once when there is none
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit():
+        raise SearchError(f"Ray address {address!r} is malformed: expected HOST:PORT of the head node "
+                          "(e.g. 10.0.0.5:6379), ray://HOST:10001 or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise SearchError(f"cannot reach a Ray cluster at {address!r}: {e.strerror or type(e).__name__}: "
+                          "start one there with 'ray start --head' or fix --ray-address") from None
+
+
+def check_resources(objectives: Sequence[Objective]) -> None:
+    """Fail before any work, in one line, when an objective needs a resource (``device:NAME``,
+    GPU, ...) that no alive node of the cluster has: Ray would leave its task pending for ever."""
+    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
+    for o in objectives:
+        for key, amount in o.resources.items():
+            if not any(res.get(key, 0) >= amount for res in nodes):
+                devices = sorted({k[len(DEVICE_PREFIX):] for res in nodes for k in res if k.startswith(DEVICE_PREFIX)})
+                how = (f"ray start --address HEAD --resources='{{\"{key}\": 1}}'" if key.startswith(DEVICE_PREFIX)
+                       else f"ray start --address HEAD on a machine with {key}")
+                raise SearchError(f"objective {o.name!r} needs Ray resource {key!r}: {amount}, which no node of the "
+                                  f"cluster has (devices on nodes: {devices or 'none'}): start a node with {how}")
 
 
 def cluster_devices() -> set[str]:

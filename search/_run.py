@@ -17,7 +17,8 @@ from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
-from ._storage import HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, storage_url
+from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
+                       storage_url, with_password)
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
@@ -139,17 +140,18 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
                 ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=()) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
+    shown = redact_url(url)  # the URL as messages show it: no password
     storage_options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     store = open_storage(storage, single_process=not use_ray, **storage_options)
     if use_ray and (isinstance(storage, BaseStorage) or not is_shared(store)):
-        raise SearchError(f"Ray workers need a storage they can open themselves, got {url!r}: "
+        raise SearchError(f"Ray workers need a storage they can open themselves, got {shown!r}: "
                           "pass a journal file, an SQLite file or an RDB URL")
     _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
     study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
-    _check_resume(study, study_meta(space, objectives, budgets), study_name, url)
+    _check_resume(study, study_meta(space, objectives, budgets), study_name, shown)
     if isinstance(sampler, str):
         # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
         population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
@@ -166,11 +168,12 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
         log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
 
     if use_ray:
-        from ._ray import init_ray, node_count
+        from ._ray import check_resources, init_ray, node_count
 
         init_ray(ray_address)
+        check_resources(objectives)
         if is_single_host(url) and node_count() > 1:
-            raise SearchError(f"storage {url!r} is a file, which only processes of one host can share, but the Ray "
+            raise SearchError(f"storage {shown!r} is a file, which only processes of one host can share, but the Ray "
                               f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
 
     bar = tqdm(total=n_trials, initial=min(n_trials, trial_counts(study)[TrialState.COMPLETE]),
@@ -189,8 +192,9 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             if use_ray:
                 from ._workers import WorkerSpec, run_workers
 
-                spec = WorkerSpec(url, study_name, sampler, seed, population_size, space, objectives, budgets, n_trials,
-                                  batch_size, workers, storage_options)
+                # Workers on other nodes may lack the driver's environment: they get the password in the URL.
+                spec = WorkerSpec(with_password(url), study_name, sampler, seed, population_size, space, objectives,
+                                  budgets, n_trials, batch_size, workers, storage_options)
                 run_workers(spec, on_poll=refresh)
             else:
                 optimize_batches(study, space, objectives, budgets, n_trials,

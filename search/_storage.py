@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import os
+import re
 import time
 import warnings
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import optuna
 from optuna.storages import (BaseStorage, InMemoryStorage, JournalStorage, RDBStorage,
@@ -20,8 +23,17 @@ JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 STORAGE_FORMS = ("'memory' (default)", "a journal file (*.journal, *.log)", "an SQLite file (*.db, *.sqlite)",
                  "an RDB URL (postgresql://..., mysql://..., sqlite:///...)")
+# The password of an RDB URL without one, read by the process that opens the storage (PGPASSWORD
+# is libpq's own); kept out of every message and report.
+PASSWORD_ENV = ("HWNAS_STORAGE_PASSWORD", "PGPASSWORD")
+# The Python driver for each URL scheme: SQLAlchemy's default for postgresql:// is psycopg2 before
+# 2.1 and psycopg (3) after; hwnas installs psycopg 3 (pip install "hwnas[postgres]").
+DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+DRIVER_HINTS = {"postgresql": 'psycopg 3: pip install "psycopg[binary]" (or "hwnas[postgres]")',
+                "mysql": "a MySQL driver: pip install pymysql and use mysql+pymysql://"}
 # A dead worker's trials are failed after HEARTBEAT_GRACE_S without a heartbeat and re-queued.
 HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S, MAX_RETRY = 10, 30, 3
+CONNECT_ARGS = {"connect_timeout": 10}
 
 
 class BufferedJournalFileBackend(BaseJournalBackend):
@@ -76,6 +88,44 @@ def flush_storage(storage: BaseStorage) -> None:
         backend.flush()
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``), for
+    messages and reports; other storage specs unchanged."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", str(url))
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error) without the password of ``url`` or of the environment."""
+    secrets = [os.environ.get(k) for k in PASSWORD_ENV]
+    m = re.search(r"://[^/@:]*:([^/@]*)@", url)
+    if m:
+        secrets += [m.group(1), unquote(m.group(1))]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def with_password(url: str) -> str:
+    """The URL a driver connects with: ``postgresql://`` mapped to psycopg 3, and, where the URL
+    has no password, the one in $HWNAS_STORAGE_PASSWORD or $PGPASSWORD. Never show the result."""
+    if "://" not in url or url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as e:  # noqa: BLE001 - any parse error is a bad URL
+        raise SearchError(f"storage URL {redact_url(url)!r} is malformed ({_scrub(str(e), url)}): expected "
+                          "dialect://user@host:port/database") from None
+    parsed = parsed.set(drivername=DRIVERS.get(parsed.drivername, parsed.drivername))
+    keys = PASSWORD_ENV if parsed.drivername.startswith("postgresql") else PASSWORD_ENV[:1]
+    password = next((os.environ[k] for k in keys if os.environ.get(k)), None)
+    if parsed.password is None and password is not None:
+        parsed = parsed.set(password=password)
+    return parsed.render_as_string(hide_password=False)
+
+
 def storage_url(spec: str | Path | None) -> str:
     """Canonical form of a storage spec: ``memory``, ``journal:/abs/path`` or an RDB URL."""
     if spec is None or str(spec).strip() in ("", "memory", ":memory:"):
@@ -84,8 +134,8 @@ def storage_url(spec: str | Path | None) -> str:
     if "://" in text:
         scheme = text.split("://", 1)[0].split("+", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
-            raise SearchError(f"storage URL {text!r} has scheme {scheme!r}: expected an SQLAlchemy database URL "
-                              f"(postgresql://, mysql://, sqlite:///) or one of {', '.join(STORAGE_FORMS)}")
+            raise SearchError(f"storage URL {redact_url(text)!r} has scheme {scheme!r}: expected an SQLAlchemy "
+                              f"database URL (postgresql://, mysql://, sqlite:///) or one of {', '.join(STORAGE_FORMS)}")
         return text
     if text.startswith("journal:"):
         return "journal:" + str(Path(text[len("journal:"):]).expanduser().resolve())
@@ -123,7 +173,10 @@ def open_storage(spec: str | Path | BaseStorage | None, *, heartbeat_interval: i
         if not folder.is_dir():
             raise SearchError(f"SQLite storage {url!r}: folder {str(folder)!r} does not exist")
     # SQLite serialises writers; wait for the lock instead of failing under several workers.
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    # A server that does not answer fails in seconds instead of the driver's default (none).
+    engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+              else {"connect_args": CONNECT_ARGS} if url.startswith("postgres") else None)
+    shown, url = redact_url(url), with_password(url)
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we rely on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -133,10 +186,12 @@ def open_storage(spec: str | Path | BaseStorage | None, *, heartbeat_interval: i
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             return RDBStorage(url, engine_kwargs=engine, **hb)
     except (ImportError, ModuleNotFoundError) as e:
-        raise SearchError(f"storage {url!r} needs a database driver that is not installed ({e.name or e}): "
-                          "install it (e.g. psycopg2-binary for postgresql://)") from None
+        hint = DRIVER_HINTS.get(url.split("://", 1)[0].split("+", 1)[0], "the SQLAlchemy driver the URL names")
+        raise SearchError(f"storage {shown!r} needs a database driver that is not installed ({e.name or e}): "
+                          f"install {hint}") from None
     except Exception as e:  # connection refused, bad credentials, unknown database ...
-        raise SearchError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        first = _scrub(str(e).strip().splitlines()[0], url) if str(e).strip() else ""
+        raise SearchError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
 
 
 def is_shared(storage: BaseStorage) -> bool:

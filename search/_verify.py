@@ -29,6 +29,10 @@ def verify_fronts(fronts: Mapping[str, DeviceFront], *, measure: Mapping[str, Ob
     distinct architecture. Each front then gets ``measured_front``: the verified points
     that stay non-dominated (and within budget) on measured values where there are some."""
     measure = dict(measure or {})
+    if use_ray:
+        from ._ray import check_resources
+
+        check_resources(list(measure.values()) + ([evaluate] if evaluate is not None else []))
     chosen = {d: spread_candidates(len(f.points), max_candidates) for d, f in fronts.items()}
     for d, front in fronts.items():
         idx = chosen[d]

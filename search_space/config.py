@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .specs import layer_block_types
+from .io import read_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 ACTIVATIONS = ("relu", "hswish", "silu")
@@ -224,7 +225,7 @@ def load_config(source: str | Path | dict) -> SpaceConfig:
         path = PRESET_DIR / f"{source}.yaml"
     if not path.is_file():
         raise ConfigError(f"space config file {str(path)!r} not found: expected a preset name {preset_names()} or a .yaml/.toml file")
-    text = path.read_text()
+    text = read_text(path, "space config", "a YAML or TOML file", ConfigError)
     try:
         if path.suffix == ".toml":
             raw = tomllib.loads(text)

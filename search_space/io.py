@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from search_space.errors import UserError
+
 
 def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = "wb") -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then rename onto ``path``."""
@@ -59,3 +61,50 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_text(path: str | Path, what: str, expected: str, error: type[Exception] | None = None) -> str:
+    """The UTF-8 text of ``path``; a binary file raises ``error`` (a UserError) in one line naming
+    ``what`` and the file, and saying what was ``expected``, instead of a UnicodeDecodeError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise (error or UserError)(f"{what} {str(path)!r} is not a text file (byte {e.object[e.start]:#04x} at offset "
+                                   f"{e.start} is not UTF-8): expected {expected}") from None
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Fail, in one line and before any work, when folder ``path`` cannot be created and written:
+    a file is in the way, or the nearest existing folder is read-only or immutable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file: expected a folder (created when missing)")
+    _check_writable(path, path, flag)
+    return path
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Fail, in one line and before any work, when file ``path`` cannot be written: it is a
+    folder, or its folder cannot be created or written (files are replaced by rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder: expected a file to write")
+    _check_writable(path.parent, path, flag)
+    return path
+
+
+def _check_writable(folder: Path, path: Path, flag: str) -> None:
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, expected a folder")
+    # A real write, not os.access: root passes access checks, yet an immutable folder or a
+    # read-only mount still refuses it.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hwnas-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {str(path)!r}: cannot write in {str(existing)!r} ({e.strerror or e}): "
+                         "expected a folder you can write to") from None

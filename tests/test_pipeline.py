@@ -29,6 +29,7 @@ TINY_RUN = {
     "search": {"trials": 150, "sampler": "nsga2", "budgets": {"cpu": 50}},
     "verify": {"top": 2},
     "export": {"top": 1, "dynamic_batch": True},
+    "final": {"epochs": 2, "batch_size": 128, "lr": 0.05, "baselines": ["largest"], "ranking": 3, "ranking_epochs": 1},
 }
 
 
@@ -61,6 +62,18 @@ def test_run_end_to_end_then_resume(tmp_path, capsys):
     onnx_file = out / "models" / "cpu_rank00.onnx"
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == "input"
+    # the final stage trained the exported arch alone: its weights and measured accuracy are what ships
+    from hwnas.export import read_metadata
+
+    meta = read_metadata(onnx_file)
+    final = json.loads((out / "final" / "results.json").read_text())
+    deployed = {m["arch"]: m for m in final["models"].values() if m["role"] == "chosen" and m.get("deployed")}
+    assert meta["weights"] == "final-trained" and meta["arch"] in deployed
+    assert float(meta["final.test"]) == pytest.approx(deployed[meta["arch"]]["test"])
+    top = json.loads((out / "models" / "top_cpu.json").read_text())["front"][0]
+    assert top["accuracy"]["standalone_test"] == pytest.approx(deployed[meta["arch"]]["test"])
+    assert "## Final training: chosen models beside the baselines" in report and "`largest`" in report
+    assert final["summary"]["ranking"]["n"] == 3 and (out / "final" / "ranking.png").exists()
     # --from redoes that stage and the later ones only
     assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0
     third = json.loads((out / "manifest.json").read_text())

@@ -115,7 +115,9 @@ def _load(args, measuring: bool):
 def _build(args) -> int:
     from latency_tables import build_table, make_backend
     from latency_tables.fingerprint import warn_if_busy
+    from search_space.io import check_out_file
 
+    check_out_file(args.out)  # before minutes of measuring
     space = SearchSpace.from_config(args.space)
     opts = dict(args.opt)
     backend = make_backend(args.backend, batch_size=args.batch_size, dtype=args.dtype, threads=args.threads, **opts)

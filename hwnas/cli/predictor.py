@@ -171,7 +171,10 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
 
 
 def _dataset(args) -> int:
+    from search_space.io import check_out_file
+
     start = time.monotonic()
+    check_out_file(args.out)  # before any subnet is measured
     before = len(AccuracyDataset.load(args.out)) if Path(args.out).exists() else 0
     data = measure_accuracy_dataset(args.checkpoint, args.n, args.out, dataset=args.dataset, data=args.data,
                                     device=args.device, split=args.split, seed=args.seed,

@@ -12,8 +12,8 @@ from pathlib import Path
 from hwnas.cli._group import add_command
 from hwnas.cli.space import add_space_arg
 from search import (SAMPLERS, SearchError, Trials, device_fronts, flops_objective, format_fronts, measured_accuracy,
-                    measured_latency, params_objective, parse_budget, predicted_accuracy, run_search, storage_url,
-                    table_latency, verify_fronts, write_report)
+                    measured_latency, params_objective, parse_budget, predicted_accuracy, redact_url, run_search,
+                    storage_url, table_latency, verify_fronts, write_report)
 from search._rounds import DEFAULT_INNER_TRIALS
 from search_space import SearchSpace
 
@@ -188,12 +188,16 @@ def _search(args) -> int:
     _positive(args.calib_batches, "--calib-batches")
     _positive(args.calib_batch_size, "--calib-batch-size")
     storage_url(args.storage)  # a malformed storage fails now, not after loading everything
+    if args.ray_address:
+        from search._ray import check_address
+
+        check_address(args.ray_address)  # nothing there: one line in seconds, not a hang after loading
     table_specs = parse_table_args(args.table)
     if (args.dataset or args.data) and not args.checkpoint:
         raise SearchError("--dataset/--data re-evaluate accuracy on a supernet: pass --checkpoint too")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {str(out)!r} is a file: expected a directory")
+    from search_space.io import check_out_dir
+
+    out = check_out_dir(args.out)
 
     space = SearchSpace.from_config(args.space)
     tables = load_tables(table_specs, space)
@@ -267,5 +271,5 @@ def _run_info(args, space, tables, budgets, trials, study, search_s: float) -> d
             "space": f"{space.name} ({space.fingerprint})", "predictor": args.predictor,
             "tables": {d: f"{t.path} ({t.backend_spec}, batch {t.batch_size}, {t.dtype})" for d, t in tables.items()},
             "budgets_ms": {b.objective: b.limit for b in budgets}, "trials": len(trials), "sampler": args.sampler,
-            "seed": args.seed, "storage": storage_url(args.storage), "study": study.study_name,
+            "seed": args.seed, "storage": redact_url(storage_url(args.storage)), "study": study.study_name,
             "workers": args.workers, "search_seconds": round(search_s, 1)}

@@ -188,6 +188,9 @@ def _train(args) -> int:
     for value, option in ((args.eval_every, "--eval-every"), (args.eval_batch_size, "--eval-batch-size"),
                           (args.calib_batches, "--calib-batches")):
         _positive(value, option)
+    from search_space.io import check_out_dir
+
+    check_out_dir(args.out)  # a file in the way or a read-only folder: now, not after an epoch
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,

@@ -1,0 +1,283 @@
+"""Search on a cluster, for real: a PostgreSQL 15 server started in a temporary folder (study
+storage, credentials), and a multi-node Ray cluster on this machine (device nodes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from postgres_server import PostgresServer, find_bin_dir
+from search import Budget, Objective, SearchError, open_storage, redact_url, run_search
+from search._loop import DUPLICATE_ATTR, SURPLUS_ATTR
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+TESTS = Path(__file__).resolve().parent
+
+
+class GridSpace:
+    """Four genes of four choices; archs are tuples of ints (no supernet)."""
+
+    name, fingerprint = "grid", "grid-4x4"
+
+    def suggest(self, trial):
+        return tuple(trial.suggest_categorical(f"g{i}", list(range(4))) for i in range(4))
+
+    def from_params(self, params):
+        return tuple(params[f"g{i}"] for i in range(4))
+
+    def encode_many(self, archs):
+        return np.asarray(archs, float).reshape(len(archs), 4)
+
+
+SPACE = GridSpace()
+
+
+def quality(archs):
+    return 1 - np.exp(-SPACE.encode_many(archs).sum(1) / 6)
+
+
+def cost(archs):
+    return SPACE.encode_many(archs) @ np.array([0.4, 0.3, 0.2, 0.1])
+
+
+def objectives(latency=cost, **kwargs):
+    return [Objective("accuracy", "maximize", quality),
+            Objective("latency:a", "minimize", latency, device="a", **kwargs)]
+
+
+def completed(study, n, killed=()):
+    """The study holds exactly ``n`` completed trials, none RUNNING or WAITING, and every failed
+    one is accounted for (a surplus, a duplicate retry copy, a dead worker's trial redone, or one
+    of ``killed``: RUNNING when its driver was killed)."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == n, states
+    assert states.count(TrialState.RUNNING) == 0 and states.count(TrialState.WAITING) == 0
+    redone = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert (t.user_attrs.get(SURPLUS_ATTR) or t.user_attrs.get(DUPLICATE_ATTR) or t.number in redone
+                    or t.number in killed), t
+    copies = {}
+    for t in trials:
+        if "failed_trial" in t.system_attrs and t.state == TrialState.COMPLETE:
+            copies.setdefault(t.system_attrs["failed_trial"], []).append(t.number)
+    assert all(len(c) == 1 for c in copies.values()), copies  # a dead trial is redone once, not twice
+    return trials
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pg():
+    if find_bin_dir() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl, postgres) are not installed: apt-get install postgresql-15")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_env(pg, monkeypatch):
+    """The server's password in the environment, as a deployment gives it; URLs carry none."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("HWNAS_STORAGE_PASSWORD", pg.password)
+    return pg
+
+
+def test_postgresql_url_takes_the_password_from_the_environment_and_never_shows_it(pg, monkeypatch):
+    monkeypatch.delenv("HWNAS_STORAGE_PASSWORD", raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    assert redact_url(pg.url_with_password) == pg.url.replace("hwnas@", "hwnas:***@")
+    with pytest.raises(SearchError) as e:  # no password anywhere: refused by the server, in one line
+        open_storage(pg.url)
+    assert "password" in str(e.value) and pg.url in str(e.value) and "\n" not in str(e.value)
+    wrong = pg.url_with_password.replace(pg.password, "Wrong-pw-123")
+    with pytest.raises(SearchError) as e:
+        open_storage(wrong)
+    assert "Wrong-pw-123" not in str(e.value) and "hwnas:***@" in str(e.value)
+    for key in ("HWNAS_STORAGE_PASSWORD", "PGPASSWORD"):  # plain postgresql:// goes to psycopg 3
+        with monkeypatch.context() as m:
+            m.setenv(key, pg.password)
+            storage = open_storage(pg.url)
+            assert storage.engine.dialect.driver == "psycopg"
+            storage.engine.dispose()
+    assert open_storage(pg.url_with_password).engine.dialect.driver == "psycopg"
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_a_database_study_holds_what_an_in_memory_one_does(pg_env, sampler, tmp_path):
+    """Trials asked and told a batch at a time in one transaction each (search/_batch_ask.py):
+    the same proposals, values, constraints and GA generations as Optuna's own calls."""
+    def run(storage):
+        study = run_search(SPACE, objectives(), 120, budgets=[Budget("latency:a", 0.8)], sampler=sampler, seed=5,
+                           population_size=20, storage=storage, study_name=f"same-{sampler}", progress=False)
+        return [(t.number, t.state, t.params, t.values, t.constraints, t.system_attrs.get("nsga2:generation"))
+                for t in study.trials]
+
+    memory = run(None)
+    assert run(pg_env.url) == memory
+    assert run(f"sqlite:///{tmp_path / 's.db'}") == memory
+
+
+def test_a_killed_driver_is_resumed_on_postgresql(pg_env):
+    """SIGKILL the search process mid-run; a re-run keeps its trials and ends exactly."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "from test_cluster import SPACE, objectives\n"
+            "from search import run_search\n"
+            "def slow(archs):\n"
+            "    time.sleep(0.05)\n"
+            "    return [sum(a) / 10 for a in archs]\n"
+            "run_search(SPACE, objectives(slow), 400, storage=sys.argv[2], study_name='driver', batch_size=4,\n"
+            "           seed=0, progress=False, heartbeat_interval=1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), pg_env.url], cwd=TESTS.parent)
+    storage = open_storage(pg_env.url, heartbeat_interval=None)
+    try:
+        deadline = time.monotonic() + 60
+        done = 0
+        while done < 12 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="driver", storage=storage)
+                done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            except KeyError:
+                pass  # not created yet
+        assert proc.poll() is None and done >= 12, f"driver ended ({proc.returncode}) or stalled at {done} trials"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = optuna.load_study(study_name="driver", storage=storage).get_trials()
+    before = {t.number: t.params for t in left if t.state == TrialState.COMPLETE}
+    killed = {t.number for t in left if t.state == TrialState.RUNNING}
+    study = run_search(SPACE, objectives(lambda archs: [sum(a) / 10 for a in archs]), len(before) + 30,
+                       storage=pg_env.url, study_name="driver", batch_size=4, seed=0, progress=False,
+                       heartbeat_interval=1)
+    completed(study, len(before) + 30, killed)
+    after = {t.number: t.params for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(after[n] == p for n, p in before.items())  # resumed, not restarted
+
+
+def test_cli_reports_hold_no_password(pg, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from search_space import SearchSpace
+    from test_search import TINY_SPACE, run_cli, stand_in_predictor, stand_in_table
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_SPACE))
+    space = SearchSpace.from_config(config)
+    table, pred = stand_in_table(space, "cpu", tmp_path / "cpu.json", {}), stand_in_predictor(space, tmp_path / "p.pt")
+    monkeypatch.setenv("HWNAS_STORAGE_PASSWORD", pg.password)
+    for url in (pg.url, pg.url_with_password):  # password from the environment, or in the URL
+        out = tmp_path / f"run{len(url)}"
+        rc, stdout, err = run_cli(["search", "--space", str(config), "--predictor", str(pred), "--table", f"cpu={table}",
+                                   "--trials", "20", "--population", "10", "--storage", url, "--study", f"cli{len(url)}",
+                                   "--no-verify", "--out", str(out), "--quiet"], capsys)
+        assert rc == 0, err
+        written = [stdout, err] + [f.read_text() for f in out.iterdir() if f.suffix in (".json", ".md")]
+        assert all(pg.password not in text for text in written)
+        assert json.loads((out / "pareto_cpu.json").read_text())["run"]["storage"] == redact_url(url)
+
+
+# ---- a multi-node Ray cluster: a head and two device nodes ---------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    small = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **small})
+    # Two CPUs per device node: a search worker there must leave room for the node's device task.
+    nodes = {d: c.add_node(num_cpus=2, resources={f"device:{d}": 1}, **small) for d in ("a", "b")}
+    c.wait_for_nodes()
+    c.connect()
+    yield {d: n.node_id for d, n in nodes.items()}
+    ray.shutdown()
+    c.shutdown()
+
+
+class NodeLog:
+    """Latency of device a that records the Ray node it ran on."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __call__(self, archs):
+        import ray
+
+        with open(self.path, "a") as f:
+            f.write(ray.get_runtime_context().get_node_id() + "\n")
+        return cost(archs)
+
+
+def test_two_workers_on_postgresql_with_device_tasks_on_their_nodes(cluster, pg_env, tmp_path):
+    """2 workers over 3 nodes share a PostgreSQL study: the total is exact, no trial counted twice,
+    and each device's latency is measured only on the node that owns the device."""
+    log_a, log_b = tmp_path / "a.nodes", tmp_path / "b.nodes"
+    objs = [Objective("accuracy", "maximize", quality),
+            Objective("latency:a", "minimize", NodeLog(log_a), device="a", resources={"device:a": 1}),
+            Objective("latency:b", "minimize", NodeLog(log_b), device="b", resources={"device:b": 1})]
+    study = run_search(SPACE, objs, 50, storage=pg_env.url, study_name="placement", workers=2, batch_size=8,
+                       seed=0, progress=False)
+    completed(study, 50)
+    assert set(log_a.read_text().split()) == {cluster["a"]}
+    assert set(log_b.read_text().split()) == {cluster["b"]}
+
+
+def test_a_device_no_node_owns_fails_before_any_trial(cluster, pg_env):
+    objs = objectives(resources={"device:c": 1})
+    start = time.monotonic()
+    with pytest.raises(SearchError, match=r"objective 'latency:a' needs Ray resource 'device:c': 1, which no node of "
+                                          r"the cluster has \(devices on nodes: \['a', 'b'\]\)") as e:
+        run_search(SPACE, objs, 30, storage=pg_env.url, study_name="nowhere", workers=2, progress=False)
+    assert "\n" not in str(e.value) and time.monotonic() - start < 20
+    assert not optuna.load_study(study_name="nowhere", storage=open_storage(pg_env.url)).trials
+
+
+class DiesOnce:
+    """Latency of device a that kills its (Ray worker) process the first time it runs there."""
+
+    def __init__(self, marker, driver_pid):
+        self.marker, self.driver_pid = str(marker), driver_pid
+
+    def __call__(self, archs):
+        if os.getpid() != self.driver_pid and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)  # abrupt: no exception handler runs, the trials stay RUNNING
+        return cost(archs)
+
+
+def test_a_killed_worker_loses_no_trial_on_postgresql(cluster, pg_env, tmp_path):
+    """The dead worker's trials stop beating, are failed after the grace period and redone once."""
+    marker = tmp_path / "died"
+    study = run_search(SPACE, objectives(DiesOnce(marker, os.getpid())), 40, storage=pg_env.url, study_name="killed",
+                       workers=2, batch_size=5, seed=0, progress=False, heartbeat_interval=1, grace_period=2)
+    assert marker.exists()  # a worker did die
+    trials = completed(study, 40)
+    assert any("failed_trial" in t.system_attrs for t in trials)  # its trials were re-queued and redone
+
+
+# ---- Ray addresses -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address,needle", [("127.0.0.1:1", "cannot reach a Ray cluster at '127.0.0.1:1'"),
+                                            ("ray://127.0.0.1:1", "cannot reach a Ray cluster at 'ray://127.0.0.1:1'"),
+                                            ("headnode", "Ray address 'headnode' is malformed")])
+def test_a_ray_address_with_nothing_there_fails_in_seconds(address, needle, capsys, tmp_path):
+    from hwnas.cli import main
+
+    start = time.monotonic()
+    rc = main(["search", "--ray-address", address, "--predictor", "missing.pt", "--table", "cpu=missing.json",
+               "--trials", "10", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert time.monotonic() - start < 15  # checked before anything is loaded, and without waiting on Ray
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
