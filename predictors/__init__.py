@@ -16,7 +16,7 @@ from search_space._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "accuracy_dataset": ["AccuracyDataset", "AccuracyDatasetError", "build_accuracy_dataset"],
-    "base": ["Predictor", "PredictorError", "load_predictor", "make_predictor", "predictor_kinds", "register_predictor"],
+    "base": ["Predictor", "PredictorError", "default_features", "load_predictor", "make_predictor", "predictor_kinds", "register_predictor"],
     "blend": ["BlendPredictor"],
     "features": ["DEFAULT_FEATURES", "FEATURE_RECIPES", "composition_features", "cost_features", "decode_choices",
                  "decode_encoding", "layer_features", "make_features"],

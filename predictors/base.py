@@ -7,6 +7,11 @@ the file, so a predictor refuses another space's encoding), the feature recipe, 
 standardisation and the target transform (``predictors.targets``). Subclasses only fit and
 predict standardised arrays.
 
+Any space with ``encode_many`` works (``search.SearchSpaceProtocol``): the cost and
+composition recipes need the project's :class:`SearchSpace` (its config), so on another space
+the default recipe is ``encoding`` and the encoding width is taken from the fit data; such a
+file stores no config (``space`` is None), so :func:`load_predictor` needs the space passed.
+
 File format (``torch.save`` of a dict): ``format="hwnas-predictor"``, ``version``, ``kind``,
 ``space`` (config as plain data), ``space_fingerprint``, ``features`` (recipe name),
 ``target`` (transform name; files without it used ``standard``), ``hparams``, ``scalers``,
@@ -54,10 +59,14 @@ class Predictor:
 
     kind = "base"
 
-    def __init__(self, space: SearchSpace, features: str = DEFAULT_FEATURES, seed: int = 0,
+    def __init__(self, space: SearchSpace, features: str | None = None, seed: int = 0,
                  target: str = DEFAULT_TARGET, **hparams):
+        features = features or default_features(space)
         if features not in FEATURE_RECIPES:
             raise PredictorError(f"unknown feature recipe {features!r}: expected one of {list(FEATURE_RECIPES)}")
+        if features != "encoding" and not _has_config(space):
+            raise PredictorError(f"feature recipe {features!r} needs a search_space.SearchSpace (its config); "
+                                 f"space {_space_name(space)!r} is a {type(space).__name__}: expected features='encoding'")
         if target not in TARGET_TRANSFORMS:
             raise PredictorError(f"unknown target transform {target!r}: expected one of {list(TARGET_TRANSFORMS)}")
         self.space = space
@@ -71,6 +80,7 @@ class Predictor:
                                  f"expected one of {sorted(self.default_hparams())}")
         self.meta: dict = {}
         self._scalers: dict | None = None
+        self._width: int | None = getattr(space, "encoding_size", None)  # else from the first fit
 
     @classmethod
     def default_hparams(cls) -> dict:
@@ -80,7 +90,7 @@ class Predictor:
     @property
     def space_fingerprint(self) -> str:
         """Fingerprint of the space whose encoding this predictor reads."""
-        return self.space.fingerprint
+        return getattr(self.space, "fingerprint", None)
 
     @property
     def fitted(self) -> bool:
@@ -88,12 +98,15 @@ class Predictor:
         return self._scalers is not None
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(space={self.space.name!r}, features={self.features!r}, "
+        return (f"{type(self).__name__}(space={_space_name(self.space)!r}, features={self.features!r}, "
                 f"target={self.target!r}, fitted={self.fitted})")
 
     # ---- public interface ------------------------------------------------------------
     def fit(self, X: np.ndarray, y: np.ndarray) -> "Predictor":
         """Fit on encodings ``X`` (n, space.encoding_size) and accuracies ``y`` (n,)."""
+        X = np.asarray(X, dtype=np.float32)
+        if not _has_config(self.space) and X.ndim == 2:
+            self._width = X.shape[1]  # a protocol space does not say its encoding width
         X = self._check_X(X)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if y.shape[0] != X.shape[0]:
@@ -105,7 +118,7 @@ class Predictor:
         f_mean, f_std = F.mean(0), F.std(0)
         f_std[f_std < 1e-8] = 1.0  # constant columns (a single choice) stay zero, not NaN
         z, target_state = fit_target(y, self.target)
-        self._scalers = {"f_mean": f_mean, "f_std": f_std, **target_state}
+        self._scalers = {"f_mean": f_mean, "f_std": f_std, "width": X.shape[1], **target_state}
         self._fit((F - f_mean) / f_std, z)
         return self
 
@@ -125,7 +138,9 @@ class Predictor:
         if not self.fitted:
             raise PredictorError(f"{self.kind} predictor is not fitted: nothing to save")
         self.meta.update(meta or {})
-        blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "space": self.space.config.to_json(),
+        config = self.space.config.to_json() if _has_config(self.space) else None
+        blob = {"format": FORMAT, "version": VERSION, "kind": self.kind, "space": config,
+                "space_name": _space_name(self.space),
                 "space_fingerprint": self.space_fingerprint, "features": self.features, "seed": self.seed,
                 "target": self.target,
                 "hparams": self.hparams, "scalers": self._scalers, "state": self._get_state(), "meta": self.meta}
@@ -134,9 +149,10 @@ class Predictor:
     # ---- helpers ---------------------------------------------------------------------
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.space.encoding_size:
-            raise PredictorError(f"encodings have shape {X.shape}: expected (n, {self.space.encoding_size}) "
-                                 f"from space {self.space.name!r} ({self.space_fingerprint}).encode_many")
+        width = self._width
+        if X.ndim != 2 or (width is not None and X.shape[1] != width):
+            raise PredictorError(f"encodings have shape {X.shape}: expected (n, {width if width is not None else 'd'}) "
+                                 f"from space {_space_name(self.space)!r} ({self.space_fingerprint}).encode_many")
         return X
 
     def _fit(self, F: np.ndarray, z: np.ndarray) -> None:
@@ -158,6 +174,21 @@ def predictor_kinds() -> dict[str, type[Predictor]]:
     from . import kinds  # noqa: F401  (its import registers them)
 
     return PREDICTORS
+
+
+def _has_config(space) -> bool:
+    """Whether ``space`` is the project's SearchSpace kind (the cost recipes read its config)."""
+    return hasattr(space, "config") and hasattr(space.config, "stages")
+
+
+def _space_name(space) -> str:
+    return getattr(space, "name", type(space).__name__)
+
+
+def default_features(space) -> str:
+    """The feature recipe used when none is given: :data:`DEFAULT_FEATURES` on a
+    :class:`SearchSpace`, ``encoding`` on any other space (the only recipe it supports)."""
+    return DEFAULT_FEATURES if _has_config(space) else "encoding"
 
 
 def make_predictor(kind: str, space: SearchSpace, **kwargs) -> Predictor:
@@ -183,10 +214,14 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
         raise PredictorError(f"{str(path)!r} is not an hwnas predictor file: expected format {FORMAT!r}")
     if blob.get("version") != VERSION:
         raise PredictorError(f"predictor file {str(path)!r} has version {blob.get('version')!r}, expected {VERSION}")
-    if space is not None and space.fingerprint != blob["space_fingerprint"]:
-        raise PredictorError(f"predictor {str(path)!r} was fitted on space {blob['space']['name']!r} "
-                             f"({blob['space_fingerprint']}), not on space {space.name!r} ({space.fingerprint}): "
-                             "fit a predictor on this space's accuracy dataset")
+    stored_name = blob.get("space_name") or (blob["space"] or {}).get("name")
+    if space is not None and getattr(space, "fingerprint", None) != blob["space_fingerprint"]:
+        raise PredictorError(f"predictor {str(path)!r} was fitted on space {stored_name!r} "
+                             f"({blob['space_fingerprint']}), not on space {_space_name(space)!r} "
+                             f"({getattr(space, 'fingerprint', None)}): fit a predictor on this space's accuracy dataset")
+    if space is None and blob["space"] is None:
+        raise PredictorError(f"predictor {str(path)!r} was fitted on a user-defined space {stored_name!r}, "
+                             "whose config is not stored: expected load_predictor(path, space)")
     kinds = predictor_kinds()
     if blob["kind"] not in kinds:
         raise PredictorError(f"predictor {str(path)!r} has unknown kind {blob['kind']!r}: "
@@ -194,6 +229,7 @@ def load_predictor(path: str | Path, space: SearchSpace | None = None) -> Predic
     pred = kinds[blob["kind"]](space or SearchSpace.from_config(blob["space"]), features=blob["features"],
                                seed=blob["seed"], target=blob.get("target", "standard"), **blob["hparams"])
     pred._scalers = blob["scalers"]
+    pred._width = pred._width or blob["scalers"].get("width")
     pred._set_state(blob["state"])
     pred.meta = blob["meta"]
     return pred

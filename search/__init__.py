@@ -10,6 +10,12 @@ Pareto front per device, verifiable by measurement::
     verify_fronts(fronts, measure={"cpu": measured_latency(cpu_table, space)})
     write_report("out", trials, fronts, run={"sampler": "nsga2"})
 
+Where the quality objective is expensive to measure, :func:`search_rounds` spends a budget of
+measurements in rounds (measure, fit a predictor, search it, measure the most promising)::
+
+    result = search_rounds(space, [measured_accuracy(evaluate)], [table_latency(cpu_table)], queries=200)
+    fronts = result.fronts(space)  # measured points only
+
 Works with any space following :class:`SearchSpaceProtocol` and any :class:`Objective`.
 
 Names load lazily: ``import search`` is instant; Optuna loads with the loop, samplers and
@@ -24,12 +30,14 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "_loop": ["score_batch"],
     "_objectives": ["Budget", "Objective", "flops_objective", "latency_name", "measured_accuracy", "measured_latency",
                     "params_objective", "parse_budget", "predicted_accuracy", "table_latency"],
-    "_pareto": ["hypervolume_2d", "hypervolume_history", "pareto_front_2d"],
+    "_pareto": ["hypervolume_2d", "hypervolume_history", "pareto_front_2d", "pareto_layers_2d"],
     "_protocol": ["SearchSpaceProtocol"],
     "_ray": ["cluster_devices", "init_ray"],
     "_report": ["format_fronts", "front_json", "plot_front", "plot_hypervolume", "write_report", "write_summary"],
+    "_rounds": ["RoundsResult", "predicted_objective", "search_rounds"],
     "_run": ["run_search"],
-    "_samplers": ["SAMPLERS", "make_sampler"],
+    "_samplers": ["SAMPLERS", "budget_population", "make_sampler"],
+    "_select": ["seed_archs", "select_batch", "space_extremes"],
     "_storage": ["open_storage", "redact_url", "storage_url"],
     "_verify": ["verify_fronts"],
 })

@@ -27,6 +27,7 @@ class Trials:
     directions: list[str]
     feasible: np.ndarray
     budgets: dict[str, float]
+    archs: list | None = None  # the archs themselves, where they are not Optuna trials (search rounds)
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> "Trials":
@@ -123,7 +124,7 @@ def device_fronts(trials: Trials, space, costs: Sequence[str] | None = None, his
         front = feasible_idx[pareto_front_2d(q_all[ok], c_all[ok])]
         points = []
         for i in front:
-            arch = space.from_params(trials.params[i])
+            arch = trials.archs[i] if trials.archs is not None else space.from_params(trials.params[i])
             points.append(FrontPoint(int(trials.numbers[i]), arch, dict(zip(trials.names, map(float, trials.values[i]))),
                                      flops=_maybe(space, "flops", arch), params=_maybe(space, "params", arch)))
         q_masked = np.where(ok, q_all, -np.inf)  # infeasible trials add nothing to the hypervolume

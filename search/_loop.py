@@ -36,11 +36,24 @@ def score_batch(objectives: Sequence[Objective], archs: Sequence[Any], use_ray: 
     """Values of every objective for every arch, shape (len(archs), len(objectives)).
 
     With ``use_ray``, objectives that need resources (a device, a GPU) run as Ray tasks on a
-    node that has them, concurrently with each other and with the local objectives."""
+    node that has them, concurrently with each other and with the local objectives. Local
+    objectives run in order, each skipping archs that an earlier one scored NaN (left NaN)."""
     remote = {}
     if use_ray:
         remote = {j: submit_score(o, archs) for j, o in enumerate(objectives) if o.resources}
-    cols = [None if j in remote else o(archs) for j, o in enumerate(objectives)]
+    cols: list = [None] * len(objectives)
+    alive = np.ones(len(archs), bool)
+    for j, o in enumerate(objectives):
+        if j in remote:
+            continue
+        if alive.all():
+            cols[j] = o(archs)
+        else:  # an arch another objective already failed (NaN) is not scored again: it fails anyway
+            cols[j] = np.full(len(archs), np.nan)
+            idx = np.flatnonzero(alive)
+            if idx.size:
+                cols[j][idx] = o([archs[i] for i in idx])
+        alive &= np.isfinite(np.asarray(cols[j], float))
     if remote:
         import ray
 

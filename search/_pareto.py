@@ -37,3 +37,20 @@ def hypervolume_history(quality, cost, ref_quality: float, ref_cost: float, poin
     counts = np.unique(np.linspace(1, n, min(points, n)).round().astype(int))
     quality, cost = np.asarray(quality, float), np.asarray(cost, float)
     return [(int(k), hypervolume_2d(quality[:k], cost[:k], ref_quality, ref_cost)) for k in counts]
+
+
+def pareto_layers_2d(quality, cost, max_points: int | None = None) -> list[np.ndarray]:
+    """Non-dominated layers: the front, then the front of the rest, and so on (indices, each
+    by increasing cost); stops once the layers hold ``max_points`` points (default: all)."""
+    quality, cost = np.asarray(quality, float), np.asarray(cost, float)
+    left = np.arange(quality.size)
+    layers, total = [], 0
+    limit = quality.size if max_points is None else max_points
+    while left.size and total < limit:
+        front = left[pareto_front_2d(quality[left], cost[left])]
+        if not front.size:  # the rest is worse than any point (-inf quality): no more layers
+            break
+        layers.append(front)
+        total += front.size
+        left = np.setdiff1d(left, front, assume_unique=True)
+    return layers

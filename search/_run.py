@@ -16,12 +16,13 @@ from tqdm.auto import tqdm
 from ._errors import SearchError
 from ._loop import optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
-from ._samplers import check_sampler, default_batch_size, make_sampler
+from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
                        storage_url, with_password)
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
+POPULATION_ATTR = "hwnas:population"
 MAX_TOP_UP_ROUNDS = 3
 
 
@@ -60,8 +61,8 @@ def _preflight(space, objectives: Sequence[Objective], seed: int | None) -> None
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
     arch = space.suggest(probe)
     for o in objectives:
-        if o.resources:
-            continue  # runs on a device node; checked when it runs
+        if o.resources or o.measured:
+            continue  # a device node's, or a real measurement: checked when it runs, not spent here
         try:
             o([arch])
         except SearchError:
@@ -96,6 +97,9 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
     per study at a time: RUNNING trials it finds at start belong to an interrupted run and
     are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+    A named GA sampler's population is sized to ``n_trials`` (:func:`budget_population`) unless
+    ``population_size`` is given; a resumed study keeps the population it started with.
+    Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
     ``seed_archs`` (e.g. ``space.extremes()``) open a new study's first population, so corners a
     random start rarely draws, such as the largest subnet, are scored; the space needs ``to_params``.
     """
@@ -145,10 +149,19 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
-    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size)
-    study = optuna.create_study(storage=store, sampler=the_sampler, study_name=study_name, load_if_exists=True,
+    study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
                                 directions=[o.direction for o in objectives])
     _check_resume(study, study_meta(space, objectives, budgets), study_name, shown)
+    if isinstance(sampler, str):
+        # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
+        population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
+        if population_size is None and study.trials:  # started before the population was recorded
+            population_size = DEFAULT_POPULATION
+    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
+    if isinstance(sampler, str) and isinstance(the_sampler, optuna.samplers.BaseGASampler):
+        population_size = the_sampler.population_size  # the Ray workers' samplers get the same
+        study.set_user_attr(POPULATION_ATTR, population_size)
+    study.sampler = the_sampler
     _enqueue_seeds(study, space, seed_archs)
     stuck = _fail_leftovers(study)
     if stuck:

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ._errors import SearchError
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
-DEFAULT_POPULATION = 100
+DEFAULT_POPULATION = 100  # without a trial count; with one, see budget_population
+MIN_POPULATION, GENERATIONS = 10, 10
 _LIVE = (TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -142,21 +143,34 @@ def check_sampler(sampler, population_size: int | None = None) -> None:
         raise SearchError(f"population size {population_size!r} is invalid: expected an integer >= 2")
 
 
-def make_sampler(name: str | BaseSampler = "nsga2", *, seed: int | None = None,
-                 population_size: int | None = None) -> BaseSampler:
+def budget_population(n_trials: int | None) -> int:
+    """GA population for a run of ``n_trials``: a tenth of it, between 10 and 100, so that a
+    small budget still gets ~10 generations of selection (a 200-trial run with the old fixed
+    100 had two: ``experiments/results/search_rounds.md``). Without a count: 100."""
+    if n_trials is None:
+        return DEFAULT_POPULATION
+    return int(min(DEFAULT_POPULATION, max(MIN_POPULATION, n_trials // GENERATIONS)))
+
+
+def make_sampler(name: str | BaseSampler = "nsga2", *, seed: int | None = None, population_size: int | None = None,
+                 n_trials: int | None = None, mutation_prob: float | None = None) -> BaseSampler:
     """An Optuna sampler by name: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp`` or ``random``;
     a sampler instance (any :class:`optuna.samplers.BaseSampler`) is returned as it is.
 
     Budgets reach the samplers as trial constraints (``trial.set_constraint``, Optuna 5's
     replacement of ``constraints_func``); all but ``random`` use them (random's fronts are
-    still filtered to feasible trials). ``population_size`` applies to the GA samplers (default 100).
+    still filtered to feasible trials). ``population_size`` applies to the GA samplers (default:
+    :func:`budget_population` of ``n_trials``, the first generation being one random population);
+    ``mutation_prob`` is the per-gene mutation probability of a child (default Optuna's 1 / genes).
     """
     check_sampler(name, population_size)
     if isinstance(name, BaseSampler):
         return name
     if name in ("nsga2", "nsga3"):
         cls = _NSGAII if name == "nsga2" else _NSGAIII
-        return cls(population_size=population_size or DEFAULT_POPULATION, seed=seed)
+        if mutation_prob is not None and not (isinstance(mutation_prob, (int, float)) and 0 <= mutation_prob <= 1):
+            raise SearchError(f"mutation probability {mutation_prob!r} is invalid: expected a number in [0, 1]")
+        return cls(population_size=population_size or budget_population(n_trials), mutation_prob=mutation_prob, seed=seed)
     if name == "tpe":
         # multivariate TPE models the genes jointly; constant liar spreads a batch's asks.
         return TPESampler(seed=seed, multivariate=True, constant_liar=True)

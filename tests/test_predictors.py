@@ -356,3 +356,38 @@ def test_accuracy_by_block_script_groups_by_each_stages_first_block(tmp_path):
     bad = subprocess.run([sys.executable, str(root / "experiments" / "accuracy_by_block.py"), str(tmp_path / "no.jsonl")],
                          capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert bad.returncode != 0 and "not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+class GridSpace:
+    """A user-defined space following only search.SearchSpaceProtocol: four genes of three choices."""
+
+    name, fingerprint = "grid", "grid-4x3"
+
+    def suggest(self, trial):
+        return tuple(trial.suggest_categorical(f"g{i}", [0, 1, 2]) for i in range(4))
+
+    def from_params(self, params):
+        return tuple(params[f"g{i}"] for i in range(4))
+
+    def encode_many(self, archs):
+        return np.asarray(archs, float).reshape(len(archs), 4)
+
+
+@pytest.mark.parametrize("kind", ["gbt", "mlp"])
+def test_predictors_work_on_any_protocol_space(kind, tmp_path):
+    space = GridSpace()
+    rng = np.random.default_rng(0)
+    X = space.encode_many([tuple(rng.integers(0, 3, 4)) for _ in range(60)])
+    y = 0.5 + 0.05 * X @ np.array([1.0, 2.0, 3.0, 4.0])
+    pred = make_predictor(kind, space, **FAST[kind]).fit(X, y)
+    assert pred.features == "encoding"  # the default recipe on a space without a config
+    mean, _ = pred.predict(X)
+    assert rank_metrics(y, mean)["kendall_tau"] > 0.7
+    path = pred.save(tmp_path / "p.pt")
+    np.testing.assert_allclose(load_predictor(path, space).predict(X)[0], mean, rtol=1e-6)
+    with pytest.raises(PredictorError, match="user-defined space 'grid'"):
+        load_predictor(path)
+    with pytest.raises(PredictorError, match="encodings have shape"):
+        pred.predict(X[:, :3])
+    with pytest.raises(PredictorError, match="needs a search_space.SearchSpace"):
+        make_predictor(kind, space, features="composition")

@@ -14,6 +14,7 @@ from hwnas.cli.space import add_space_arg
 from search import (SAMPLERS, SearchError, Trials, device_fronts, flops_objective, format_fronts, measured_accuracy,
                     measured_latency, params_objective, parse_budget, predicted_accuracy, redact_url, run_search,
                     storage_url, table_latency, verify_fronts, write_report)
+from search._rounds import DEFAULT_INNER_TRIALS
 from search_space import SearchSpace
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -28,7 +29,8 @@ def register(sub) -> None:
                     "device (from its latency table), under optional latency budgets; re-measure the fronts on "
                     "the devices that are reachable and write pareto_<device>.json, plots and summary.md.")
     add_space_arg(p)
-    p.add_argument("--predictor", required=True, help="accuracy predictor file from 'hwnas predictor fit'")
+    p.add_argument("--predictor", default=None,
+                   help="accuracy predictor file from 'hwnas predictor fit' (not with --rounds, which fits its own)")
     p.add_argument("--table", action="append", required=True, metavar="[DEVICE=]TABLE",
                    help="latency table of a device (a file or a shipped table name); repeat per device; "
                         "DEVICE defaults to the table's own device label")
@@ -36,10 +38,13 @@ def register(sub) -> None:
                    help="latency budget, e.g. cpu=5ms or h100=800us; repeat per device")
     p.add_argument("--objective", action="append", default=[], choices=sorted(EXTRA_OBJECTIVES),
                    help="extra objective to minimise (repeatable)")
-    p.add_argument("--trials", type=int, required=True, help="completed trials the study should hold in total")
+    p.add_argument("--trials", type=int, default=None,
+                   help="completed trials the study should hold in total (with --rounds: predicted trials per round, "
+                        f"default {DEFAULT_INNER_TRIALS})")
     p.add_argument("--sampler", default="nsga2", choices=SAMPLERS, help="Optuna sampler (default nsga2)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0; reproducible with one worker)")
-    p.add_argument("--population", type=int, default=None, help="population size of nsga2/nsga3 (default 100)")
+    p.add_argument("--population", type=int, default=None,
+                   help="population size of nsga2/nsga3 (default: a tenth of --trials, between 10 and 100)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="trials asked and scored at once (default: one generation for nsga2/nsga3)")
     p.add_argument("--workers", type=int, default=1, help="Ray workers sharing the study storage (default 1: no Ray; more need --storage, default OUT/study.journal)")
@@ -50,6 +55,16 @@ def register(sub) -> None:
                    help="study storage: memory (default), a .journal file, a .db SQLite file or an RDB URL; "
                         "the same storage and --study resume")
     p.add_argument("--study", default=None, help="study name (default hwnas-<space>)")
+    r = p.add_argument_group("rounds", "measure accuracy on the supernet (--checkpoint) in rounds: a seed of "
+                             "extremes and spread subnets, then fit a predictor, search it, measure the most promising, "
+                             "until --queries distinct subnets; the fronts are made of measured subnets only")
+    r.add_argument("--rounds", type=int, default=None, help="rounds after the seed (e.g. 8); needs --checkpoint and --queries")
+    r.add_argument("--queries", type=int, default=None, help="distinct subnets to measure in all (the budget)")
+    r.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%% of --queries)")
+    r.add_argument("--model", default="gbt", help="predictor kind fitted between rounds (default gbt)")
+    r.add_argument("--accuracy-dataset", default=None,
+                   help="accuracy dataset of the same checkpoint ('hwnas predictor dataset'): its subnets count as "
+                        "measured and cost no query")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="skip re-measuring the fronts")
     v.add_argument("--verify-top", type=int, default=12, help="front points re-measured per device, spread along the front (default 12)")
@@ -58,6 +73,9 @@ def register(sub) -> None:
     v.add_argument("--data", "--data-dir", dest="data", default=None, help="dataset file or folder")
     v.add_argument("--eval-device", default="auto", help="auto, cpu, cuda or cuda:N for the accuracy re-evaluation (default auto)")
     v.add_argument("--eval-limit", type=int, default=None, help="evaluate on a fixed random subset of this many images")
+    # as 'hwnas predictor dataset' (add_measurement_args there, not imported: it pulls in torch)
+    v.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
+    v.add_argument("--calib-batch-size", type=int, default=256, help="batch size of BN recalibration (default 256)")
     p.add_argument("--out", required=True, help="run directory for the outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_search)
@@ -119,27 +137,56 @@ class CheckpointAccuracy:
     Picklable: it loads the checkpoint and dataset in whichever process it runs."""
 
     def __init__(self, checkpoint: str, out: str, dataset: str | None, data: str | None, device: str,
-                 eval_limit: int | None):
+                 eval_limit: int | None, calib_batches: int = 20, calib_batch_size: int = 256):
         self.checkpoint, self.out, self.dataset, self.data = checkpoint, out, dataset, data
         self.device, self.eval_limit = device, eval_limit
+        self.calib_batches, self.calib_batch_size = calib_batches, calib_batch_size
 
     def __call__(self, archs):
         from hwnas.cli.predictor import measure_accuracy_dataset
 
         ds = measure_accuracy_dataset(self.checkpoint, list(archs), self.out, dataset=self.dataset, data=self.data,
-                                      device=self.device, eval_limit=self.eval_limit, progress=False)
+                                      device=self.device, eval_limit=self.eval_limit, calib_batches=self.calib_batches,
+                                      calib_batch_size=self.calib_batch_size, progress=False)
         acc = {r["arch"]: r["accuracy"] for r in ds.records}
         return [acc[str(a)] for a in archs]
 
 
+def _check_mode(args) -> None:
+    """One-shot search needs --predictor and --trials; rounds need --checkpoint and --queries."""
+    if args.rounds is None:
+        for value, option in ((args.predictor, "--predictor"), (args.trials, "--trials")):
+            if value is None:
+                raise SearchError(f"{option} is missing: expected it, or --rounds with --checkpoint and --queries")
+        for value, option in ((args.queries, "--queries"), (args.seed_size, "--seed-size"), (args.accuracy_dataset, "--accuracy-dataset")):
+            if value is not None:
+                raise SearchError(f"{option} belongs to a search in rounds: pass --rounds N too")
+        return
+    if args.predictor:
+        raise SearchError("--predictor and --rounds exclude each other: rounds fit their own predictor (--model)")
+    if not args.checkpoint or args.queries is None:
+        raise SearchError("--rounds measures accuracy on a supernet: expected --checkpoint and --queries")
+    if args.workers > 1 or args.ray_address or args.storage:
+        raise SearchError("--rounds runs in one process: --workers, --ray-address and --storage are for one-shot search")
+    for value, option in ((args.rounds, "--rounds"), (args.queries, "--queries"), (args.seed_size, "--seed-size")):
+        _positive(value, option)
+    from predictors import PREDICTORS
+
+    if args.model not in PREDICTORS:
+        raise SearchError(f"--model {args.model!r} is unknown: expected one of {sorted(PREDICTORS)}")
+
+
 def _search(args) -> int:
     start = time.time()
+    _check_mode(args)
     _positive(args.trials, "--trials")
     _positive(args.workers, "--workers")
     _positive(args.population, "--population")
     _positive(args.batch_size, "--batch-size")
     _positive(args.verify_top, "--verify-top")
     _positive(args.eval_limit, "--eval-limit")
+    _positive(args.calib_batches, "--calib-batches")
+    _positive(args.calib_batch_size, "--calib-batch-size")
     storage_url(args.storage)  # a malformed storage fails now, not after loading everything
     if args.ray_address:
         from search._ray import check_address
@@ -155,6 +202,10 @@ def _search(args) -> int:
     space = SearchSpace.from_config(args.space)
     tables = load_tables(table_specs, space)
     budgets = [parse_budget(b, list(tables)) for b in args.budget]
+    if args.rounds is not None:
+        from hwnas.cli.search_rounds import search_in_rounds
+
+        return search_in_rounds(args, space, tables, budgets, out, start)
     from predictors import load_predictor
 
     predictor = load_predictor(args.predictor, space)
@@ -191,7 +242,8 @@ def _search(args) -> int:
         if args.checkpoint:
             resources = {"GPU": 1} if use_ray and args.eval_device.startswith("cuda") else {"CPU": 1}
             evaluate = measured_accuracy(CheckpointAccuracy(args.checkpoint, str(out / "verified_accuracy.jsonl"),
-                                                            args.dataset, args.data, args.eval_device, args.eval_limit),
+                                                            args.dataset, args.data, args.eval_device, args.eval_limit,
+                                                            args.calib_batches, args.calib_batch_size),
                                          resources=resources if use_ray else None)
         verify_fronts(fronts, measure=measure, evaluate=evaluate, max_candidates=args.verify_top, use_ray=use_ray)
         run["total_seconds"] = round(time.time() - start, 1)

@@ -1,0 +1,265 @@
+"""Search in rounds, for objectives that are expensive to measure (a supernet evaluation, a
+device measurement, a user's own training run)::
+
+    result = search_rounds(space, measure=[measured_accuracy(evaluate)], costs=[table_latency(cpu)], queries=200)
+    fronts = result.fronts(space)          # made of measured points only
+
+Round 0 measures a seed (the space's extremes and a spread sample). Every later round fits one
+predictor per measured objective on everything measured so far, searches the space on the
+predictions (:func:`run_search`, cheap objectives exact), and measures the next batch: spread
+along every device's predicted front, walked by non-dominated layers, with the predicted
+quality raised by ``explore`` x the predictor's std. The budget counts distinct architectures;
+each is measured once (a cache by architecture, which ``known`` can pre-fill from earlier runs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from optuna.trial import TrialState
+
+from ._errors import SearchError
+from ._fronts import DeviceFront, Trials, device_fronts
+from ._loop import budget_violations, score_batch
+from ._objectives import Budget, Objective, _key, _PredictedAccuracy, check_budgets, check_objectives
+from ._run import _positive_int, run_search
+from ._select import distinct, random_archs, seed_archs, select_batch
+
+DEFAULT_ROUNDS = 8  # small batches: each refit sees what the last batch taught
+SEED_SHARE = 0.3  # of the budget measured before the first fit
+DEFAULT_INNER_TRIALS = 1500
+
+
+@dataclass
+class RoundsResult:
+    """Every measured architecture with its objective values (measured objectives first, then
+    the cheap ones), the round that measured it (0: seed, -1: given in ``known``) and a log per round."""
+
+    archs: list
+    values: np.ndarray
+    names: list[str]
+    directions: list[str]
+    budgets: dict[str, float]
+    round_of: np.ndarray
+    log: list[dict] = field(default_factory=list)
+    predictors: dict = field(default_factory=dict)
+    measured_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.archs)
+
+    def trials(self) -> Trials:
+        """The measured points as :class:`Trials` (numbered in measurement order), for reports."""
+        finite = np.isfinite(self.values).all(axis=1)
+        budgets = [Budget(n, v) for n, v in self.budgets.items()]
+        objs = [Objective(n, d, _unused) for n, d in zip(self.names, self.directions)]
+        feasible = finite & (budget_violations(self.values, objs, budgets) <= 0).all(axis=1)
+        return Trials(np.arange(len(self.archs), dtype=np.int64), [{} for _ in self.archs], self.values.copy(),
+                      list(self.names), list(self.directions), feasible, dict(self.budgets), archs=list(self.archs))
+
+    def fronts(self, space) -> dict[str, DeviceFront]:
+        """The front of every device, made of measured points (see :func:`device_fronts`); the
+        measured objectives' values are marked measured on every point."""
+        fronts = device_fronts(self.trials(), space)
+        for front in fronts.values():
+            for p in front.points:
+                p.measured.update({n: p.predicted[n] for n in self.measured_names})
+        return fronts
+
+    def records(self) -> list[dict]:
+        """Every measured point: arch, round and each objective's value (JSON-ready)."""
+        return [{"arch": str(a), "round": int(r), **{n: float(v) for n, v in zip(self.names, row)}}
+                for a, r, row in zip(self.archs, self.round_of, self.values)]
+
+
+def _unused(archs):  # an Objective needs a score function; Trials only reads names and directions
+    raise SearchError("internal: a RoundsResult objective was scored")
+
+
+def predicted_objective(objective: Objective, predictor, space) -> Objective:
+    """``objective`` predicted (mean of ``predictor``) instead of measured, for the inner search."""
+    return Objective(objective.name, objective.direction, _PredictedAccuracy(predictor, space, 1),
+                     device=objective.device, unit=objective.unit, cache=True)
+
+
+def _make_predictor(predictor, space, seed: int):
+    if callable(predictor):
+        return predictor(space)
+    from predictors import make_predictor
+
+    return make_predictor(predictor, space, seed=seed)
+
+
+class _Measured:
+    """The cache of measured architectures: values by arch key, in measurement order."""
+
+    def __init__(self, n_objectives: int):
+        self.archs: list = []
+        self.rows: list[np.ndarray] = []
+        self.round_of: list[int] = []
+        self.index: dict = {}
+        self.n = n_objectives
+
+    def add(self, archs: Sequence[Any], values: np.ndarray, round_no: int) -> None:
+        """Record ``archs`` (new ones only) with their values (len(archs), n)."""
+        for a, v in zip(archs, values):
+            k = _key(a)
+            if k in self.index:
+                continue
+            self.index[k] = len(self.archs)
+            self.archs.append(a)
+            self.rows.append(np.asarray(v, float))
+            self.round_of.append(round_no)
+
+    def values(self) -> np.ndarray:
+        """(n measured, n objectives)."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, self.n))
+
+
+def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective], queries: int, *,
+                  budgets: Sequence[Budget] = (), predictor: str | Callable = "gbt", seed_size: int | None = None,
+                  rounds: int = DEFAULT_ROUNDS, inner_trials: int = DEFAULT_INNER_TRIALS, sampler: str = "nsga2",
+                  explore: float = 1.0, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
+                  progress: bool = False, on_round: Callable[[RoundsResult], None] | None = None) -> RoundsResult:
+    """Measure at most ``queries`` distinct architectures, chosen in rounds; returns all of them.
+
+    ``measure``: the expensive objectives, each measured on every chosen arch and predicted by a
+    predictor of kind ``predictor`` (a name from ``predictors.PREDICTORS``, or ``space ->
+    unfitted predictor``) between rounds. ``costs``: cheap objectives scored exactly (latency
+    tables, FLOPs). ``seed_size`` archs are measured first (default: 30% of the budget), the rest
+    in ``rounds`` equal batches; each round's inner search runs ``inner_trials`` trials with
+    ``sampler`` (sized to them, see :func:`make_sampler`). ``known``: arch -> values of the
+    ``measure`` objectives already measured (reused, not counted). ``on_round`` gets the result
+    so far after every round (e.g. to save it).
+    """
+    measure, costs = list(measure), list(costs)
+    objectives = check_objectives(measure + costs)
+    budgets = check_budgets(budgets, objectives)
+    queries = _positive_int(queries, "query budget")
+    rounds = _positive_int(rounds, "number of rounds")
+    inner_trials = _positive_int(inner_trials, "number of inner trials")
+    if not measure:
+        raise SearchError("no objective to measure: expected at least one in measure= (e.g. measured_accuracy)")
+    if not any(o.direction == "maximize" for o in objectives):
+        raise SearchError(f"no maximised objective among {[o.name for o in objectives]}: a front needs one (e.g. accuracy)")
+    seed_n = _positive_int(seed_size, "seed size") if seed_size is not None else max(1, round(SEED_SHARE * queries))
+    if seed_n > queries:
+        raise SearchError(f"seed size {seed_n} is above the query budget {queries}: expected at most the budget")
+    rng = np.random.default_rng(seed)
+    cache = _Measured(len(objectives))
+    names = [o.name for o in objectives]
+    result = RoundsResult([], np.zeros((0, len(names))), names, [o.direction for o in objectives],
+                          {b.objective: b.limit for b in budgets}, np.zeros(0, np.int64),
+                          measured_names=[o.name for o in measure])
+    if known:
+        karchs = list(known)
+        kvals = np.asarray([list(known[a]) for a in karchs], float).reshape(len(karchs), len(measure))
+        cache.add(karchs, np.hstack([kvals, score_batch(costs, karchs)]), -1)
+
+    def spent() -> int:
+        return sum(1 for r in cache.round_of if r >= 0)
+
+    def run_round(round_no: int, archs: list, info: dict) -> None:
+        t0 = time.perf_counter()
+        archs = distinct(archs, set(cache.index))[:queries - spent()]
+        if archs:
+            values = np.hstack([score_batch(measure, archs), score_batch(costs, archs)])
+            cache.add(archs, values, round_no)
+        info.update(round=round_no, measured=len(archs), total=spent(), measure_s=round(time.perf_counter() - t0, 2))
+        result.archs, result.values = list(cache.archs), cache.values()
+        result.round_of = np.asarray(cache.round_of, np.int64)
+        result.log.append(info)
+        if progress:
+            print(f"round {round_no}: measured {len(archs)} ({spent()}/{queries})", flush=True)
+        if on_round is not None:
+            on_round(result)
+
+    run_round(0, seed_archs(space, seed_n, rng), {})
+    batch = math.ceil((queries - spent()) / rounds) if queries > spent() else 0
+    for round_no in range(1, rounds + 1):
+        if spent() >= queries:
+            break
+        info: dict = {}
+        pick = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
+                           inner_trials, sampler, explore, seed + round_no, rng, info, result)
+        run_round(round_no, pick, info)
+    return result
+
+
+def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int) -> dict:
+    values = cache.values()
+    X = np.asarray(space.encode_many(cache.archs), float)
+    fitted = {}
+    for j, o in enumerate(measure):
+        ok = np.isfinite(values[:, j])
+        if ok.sum() < 4:
+            raise SearchError(f"objective {o.name!r} has {int(ok.sum())} finite measurements: a predictor needs "
+                              "at least 4 (a larger seed size, or fix the measurement)")
+        fitted[o.name] = _make_predictor(predictor, space, seed).fit(X[ok], values[ok, j])
+    return fitted
+
+
+def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predictor, inner_trials: int, sampler: str,
+                explore: float, seed: int, rng, info: dict, result: RoundsResult) -> list:
+    """Fit, search the predictions, and choose ``k`` unmeasured archs."""
+    t0 = time.perf_counter()
+    fitted = _fit_predictors(space, measure, cache, predictor, seed)
+    result.predictors = fitted
+    t1 = time.perf_counter()
+    predicted = [predicted_objective(o, fitted[o.name], space) for o in measure]
+    study = run_search(space, predicted + list(costs), inner_trials, budgets=budgets, sampler=sampler, seed=seed,
+                       progress=False, seed_archs=_measured_front(space, cache, list(measure) + list(costs), budgets))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    candidates = distinct([space.from_params(t.params) for t in done], set(cache.index))
+    if len(candidates) < k:  # the predictions agree on few archs: fill up at random
+        candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
+    t2 = time.perf_counter()
+    picked = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore)
+    info.update(fit_s=round(t1 - t0, 2), search_s=round(t2 - t1, 2), candidates=len(candidates))
+    return picked
+
+
+def _measured_front(space, cache: _Measured, objectives, budgets, share: float = 0.5) -> list:
+    """The measured archs on the best non-dominated layers of every device, up to ``share`` of a
+    default GA population, so that the inner search starts from the measured front (on spaces
+    with ``to_params``, which ``run_search(seed_archs=...)`` needs; else none)."""
+    from ._samplers import budget_population
+
+    if not cache.archs or not hasattr(space, "to_params"):
+        return []
+    values = cache.values()
+    ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
+    trials = Trials(np.arange(len(values)), [], values, [o.name for o in objectives], [o.direction for o in objectives],
+                    ok, {})
+    quality = np.where(ok, trials.column(trials.quality), -np.inf)
+    costs = np.stack([trials.column(c) for c in trials.costs()], axis=1)
+    picked = select_batch(quality, costs, np.zeros(len(values), bool), int(share * budget_population(None)))
+    return [cache.archs[i] for i in picked]
+
+
+def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,
+            explore: float) -> list:
+    """The batch: measured points with their values and candidates with predicted ones, walked
+    by :func:`select_batch` on each device's (quality, cost) plane."""
+    objectives = list(measure) + list(costs)
+    X = np.asarray(space.encode_many(candidates), float) if candidates else np.zeros((0, 0))
+    pred = np.zeros((len(candidates), len(objectives)))
+    for j, o in enumerate(measure):
+        mean, std = fitted[o.name].predict(X) if candidates else (np.zeros(0), np.zeros(0))
+        sign = 1.0 if o.direction == "maximize" else -1.0
+        pred[:, j] = mean + sign * explore * np.nan_to_num(std)  # optimistic: the side that would help
+    pred[:, len(measure):] = score_batch(costs, candidates)
+    values = np.vstack([cache.values(), pred])
+    measured = np.r_[np.ones(len(cache.archs), bool), np.zeros(len(candidates), bool)]
+    ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
+    trials = Trials(np.arange(len(values)), [], values, [o.name for o in objectives],
+                    [o.direction for o in objectives], ok, {})
+    quality = np.where(ok, trials.column(trials.quality), -np.inf)
+    cost_cols = np.stack([trials.column(c) for c in trials.costs()], axis=1)
+    cost_cols = np.where(ok[:, None], cost_cols, np.inf)
+    picked = select_batch(quality, cost_cols, measured | ~ok, k)
+    return [candidates[i - len(cache.archs)] for i in picked]

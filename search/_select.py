@@ -1,0 +1,129 @@
+"""What search rounds measure: the seed (the space's extremes and a spread sample) and each
+next batch (spread along every device's predicted front, optimistic where the predictor is
+uncertain)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+
+from ._objectives import _key
+from ._pareto import pareto_layers_2d
+
+
+def _is_search_space(space) -> bool:
+    """The project's SearchSpace (config with stages, largest/smallest, spread sampling)."""
+    return hasattr(space, "config") and hasattr(getattr(space, "config"), "stages") and hasattr(space, "layer_options")
+
+
+def space_extremes(space) -> list:
+    """The archs a seed always measures: ``space.extremes()`` where the space defines it (a list,
+    or a dict of named archs as SearchSpace's: largest, smallest, largest of each block type),
+    else its largest and smallest where it has them. They bound every front, and a predictor
+    cannot extrapolate to them."""
+    if callable(getattr(space, "extremes", None)):
+        found = space.extremes()
+        return list(found.values()) if isinstance(found, dict) else list(found)
+    return [getattr(space, m)() for m in ("largest", "smallest") if callable(getattr(space, m, None))]
+
+
+def random_archs(space, n: int, rng: np.random.Generator) -> list:
+    """Up to ``n`` distinct archs drawn through ``space.suggest`` with a random sampler (any space)."""
+    from ._run import quiet_optuna
+
+    with quiet_optuna():  # Optuna logs every study it creates at INFO
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))))
+    seen: dict = {}
+    for _ in range(20 * n):  # a tiny space has fewer distinct archs than asked
+        if len(seen) >= n:
+            break
+        arch = space.suggest(study.ask())
+        seen.setdefault(_key(arch), arch)
+    return list(seen.values())
+
+
+def seed_archs(space, n: int, rng: np.random.Generator) -> list:
+    """``n`` distinct archs to measure first: the extremes, then a spread sample
+    (``space.sample_spread(n, rng)`` where defined; on a SearchSpace the FLOPs- and block-spread
+    sample of the accuracy datasets; else random archs through ``suggest``)."""
+    if callable(getattr(space, "sample_spread", None)):
+        spread = space.sample_spread(n, rng)
+    elif _is_search_space(space):
+        from predictors import sample_archs_spread
+
+        spread = sample_archs_spread(space, n, rng)
+    else:
+        spread = random_archs(space, n, rng)
+    out: dict = {}
+    for arch in list(space_extremes(space)) + list(spread):
+        if len(out) < n:
+            out.setdefault(_key(arch), arch)
+    return list(out.values())
+
+
+def _spread_pick(cost: np.ndarray, idx: np.ndarray, k: int) -> list[int]:
+    """``k`` of ``idx`` evenly spaced by rank of cost (both ends included)."""
+    if k >= idx.size:
+        return list(idx)
+    order = idx[np.argsort(cost[idx], kind="stable")]
+    return list(order[np.unique(np.linspace(0, idx.size - 1, k).round().astype(int))])
+
+
+def select_batch(quality: np.ndarray, costs: np.ndarray, measured: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` unmeasured points to measure next.
+
+    ``quality`` (n,) is maximised (measured points: their measured value; others: the
+    prediction, optimistic by the predictor's std where wanted), ``costs`` (n, d) are minimised,
+    one column per device. Per device, the non-dominated layers of all points are walked in
+    order and the unmeasured points of each layer taken, a layer that does not fit whole
+    being spread along cost; devices take turns, so each gets about ``k / d`` points."""
+    k = min(k, int((~measured).sum()))
+    picked: list[int] = []
+    if k <= 0:
+        return picked
+    d = costs.shape[1]
+    queues = []
+    for j in range(d):
+        # enough layers to hold every measured point and a few times this device's share
+        layers = pareto_layers_2d(quality, costs[:, j], max_points=int(measured.sum()) + 4 * k)
+        queue: list[int] = []
+        share = -(-k // d)
+        for layer in layers:
+            fresh = layer[~measured[layer]]
+            if not fresh.size:
+                continue
+            room = share - len(queue)
+            queue += _spread_pick(costs[:, j], fresh, room) if fresh.size > room > 0 else list(fresh)
+            if len(queue) >= share:
+                break
+        # what the share did not take stays available to other devices' turns
+        chosen = set(queue)
+        rest = [i for layer in layers for i in layer if not measured[i] and i not in chosen]
+        queues.append(queue + rest)
+    taken = set()
+    pos = [0] * d
+    while len(picked) < k:
+        progress = False
+        for j in range(d):
+            q = queues[j]
+            while pos[j] < len(q) and q[pos[j]] in taken:
+                pos[j] += 1
+            if pos[j] < len(q) and len(picked) < k:
+                picked.append(q[pos[j]])
+                taken.add(q[pos[j]])
+                progress = True
+        if not progress:
+            break
+    return picked
+
+
+def distinct(archs: Sequence[Any], skip: set) -> list:
+    """``archs`` without repeats and without those whose key is in ``skip``, in order."""
+    out: dict = {}
+    for a in archs:
+        k = _key(a)
+        if k not in skip:
+            out.setdefault(k, a)
+    return list(out.values())
