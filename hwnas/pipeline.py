@@ -177,11 +177,18 @@ class Pipeline:
 
     def search(self) -> dict:
         """Stage search: multi-objective search over every device with its budget."""
-        s, out = self.cfg["search"], self.out / "search"
-        args = ["search", "--space", self.space_arg, "--predictor", self.predictor, "--trials", s["trials"],
+        s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
+        args = ["search", "--space", self.space_arg, "--trials", s["trials"],
                 "--sampler", s["sampler"], "--seed", self.cfg["seed"], "--out", out, "--quiet",
                 "--verify-top", self.cfg["verify"]["top"], "--checkpoint", self.checkpoint,
-                "--eval-device", _device(self.cfg), "--storage", out / "study.journal"]
+                "--eval-device", _device(self.cfg), "--calib-batches", p["calib_batches"],
+                "--calib-batch-size", p["calib_batch_size"]]
+        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
+            model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
+            args += ["--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
+                     "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
+        else:
+            args += ["--predictor", self.predictor, "--storage", out / "study.journal"]
         for d in self.devices():
             args += ["--table", f"{d['name']}={self.table_path(d)}"]
         for dev, ms in s["budgets"].items():

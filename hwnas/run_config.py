@@ -42,7 +42,10 @@ SCHEMA = {
     "predictor": {"archs": ((int,), 200), "holdout": ((int, type(None)), None), "model": ((str,), "auto"),
                   # one accuracy measurement: BN recalibration batches, their size, evaluation batch size
                   "calib_batches": ((int,), 20), "calib_batch_size": ((int,), 256), "eval_batch_size": ((int,), 1000)},
-    "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {})},
+    # rounds: N > 0 measures `queries` more subnets on the supernet in N rounds (search.search_rounds),
+    # the accuracy dataset's subnets known beforehand; fronts are made of measured subnets only
+    "search": {"trials": ((int,), 2000), "sampler": ((str,), "nsga2"), "budgets": ((dict,), {}),
+               "rounds": ((int, type(None)), None), "queries": ((int,), 200)},
     "verify": {"top": ((int,), 8)},
     "export": {"top": ((int,), 3), "dynamic_batch": ((bool,), True)},
     # final training: the chosen (exported) archs and the baselines trained alone with one recipe
@@ -55,7 +58,7 @@ SCHEMA = {
 }
 # Counts where 0 means no work at all (the run would train for nothing): refused up front.
 POSITIVE = ("train.batch_size", "predictor.archs", "predictor.calib_batch_size",
-            "predictor.eval_batch_size", "search.trials", "verify.top")
+            "predictor.eval_batch_size", "search.trials", "search.queries", "verify.top")
 
 
 class RunConfigError(UserError):

@@ -241,3 +241,19 @@ def test_later_train_keys_at_default_keep_old_runs_fingerprint():
     assert _later_key_at_default("weight_decay", 5e-4) and not _later_key_at_default("weight_decay", 2e-3)
     assert _later_key_at_default("teacher_cutout", False) and not _later_key_at_default("teacher_cutout", True)
     assert not _later_key_at_default("epochs", 10)  # an original key always counts
+
+
+def test_run_with_search_rounds_makes_measured_fronts(tmp_path):
+    """`search.rounds`: the accuracy dataset is known, `queries` more subnets are measured on the
+    supernet in rounds, and the fronts hold measured subnets only."""
+    run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": TINY_RUN["latency"]["devices"][:1]},
+           "search": {"trials": 60, "sampler": "nsga2", "rounds": 2, "queries": 8}, "final": {"epochs": 0}}
+    cfg, out = tmp_path / "run.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump(run))
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--until", "search"]) == 0
+    measured = json.loads((out / "search" / "measured.json").read_text())
+    assert measured["run"]["mode"] == "rounds" and measured["run"]["known"] >= 30
+    assert 0 < measured["run"]["measured"] <= 8
+    points = {p["arch"] for p in measured["points"]}
+    front = json.loads((out / "search" / "pareto_cpu.json").read_text())["front"]
+    assert front and all(e["arch"] in points for e in front)
