@@ -224,28 +224,42 @@ class Pipeline:
         pool = [(r["arch"], r["accuracy"]) for r in fit.records]
         measure = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],
                    "eval_batch_size": p["eval_batch_size"]}
-        return run_final(stage, self.fronts(), self.devices(), top=self.cfg["export"]["top"], choose=f["choose"],
-                         baselines=f["baselines"],
-                         inits=f["init"], ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool,
-                         measure_settings=measure)
+        from latency_tables import LatencyTable
 
-    def deployed(self) -> dict[str, dict]:
-        """arch -> the final stage's deployed record (empty when the stage was skipped)."""
+        # the `measured` rule judges each device's budget by its table
+        tables = {d["name"]: LatencyTable.load(self.table_path(d), space=self.space, check_machine=False)
+                  for d in self.devices()}
+        budgets = {d: ms for d, ms in self.cfg["search"]["budgets"].items() if d in tables}
+        return run_final(stage, self.fronts(), self.devices(), top=self.cfg["export"]["top"], choose=f["choose"],
+                         budgets=budgets, tables=tables, baselines=f["baselines"], inits=f["init"],
+                         ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool, measure_settings=measure)
+
+    def final_results(self) -> dict | None:
+        """The final stage's ``results.json`` (None when the stage was skipped)."""
         path = self.out / "final" / "results.json"
-        if not path.exists():
-            return {}
-        models = json.loads(path.read_text())["models"].values()
-        return {r["arch"]: r for r in models if r["role"] == "chosen" and r.get("deployed")}
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def export_entries(self, device: str, front: list[dict]) -> list[dict]:
+        """What to export for ``device``: the final stage's choice with its trained models, the one a
+        user takes (best validation accuracy) first; without the stage, the front's `export.top`
+        most accurate points, as before the stage existed."""
+        from hwnas.final_stage import choose_entries
+
+        final = self.final_results()
+        if final is None:
+            return choose_entries(front, self.cfg["export"]["top"], "top")
+        deployed = {r["arch"]: r for r in final["models"].values() if r["role"] == "chosen" and r.get("deployed")}
+        on_front = {x["arch"]: x for x in front}
+        archs = sorted(final["summary"]["chosen"].get(device, []), key=lambda a: -deployed[a]["val"])
+        return [_with_final(on_front.get(a, {"arch": a}), deployed[a], self.out / "final") for a in archs]
 
     def export(self) -> dict:
         """Stage export: ONNX models of the `export.top` most accurate points of each device's front,
         with their final-trained weights and measured accuracy where the final stage ran."""
-        from hwnas.final_stage import choose_entries
-
-        e, out, exported, deployed = self.cfg["export"], self.out / "models", {}, self.deployed()
+        e, out, exported = self.cfg["export"], self.out / "models", {}
         for d in self.devices():
             front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
-            entries = [_with_final(x, deployed.get(x["arch"]), self.out / "final") for x in choose_entries(front["front"], e["top"], self.cfg["final"]["choose"])]
+            entries = self.export_entries(d["name"], front["front"])
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
             args = ["export", "--checkpoint", self.checkpoint, *_data_args(self.cfg), "--pareto", top, "--out", out, "--force",
@@ -311,11 +325,13 @@ class Pipeline:
         atomic_write_json(path, log)
 
 
-def _with_final(entry: dict, record: dict | None, final_dir: Path) -> dict:
-    """A front entry with its final-trained model: stand-alone accuracy and the weights to export."""
-    if record is None:
-        return entry
-    acc = entry["accuracy"] if isinstance(entry.get("accuracy"), dict) else {"predicted": entry.get("accuracy")}
+def _with_final(entry: dict, record: dict, final_dir: Path) -> dict:
+    """A front entry (or a bare ``{"arch": ...}`` for a chosen arch off the front) with its
+    final-trained model: supernet and stand-alone accuracy, and the weights to export."""
+    acc = entry.get("accuracy")
+    acc = dict(acc) if isinstance(acc, dict) else {} if acc is None else {"predicted": acc}
+    if "measured" not in acc and "supernet_val" in record:
+        acc["measured"] = record["supernet_val"]
     final = {k: record[k] for k in ("val", "test", "init", "epochs")}
     final["weights"] = str((final_dir / record["weights"]).resolve())
     return {**entry, "accuracy": {**acc, "standalone_test": record["test"]}, "final": final}

@@ -257,3 +257,27 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path):
     points = {p["arch"] for p in measured["points"]}
     front = json.loads((out / "search" / "pareto_cpu.json").read_text())["front"]
     assert front and all(e["arch"] in points for e in front)
+
+
+def test_export_follows_the_final_stage_choice(tmp_path):
+    """Exports are the final stage's chosen archs (also those off the front, as the `measured` rule
+    picks them), the one with the best validation accuracy first; without the stage, the front's top."""
+    import hwnas.pipeline as pipeline
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_RUN))
+    p = pipeline.Pipeline(cfg, tmp_path / "run")
+    front = [{"arch": "a", "accuracy": {"predicted": 0.9}}, {"arch": "b", "accuracy": {"predicted": 0.5}}]
+    assert [e["arch"] for e in p.export_entries("cpu", front)] == ["a"]  # export.top 1 of the front
+    models = {"k1": {"role": "chosen", "arch": "a", "deployed": True, "val": 0.7, "test": 0.71, "init": "scratch",
+                     "epochs": 2, "weights": "models/k1.pt"},
+              "k2": {"role": "chosen", "arch": "off", "deployed": True, "val": 0.8, "test": 0.79, "init": "scratch",
+                     "epochs": 2, "weights": "models/k2.pt", "supernet_val": 0.6}}
+    (p.out / "final").mkdir()
+    (p.out / "final" / "results.json").write_text(json.dumps({"models": models,
+                                                               "summary": {"chosen": {"cpu": ["a", "off"]}}}))
+    entries = p.export_entries("cpu", front)
+    assert [e["arch"] for e in entries] == ["off", "a"]
+    assert entries[0]["accuracy"] == {"measured": 0.6, "standalone_test": 0.79}
+    assert entries[1]["accuracy"] == {"predicted": 0.9, "standalone_test": 0.71}
+    assert entries[0]["final"]["weights"].endswith("models/k2.pt")
