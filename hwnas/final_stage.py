@@ -22,6 +22,7 @@ import torch
 
 from hwnas.baselines import make_baseline
 from hwnas.final_training import evaluate_model, log, train_model
+from hwnas.run_report import best_known
 from search_space import SearchSpace
 from search_space.errors import UserError
 from search_space.io import atomic_write_json, save_png
@@ -56,17 +57,14 @@ class Candidate:
 
 def spread(items: list, k: int) -> list:
     """``k`` items evenly spaced over ``items`` (all when there are fewer), ends included."""
-    if len(items) <= k:
-        return list(items)
-    return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, k).round().astype(int).tolist()))]
+    from search._pareto import spread_candidates
+
+    return [items[i] for i in spread_candidates(len(items), k)]
 
 
 def front_accuracy(entry: dict) -> float:
     """A front entry's best-known accuracy (measured on the supernet if verified, else predicted)."""
-    acc = entry.get("accuracy")
-    if isinstance(acc, dict):
-        return float(acc.get("measured", acc.get("predicted")))
-    return float(acc)
+    return float(best_known(entry.get("accuracy"))[0])
 
 
 def pick_ranking_archs(fronts: dict[str, list[dict]], pool: list[tuple[str, float]], k: int) -> list[str]:
@@ -179,7 +177,8 @@ class FinalStage:
             items = []
             for k in todo:
                 rec = self.results["models"][k]
-                c = Candidate(rec["role"], rec["arch"], rec["baseline"], rec["init"])
+                # latency depends on the architecture, not its weights: no supernet load for inherited ones
+                c = Candidate(rec["role"], rec["arch"], rec["baseline"])
                 r = self.resolution(c)
                 items.append((self.build(c).eval(), (self.space.config.in_channels, r, r)))
             stats = backend.measure_many(items)
@@ -263,7 +262,7 @@ def plot_device(records: list[dict], front: list[dict], device: str, path: Path)
 
     fig, ax = plt.subplots(figsize=(6, 4.4))
     if front:
-        lat = [_value(e.get("latency_ms")) for e in front]
+        lat = [float(best_known(e.get("latency_ms"))[0]) for e in front]
         ax.plot(lat, [front_accuracy(e) for e in front], "o-", color="0.7", ms=3, label="front (supernet accuracy)")
     for role, marker, color in (("chosen", "o", "tab:blue"), ("baseline", "*", "tab:red")):
         rs = [r for r in records if r["role"] == role and device in r.get("latency", {})
@@ -284,12 +283,6 @@ def plot_device(records: list[dict], front: list[dict], device: str, path: Path)
     return save_png(fig, path)
 
 
-def _value(pair) -> float:
-    if isinstance(pair, dict):
-        return float(pair.get("measured", pair.get("predicted")))
-    return float(pair)
-
-
 CHOICE_RULES = ("top", "spread", "measured")
 
 
@@ -303,8 +296,10 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
         raise UserError(f"choice rule {rule!r} is unknown; expected one of {list(CHOICE_RULES)}")
     if rule == "top":
         return sorted(front, key=lambda e: -front_accuracy(e))[:n]
-    # an entry without a latency (a hand-written front) sorts last
-    by_latency = sorted(front, key=lambda e: _value(e["latency_ms"]) if e.get("latency_ms") is not None else np.inf)
+    def latency(e: dict) -> float:  # an entry without a latency (a hand-written front) sorts last
+        return np.inf if e.get("latency_ms") is None else float(best_known(e["latency_ms"])[0])
+
+    by_latency = sorted(front, key=latency)
     return sorted(spread(by_latency, n), key=lambda e: -front_accuracy(e))
 
 

@@ -54,3 +54,10 @@ def pareto_layers_2d(quality, cost, max_points: int | None = None) -> list[np.nd
         total += front.size
         left = np.setdiff1d(left, front, assume_unique=True)
     return layers
+
+
+def spread_candidates(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over a front of ``n`` points (all when ``n <= k``), ends included."""
+    if n <= k:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))

@@ -10,14 +10,7 @@ import numpy as np
 from ._fronts import DeviceFront
 from ._loop import score_batch
 from ._objectives import Objective
-from ._pareto import pareto_front_2d
-
-
-def spread_candidates(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over a front of ``n`` points (all when ``n <= k``), ends included."""
-    if n <= k:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))
+from ._pareto import pareto_front_2d, spread_candidates
 
 
 def verify_fronts(fronts: Mapping[str, DeviceFront], *, measure: Mapping[str, Objective] | None = None,

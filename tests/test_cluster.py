@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from postgres_server import PostgresServer, find_bin_dir
 from search import Budget, Objective, SearchError, open_storage, redact_url, run_search
 from search._loop import DUPLICATE_ATTR, SURPLUS_ATTR
+from test_search import DiesOnce
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -194,7 +195,8 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    for module in (sys.modules[__name__], sys.modules[DiesOnce.__module__]):  # workers cannot import test modules
+        ray.cloudpickle.register_pickle_by_value(module)
     small = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **small})
     # Two CPUs per device node: a search worker there must leave room for the node's device task.
@@ -244,23 +246,10 @@ def test_a_device_no_node_owns_fails_before_any_trial(cluster, pg_env):
     assert not optuna.load_study(study_name="nowhere", storage=open_storage(pg_env.url)).trials
 
 
-class DiesOnce:
-    """Latency of device a that kills its (Ray worker) process the first time it runs there."""
-
-    def __init__(self, marker, driver_pid):
-        self.marker, self.driver_pid = str(marker), driver_pid
-
-    def __call__(self, archs):
-        if os.getpid() != self.driver_pid and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os._exit(1)  # abrupt: no exception handler runs, the trials stay RUNNING
-        return cost(archs)
-
-
 def test_a_killed_worker_loses_no_trial_on_postgresql(cluster, pg_env, tmp_path):
     """The dead worker's trials stop beating, are failed after the grace period and redone once."""
     marker = tmp_path / "died"
-    study = run_search(SPACE, objectives(DiesOnce(marker, os.getpid())), 40, storage=pg_env.url, study_name="killed",
+    study = run_search(SPACE, objectives(DiesOnce(marker, os.getpid(), cost)), 40, storage=pg_env.url, study_name="killed",
                        workers=2, batch_size=5, seed=0, progress=False, heartbeat_interval=1, grace_period=2)
     assert marker.exists()  # a worker did die
     trials = completed(study, 40)

@@ -481,16 +481,16 @@ def test_device_objectives_run_as_ray_tasks_on_the_device_node(ray_instance, tmp
 
 
 class DiesOnce:
-    """Latency of device a that kills its (Ray worker) process the first time it runs there."""
+    """Latency of device a (``latency``) that kills its (Ray worker) process the first time it runs there."""
 
-    def __init__(self, marker, driver_pid):
-        self.marker, self.driver_pid = str(marker), driver_pid
+    def __init__(self, marker, driver_pid, latency=None):
+        self.marker, self.driver_pid, self.latency = str(marker), driver_pid, latency or toy_latency_a
 
     def __call__(self, archs):
         if os.getpid() != self.driver_pid and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)  # abrupt: no exception handler runs, the trials stay RUNNING
-        return toy_latency_a(archs)
+        return self.latency(archs)
 
 
 def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):

@@ -68,11 +68,8 @@ def _pairs(specs: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def timing_device(name: str, table_spec: str, space) -> dict:
+def timing_device(name: str, table) -> dict:
     """The device dict (backend, batch size, dtype, threads) a latency table was measured with."""
-    from latency_tables import LatencyTable
-
-    table = LatencyTable.load(table_spec, space=space, check_machine=False)
     s = table.backend_settings
     return {"name": name, "backend": s["spec"], "batch_size": s["batch_size"], "dtype": s["dtype"],
             "threads": s.get("threads")}
@@ -100,19 +97,19 @@ def _final(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--pareto {name}={path}: not a front file ({e}); expected pareto_<device>.json "
                             "from 'hwnas search'") from None
-    table_specs = _pairs(args.table, "--table")
-    devices = [timing_device(n, t, space) for n, t in table_specs.items()]
+    from latency_tables import LatencyTable
+
+    # other machines' tables are the point here: no fingerprint warning
+    tables = {n: LatencyTable.load(t, space=space, check_machine=False) for n, t in _pairs(args.table, "--table").items()}
+    devices = [timing_device(n, t) for n, t in tables.items()]
     budgets = {}
     for name, ms in _pairs(args.budget, "--budget").items():
         try:
             budgets[name] = float(ms.removesuffix("ms"))
         except ValueError:
             raise UserError(f"--budget {name}={ms}: expected a latency in ms, e.g. {name}=0.5") from None
-        if name not in table_specs:
+        if name not in tables:
             raise UserError(f"--budget {name}=...: no --table {name}=TABLE to judge it by")
-    from latency_tables import LatencyTable
-
-    tables = {n: LatencyTable.load(t, space=space, check_machine=False) for n, t in table_specs.items()}
     pool = []
     if args.accuracy_data:
         from predictors import AccuracyDataset
