@@ -176,7 +176,8 @@ def console_summary(pipeline) -> str:
             best = json.loads(top.read_text())["front"][0]
             final = best.get("final")
             acc = (f"{final['test']:.4g} (trained alone, test)" if final else _best(best["accuracy"]))
-            lines.append(f"  most accurate exported: {best['arch']}  accuracy {acc}, "
+            what = "picked (best validation accuracy, trained alone)" if final else "most accurate exported"
+            lines.append(f"  {what}: {best['arch']}  accuracy {acc}, "
                          f"latency {_best(best.get('latency_ms'))} ms -> {out / 'models' / f'{name}_rank00.onnx'}")
     for name in pipeline.skipped_devices():
         lines.append(f"{name}: not measured here (no CUDA device)")
