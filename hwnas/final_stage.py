@@ -283,7 +283,7 @@ def plot_device(records: list[dict], front: list[dict], device: str, path: Path)
     return save_png(fig, path)
 
 
-CHOICE_RULES = ("top", "spread", "measured")
+CHOICE_RULES = ("auto", "top", "spread", "measured")
 
 
 def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict]:
@@ -294,6 +294,8 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
     accurate few are a coin toss and all sit at the fast end, leaving the budget unused."""
     if rule not in CHOICE_RULES:
         raise UserError(f"choice rule {rule!r} is unknown; expected one of {list(CHOICE_RULES)}")
+    if rule == "auto":
+        rule = "spread"
     if rule == "top":
         return sorted(front, key=lambda e: -front_accuracy(e))[:n]
     def latency(e: dict) -> float:  # an entry without a latency (a hand-written front) sorts last
@@ -306,18 +308,22 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
 def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, float]] = (), table=None,
                  budget: float | None = None) -> list[str]:
     """The archs to train alone for one device: ``top`` / ``spread`` pick front entries
-    (:func:`choose_entries`); ``measured`` takes the ``n`` archs of highest *measured* supernet
+    (:func:`choose_entries`); ``auto`` (the default) is ``measured`` where the device has a budget,
+    a table and measured accuracies, else ``spread``; ``measured`` takes the ``n`` archs of highest *measured* supernet
     accuracy (``pool``, e.g. the accuracy dataset, and the front's verified points) whose latency on
     ``table`` is within ``budget``. ``measured`` exists because a predictor fitted on a flat region
     makes a flat front: on cifar_pool the measured top within budget trained alone to ResNet-18's
-    accuracy where the predicted front's points fell 3 points short (experiments/results/final_cifar_pool.md)."""
-    if rule != "measured":
-        return [e["arch"] for e in choose_entries(front, n, rule)]
+    accuracy where the predicted front's points fell 3 points short, and inherited, above it
+    (experiments/results/final_cifar_pool.md)."""
     measured = dict(pool)
     for e in front:
         acc = e.get("accuracy")
         if isinstance(acc, dict) and "measured" in acc:
             measured[e["arch"]] = float(acc["measured"])
+    if rule == "auto":  # a budget asks "most accurate within it": measured answers that where it can
+        rule = "measured" if measured and table is not None and budget is not None else "spread"
+    if rule != "measured":
+        return [e["arch"] for e in choose_entries(front, n, rule)]
     if not measured:
         raise UserError("choice rule 'measured' needs measured supernet accuracies: expected an accuracy dataset "
                         "(--accuracy-data) or a verified front")
@@ -327,7 +333,7 @@ def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, flo
     return archs[:n]
 
 
-def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[dict], *, top: int, choose: str = "spread",
+def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[dict], *, top: int, choose: str = "auto",
               budgets: dict[str, float] | None = None, tables: dict | None = None,
               baselines: list[str], inits: list[str], ranking: int = 0, ranking_epochs: int = 0,
               pool: list[tuple[str, float]] = (), measure_settings: dict | None = None) -> dict:

@@ -53,8 +53,8 @@ SCHEMA = {
     "final": {"epochs": ((int,), 0), "batch_size": ((int,), 256), "lr": ((float, int, type(None)), None),
               "weight_decay": ((float, int), 5e-4), "label_smoothing": ((float, int), 0.1),
               "logit_scale": ((float, int), 1.0), "augment": ((str, type(None)), None),
-              "init": ((list,), ["scratch"]), "baselines": ((list,), ["largest"]),
-              "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "spread")},
+              "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
+              "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "auto")},
 }
 # Counts where 0 means no work at all (the run would train for nothing): refused up front.
 POSITIVE = ("train.batch_size", "predictor.archs", "predictor.calib_batch_size",

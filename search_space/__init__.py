@@ -8,7 +8,7 @@ from ._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "arch": ["BLOCK_TYPES", "Arch", "ArchError", "LayerChoice", "StageChoice"],
     "blocks": ["build_block"],
-    "checkpoint": ["CheckpointError", "checkpoint_hash", "load_supernet", "save_supernet"],
+    "checkpoint": ["CheckpointError", "checkpoint_hash", "checkpoint_meta", "load_supernet", "save_supernet"],
     "errors": ["UserError"],
     "config": ["ConfigError", "SpaceConfig", "load_config", "preset_names"],
     "space": ["SearchSpace"],

@@ -33,13 +33,13 @@ def save_supernet(path: str | Path, supernet: Supernet, meta: dict | None = None
     return atomic_torch_save(blob, path)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load and check a checkpoint dict (tensors on the CPU)."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """Load and check a checkpoint dict (tensors on the CPU; ``mmap``: read lazily from the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found: expected a file written by 'hwnas supernet train'")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is not readable ({type(e).__name__}): expected a torch file written by hwnas") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -47,6 +47,12 @@ def read_checkpoint(path: str | Path) -> dict:
     if blob.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has version {blob.get('version')!r}, expected {VERSION}")
     return blob
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """The ``meta`` of a checkpoint (dataset, split seed, plan) without reading its weights
+    (memory-mapped: a cifar_pool checkpoint is 1 GB)."""
+    return dict(read_checkpoint(path, mmap=True).get("meta") or {})
 
 
 def load_supernet(path: str | Path, space: SearchSpace | None = None) -> tuple[Supernet, dict]:

@@ -13,7 +13,7 @@ from hwnas.baselines import BaselineError, make_baseline
 from hwnas.cli import main
 from hwnas.cli.supernet import load_for_space
 from hwnas.export import read_metadata
-from hwnas.final_stage import Candidate, FinalStage, pick_ranking_archs, ranking_summary, run_final
+from hwnas.final_stage import Candidate, FinalStage, choose_archs, pick_ranking_archs, ranking_summary, run_final
 from hwnas.final_training import evaluate_model, plain_config, train_model
 from hwnas.run_config import RunConfigError, parse_run_config
 from search import run_search
@@ -51,6 +51,31 @@ def test_search_first_population_holds_the_seed_archs():
     study = run_search(SPACE, objectives, 30, sampler="nsga2", seed=0, progress=False, seed_archs=seeds)
     first = [SPACE.from_params(t.params) for t in study.trials[:len(seeds)]]
     assert first == seeds
+
+
+class _FlopsTable:
+    """A latency table stand-in: FLOPs (M) as milliseconds."""
+
+    def predict_many(self, archs):
+        return [SPACE.flops(SPACE.parse(a) if isinstance(a, str) else a) / 1e6 for a in archs]
+
+
+def test_choice_rules_measured_within_budget_and_auto():
+    rng = np.random.default_rng(0)
+    archs = list(dict.fromkeys(str(SPACE.sample(rng)) for _ in range(40)))
+    table = _FlopsTable()
+    ms = dict(zip(archs, table.predict_many(archs)))
+    budget = float(np.median(list(ms.values())))
+    pool = [(a, float(rng.uniform(0.5, 1.0))) for a in archs]
+    front = [{"arch": a, "accuracy": acc, "latency_ms": ms[a]} for a, acc in pool[:6]]
+    picked = choose_archs(front, 3, "measured", pool, table, budget)
+    within = sorted((a for a, _ in pool if ms[a] <= budget), key=lambda a: -dict(pool)[a])
+    assert picked == within[:3] and all(ms[a] <= budget for a in picked)
+    # auto: measured where the device has a budget, the front spread by latency where it has none
+    assert choose_archs(front, 3, "auto", pool, table, budget) == picked
+    assert choose_archs(front, 3, "auto", pool, table, None) == choose_archs(front, 3, "spread")
+    with pytest.raises(Exception, match="needs measured supernet accuracies"):
+        choose_archs([{"arch": archs[0], "accuracy": 0.9, "latency_ms": 1.0}], 1, "measured", (), table, budget)
 
 
 def test_baseline_errors_are_one_line():
@@ -142,3 +167,29 @@ def test_bad_baseline_in_run_config_exits_2(tmp_path, capsys):
     assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "final.baselines[0]" in err[0] and "builtin_net" in err[0]
+
+
+def test_final_with_a_checkpoint_keeps_the_supernets_train_val_split(tmp_path, monkeypatch):
+    from search_space import CheckpointError, Supernet, checkpoint_meta, save_supernet
+
+    ck = save_supernet(tmp_path / "supernet.pt", Supernet(SPACE), meta={"split_seed": 7})
+    assert checkpoint_meta(ck)["split_seed"] == 7
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint_meta(tmp_path / "missing.pt")
+    seeds = []
+
+    def spy(dataset, data, space, *, seed, **kw):
+        seeds.append(seed)
+        raise RuntimeError("stop after the split")
+
+    monkeypatch.setattr("hwnas.cli.supernet.load_for_space", spy)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(TINY_RUN["space"]))
+    front = tmp_path / "pareto_cpu.json"
+    front.write_text(json.dumps({"format": "hwnas-pareto", "version": 1, "device": "cpu",
+                                 "front": [{"arch": str(SPACE.largest()), "accuracy": 0.9}]}))
+    for extra, expected in (([], 3), (["--checkpoint", str(ck)], 7)):
+        with pytest.raises(RuntimeError, match="stop after the split"):
+            main(["final", "--space", str(space_file),
+                  "--pareto", f"cpu={front}", "--dataset", "digits", "--seed", "3", "--out", str(tmp_path / "f"), *extra])
+        assert seeds[-1] == expected

@@ -27,15 +27,18 @@ def register(sub) -> None:
                    help="time DEVICE with this latency table's backend settings (file or shipped name); "
                         "devices without one are not timed")
     p.add_argument("--top", type=int, default=3, help="architectures per front (default 3)")
-    p.add_argument("--choose", choices=("spread", "top", "measured"), default="spread", help="which TOP: spread along "
-                   "the front by latency, fastest and slowest included (default); the front's most accurate by the "
-                   "supernet; or measured: the highest measured supernet accuracy (--accuracy-data) within --budget")
+    p.add_argument("--choose", choices=("auto", "spread", "top", "measured"), default="auto", help="which TOP: "
+                   "measured, the highest measured supernet accuracy (--accuracy-data or a verified front) within "
+                   "the device's --budget; spread along the front by latency, fastest and slowest included; the "
+                   "front's most accurate by the supernet; auto (default): measured for devices with a --budget, "
+                   "spread for the others")
     p.add_argument("--budget", action="append", default=[], metavar="DEVICE=MS",
-                   help="latency budget in ms of a device (with --choose measured, judged by its --table)")
+                   help="latency budget in ms of a device (with --choose auto or measured, judged by its --table)")
     p.add_argument("--baseline", action="append", default=[], help="baseline: largest, resnet18, timm:<model> or "
                    "module:callable (repeatable; default: largest and resnet18)")
     p.add_argument("--init", action="append", choices=("scratch", "inherited"), default=[],
-                   help="initialisation of the chosen models (repeatable; default scratch; inherited needs --checkpoint)")
+                   help="initialisation of the chosen models (repeatable; default: both with --checkpoint, the better "
+                        "on validation deployed, else scratch)")
     p.add_argument("--checkpoint", default=None, help="supernet.pt: inherited weights and supernet accuracies")
     p.add_argument("--accuracy-data", default=None, help="accuracy dataset (.jsonl) of the supernet: the ranking "
                    "check's pool and, without --checkpoint, its supernet accuracies")
@@ -52,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default 0.1)")
     p.add_argument("--logit-scale", type=float, default=1.0, help="logits x S before the loss (default 1)")
     p.add_argument("--augment", default=None, help="training augmentation instead of the dataset's own")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default 0); also of the train/val split, except with --checkpoint, whose own split is kept so that no supernet training image is in val")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output folder (results.json, models/, plots)")
     p.set_defaults(func=_final)
@@ -117,11 +120,18 @@ def _final(args) -> int:
         data = AccuracyDataset.load(args.accuracy_data)
         data.check_space(space)
         pool = [(r["arch"], r["accuracy"]) for r in data.records]
-    inits = args.init or ["scratch"]
+    # both where we can: inherited won on CIFAR, scratch on digits (experiments/results/final_cifar_pool.md)
+    inits = args.init or (["scratch", "inherited"] if args.checkpoint else ["scratch"])
     if "inherited" in inits and not args.checkpoint:
         raise UserError("--init inherited needs --checkpoint (the supernet whose weights the models inherit)")
     device = resolve_device(args.device)
-    bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=device)
+    split_seed = args.seed
+    if args.checkpoint:
+        from search_space import checkpoint_meta
+
+        # the supernet's own train/val split: with another one its training images would sit in val
+        split_seed = checkpoint_meta(args.checkpoint).get("split_seed", args.seed)
+    bundle = load_for_space(args.dataset, args.data, space, seed=split_seed, device=device)
     config = plain_config(args.epochs, args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, augment=args.augment,
                           seed=args.seed)
