@@ -261,8 +261,9 @@ def plot_device(records: list[dict], front: list[dict], device: str, path: Path)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.4))
+    front = [e for e in front if e.get("latency_ms") is not None]  # a hand-written list of archs has none
     if front:
-        lat = [float(best_known(e.get("latency_ms"))[0]) for e in front]
+        lat = [float(best_known(e["latency_ms"])[0]) for e in front]
         ax.plot(lat, [front_accuracy(e) for e in front], "o-", color="0.7", ms=3, label="front (supernet accuracy)")
     for role, marker, color in (("chosen", "o", "tab:blue"), ("baseline", "*", "tab:red")):
         rs = [r for r in records if r["role"] == role and device in r.get("latency", {})
