@@ -193,3 +193,15 @@ def test_final_with_a_checkpoint_keeps_the_supernets_train_val_split(tmp_path, m
             main(["final", "--space", str(space_file),
                   "--pareto", f"cpu={front}", "--dataset", "digits", "--seed", "3", "--out", str(tmp_path / "f"), *extra])
         assert seeds[-1] == expected
+
+
+def test_device_plot_takes_a_hand_written_front_without_latencies(tmp_path):
+    from hwnas.final_stage import plot_device
+
+    arch = str(SPACE.largest())
+    records = [{"role": "chosen", "arch": arch, "label": arch, "devices": ["cpu"], "deployed": True, "test": 0.9,
+                "latency": {"cpu": {"ms": 1.0}}},
+               {"role": "baseline", "label": "resnet18", "devices": [], "test": 0.91, "latency": {"cpu": {"ms": 2.0}}}]
+    front = [{"arch": arch, "accuracy": 0.9}, {"arch": str(SPACE.smallest()), "accuracy": 0.8, "latency_ms": 0.5}]
+    path = plot_device(records, front, "cpu", tmp_path / "final_cpu.png")
+    assert path.stat().st_size > 1000
