@@ -201,3 +201,29 @@ def load_run_config(path: str | Path | None = None) -> dict:
     if isinstance(cfg["space"], str) and cfg["space"].endswith((".yaml", ".yml", ".toml")):
         cfg["space"] = str((path.parent / cfg["space"]).resolve())  # relative to the config file
     return cfg
+
+
+def dataset_args(cfg: dict) -> list[str]:
+    """The ``--dataset``/``--data`` arguments of a parsed config."""
+    return ["--dataset", cfg["dataset"]["name"]] + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
+
+
+def supernet_train_args(cfg: dict, space_arg: str, out: str | Path, device: str) -> list[str]:
+    """The ``hwnas supernet train`` arguments of a parsed config's ``train`` section (the recipe),
+    writing to ``out`` on ``device``; shared by ``hwnas run`` and experiments/bench_ddp.py."""
+    c = cfg["train"]
+    length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
+    args = ["supernet", "train", "--space", space_arg, *dataset_args(cfg), *length,
+            "--batch-size", c["batch_size"], "--lr", c["lr"], "--weight-decay", c["weight_decay"],
+            "--num-random", c["num_random"], "--students", c["students"],
+            "--eval-every", max(1, c["epochs"] // 10),
+            "--seed", cfg["seed"], "--device", device, "--out", out]
+    if c["augment"] is not None:
+        args += ["--augment", c["augment"]]
+    if c["teacher_dropout"] is not None:
+        args += ["--teacher-dropout", c["teacher_dropout"]]
+    if c["teacher_cutout"]:
+        args.append("--teacher-cutout")
+    if c["ema_decay"] is not None:
+        args += ["--ema-decay", c["ema_decay"]]
+    return [str(a) for a in args + ["--label-smoothing", c["label_smoothing"], "--logit-scale", c["logit_scale"]]]
