@@ -199,7 +199,9 @@ def load_run_config(path: str | Path | None = None) -> dict:
         raise RunConfigError(f"run config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     cfg = parse_run_config(raw)
     if isinstance(cfg["space"], str) and cfg["space"].endswith((".yaml", ".yml", ".toml")):
-        cfg["space"] = str((path.parent / cfg["space"]).resolve())  # relative to the config file
+        # relative to the config file; for a linked config (experiments/configs/quickstart.yaml) also its target's
+        beside = [folder / cfg["space"] for folder in (path.parent, path.resolve().parent)]
+        cfg["space"] = str(next((f for f in beside if f.is_file()), beside[0]).resolve())
     return cfg
 
 

@@ -232,3 +232,35 @@ def test_unjoinable_group_and_missing_gpus_are_one_line(monkeypatch):
     if not torch.cuda.is_available():  # CUDA asked for on a machine without GPUs, under torchrun too
         with pytest.raises(DeviceError, match="CUDA is not available"):
             init_distributed("cuda")
+
+
+# ----------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_ddp_reads_runs_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ddp", os.path.join(os.path.dirname(__file__), "..",
+                                                                             "experiments", "bench_ddp.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for argv, needle in ((["--gpus", "0,x"], "--gpus '0,x' is invalid"),
+                         (["--device", "cpu", "--gpus", "1,3", "--config", str(bench.ROOT / "experiments/configs/quickstart.yaml")],
+                          "cannot be split over [3] processes"),
+                         (["--device", "cpu", "--data", str(tmp_path / "nope.npz")], "nope.npz' not found")):
+        assert bench.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err
+    runs = []
+    for n, speeds in ((1, [50.0, 100.0, 102.0, 98.0]), (2, [80.0, 180.0, 170.0, 175.0])):
+        run = tmp_path / f"n{n}"
+        run.mkdir()
+        records = [{"epoch": e + 1, "img_per_s": s, "time_s": 1000 / s, "world_size": n} for e, s in enumerate(speeds)]
+        records[-1].update(val_acc_largest=0.9, val_acc_smallest=0.8, peak_mem_mib=[100.0] * n)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append({**bench.summarise(n, run), "rc": 0})
+    bench.add_efficiency(runs)
+    # the first epoch (cuDNN autotuning) is left out; per GPU over N=1's
+    assert [(r["img_per_s"], r["img_per_s_per_gpu"], r["efficiency_vs_1"]) for r in runs] == [
+        (100.0, 100.0, 1.0), (175.0, 87.5, 0.875)]
+    assert runs[1]["peak_mem_mib_per_rank"] == [100, 100] and runs[1]["val_acc_smallest"] == 0.8
