@@ -244,7 +244,8 @@ def markdown(result: dict) -> str:
     if result["label"]:
         lines += [f"**{result['label']}.**", ""]
     m = result["machine"]
-    lines += [f"Card: {m['card']}; host cores {m['host_cores']}; torch {m['torch']}, Python {m['python']}.",
+    load = f" (1-minute load average {m['load_average_1min']} when it ended)" if "load_average_1min" in m else ""
+    lines += [f"Card: {m['card']}; host cores {m['host_cores']}{load}; torch {m['torch']}, Python {m['python']}.",
               f"Command: `{result['command']}` (config `{result['config']}`).",
               f"Recipe: `hwnas {' '.join(result['recipe_args'])}`.", "",
               "| N | images/s | images/s per GPU | efficiency vs N=1 | epochs | median epoch s | val largest | "
