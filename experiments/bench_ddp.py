@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "experiments" / "results"),
                    help="folder for NAME.json and NAME.md (default $OUT, else experiments/results)")
     p.add_argument("--name", default=None, help="output file stem (default ddp_scaling, or ddp_budget with a budget)")
-    p.add_argument("--work", default=None, help="folder for the runs' checkpoints and logs (default runs/bench_ddp/NAME)")
+    p.add_argument("--work", default=None,
+                   help="folder for the runs' checkpoints and logs (default runs/bench_ddp/NAME)")
     p.add_argument("--timeout-s", type=float, default=None, help="stop a run that takes longer (recorded as failed)")
     p.add_argument("--include", nargs="*", default=[], metavar="JSON",
                    help="earlier outputs of this script whose runs (other N, same recipe) join the tables")
@@ -139,8 +140,8 @@ def launch(n: int, train_args: list[str], run_dir: Path, device: str, timeout_s:
     run_dir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "hwnas", *train_args]
-    env = {**os.environ, **SAFE_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **SAFE_ENV, "PYTHONPATH": path, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"
     start = time.perf_counter()
@@ -195,8 +196,8 @@ def machine(device: str) -> dict:
     info = {"host_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     if device == "cuda":
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+            query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+            smi = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
         except (OSError, subprocess.TimeoutExpired):
             smi = []
         info.update(card=smi[0].split(",")[0].strip() if smi else torch.cuda.get_device_name(0),
@@ -304,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_ddp: error: {e}", file=sys.stderr)
         return 2
     add_efficiency(runs)
-    result = {"label": SMOKE_LABEL if args.device == "cpu" else None, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", "experiments/bench_ddp.py", *(argv if argv is not None else sys.argv[1:])]),
+    result = {"label": SMOKE_LABEL if args.device == "cpu" else None,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", "experiments/bench_ddp.py", *(sys.argv[1:] if argv is None else argv)]),
               "config": os.path.relpath(args.config, ROOT) if Path(args.config).is_absolute() else args.config,
               "mode": mode, "recipe_args": recipe, "machine": host,
               "skipped": [n for n in counts if n not in run_counts], "runs": runs}

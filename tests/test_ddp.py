@@ -29,6 +29,7 @@ STEPS = 3  # steps per epoch: a few digits batches keep each run short
 
 def _spawn(worker, *args, world: int = 2) -> None:
     """Run ``worker(rank, *args)`` in ``world`` forked processes joined as a gloo group on a free port."""
+    load_for_space("digits", None, SearchSpace.from_config(DIGITS_SPACE))  # its imports, once: the forks inherit them
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -245,7 +246,8 @@ def test_bench_ddp_reads_runs_and_refuses_bad_input_in_one_line(tmp_path, capsys
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     for argv, needle in ((["--gpus", "0,x"], "--gpus '0,x' is invalid"),
-                         (["--device", "cpu", "--gpus", "1,3", "--config", str(bench.ROOT / "experiments/configs/quickstart.yaml")],
+                         (["--device", "cpu", "--gpus", "1,3", "--config",
+                           str(bench.ROOT / "experiments" / "configs" / "quickstart.yaml")],
                           "cannot be split over [3] processes"),
                          (["--device", "cpu", "--data", str(tmp_path / "nope.npz")], "nope.npz' not found")):
         assert bench.main(argv) == 2

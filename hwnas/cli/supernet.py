@@ -188,9 +188,6 @@ def _train(args) -> int:
     for value, option in ((args.eval_every, "--eval-every"), (args.eval_batch_size, "--eval-batch-size"),
                           (args.calib_batches, "--calib-batches")):
         _positive(value, option)
-    from search_space.io import check_out_dir
-
-    check_out_dir(args.out)  # a file in the way or a read-only folder: now, not after an epoch
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
@@ -205,6 +202,10 @@ def _train(args) -> int:
 
 def _train_ranks(args, config: TrainConfig, space: SearchSpace, ctx) -> int:
     """``hwnas supernet train`` on this process (one rank of several under torchrun)."""
+    from search_space.io import check_out_dir
+
+    if ctx.is_main:  # only rank 0 writes, here too: a file in the way or a read-only folder now, not after an epoch
+        check_out_dir(args.out)
     if config.batch_size % ctx.world_size:
         raise UserError(f"--batch-size {config.batch_size} cannot be split over {ctx.world_size} processes: "
                         "expected a global batch size divisible by --nproc_per_node")
