@@ -220,7 +220,7 @@ def test_torchrun_environment_errors_are_one_line(monkeypatch, capsys, tmp_path,
     assert needle in err and "\n" not in err
 
 
-def test_unjoinable_group_and_missing_gpus_are_one_line(monkeypatch):
+def test_unjoinable_group_and_gpu_shortage_are_one_line(monkeypatch):
     with socket.socket() as busy:  # rank 0 cannot listen on a port that is taken
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -233,6 +233,14 @@ def test_unjoinable_group_and_missing_gpus_are_one_line(monkeypatch):
     if not torch.cuda.is_available():  # CUDA asked for on a machine without GPUs, under torchrun too
         with pytest.raises(DeviceError, match="CUDA is not available"):
             init_distributed("cuda")
+    # a host with one GPU: a second process has none, and cuda:N would put every rank on one GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DistSetupError, match="LOCAL_RANK=1 but only 1 GPU"):
+        init_distributed("cuda")
+    with pytest.raises(DistSetupError, match="--device 'cuda:0' under torchrun: expected 'cuda' or 'auto'"):
+        init_distributed("cuda:0")
 
 
 # ----------------------------------------------------------------------------- the benchmark script
