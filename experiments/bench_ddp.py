@@ -245,7 +245,7 @@ def markdown(result: dict) -> str:
     if result["label"]:
         lines += [f"**{result['label']}.**", ""]
     m = result["machine"]
-    load = f" (1-minute load average {m['load_average_1min']} when it ended)" if "load_average_1min" in m else ""
+    load = f" (1-minute load average {m['load_average_1min']})" if "load_average_1min" in m else ""
     lines += [f"Card: {m['card']}; host cores {m['host_cores']}{load}; torch {m['torch']}, Python {m['python']}.",
               f"Command: `{result['command']}` (config `{result['config']}`).",
               f"Recipe: `hwnas {' '.join(result['recipe_args'])}`.", "",
@@ -286,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         mode = {"epochs": args.epochs} if args.epochs is not None else {"time_budget_min": args.time_budget_min}
         if missing := [f for f in args.include if not Path(f).is_file()]:
             raise BenchError(f"--include {missing[0]!r} not found: expected an earlier output of this script")
+        host = machine(args.device)
+        merge_included([], args.include, recipe, mode, host["card"])  # other recipe or card: refused now
     except UserError as e:
         print(f"bench_ddp: error: {e}", file=sys.stderr)
         return 2
     runs = []
-    for n in run_counts:
+    for n in run_counts:  # the report is rewritten after every run: a call cut short keeps what ran
         run_dir = work / f"n{n}"
         print(f"bench_ddp: N={n} ...", file=sys.stderr, flush=True)
         launched = launch(n, recipe_args(args, run_dir), run_dir, args.device, args.timeout_s)
@@ -298,25 +300,24 @@ def main(argv: list[str] | None = None) -> int:
         r = runs[-1]
         print(f"bench_ddp: N={n} rc={r['rc']} {r.get('img_per_s_per_gpu', '-')} img/s/GPU, val largest "
               f"{r.get('val_acc_largest')}, {r['wall_s']} s", file=sys.stderr, flush=True)
-    host = machine(args.device)
-    try:
-        runs = merge_included(runs, args.include, recipe, mode, host["card"])
-    except UserError as e:
-        print(f"bench_ddp: error: {e}", file=sys.stderr)
-        return 2
+        write_report(args, argv, host, mode, recipe, merge_included(runs, args.include, recipe, mode, host["card"]),
+                     [n for n in counts if n not in run_counts])
+    print(f"bench_ddp: wrote {Path(args.out) / (args.name + '.md')} and .json", file=sys.stderr)
+    return 0 if all(r.get("rc") == 0 for r in runs) else 1
+
+
+def write_report(args: argparse.Namespace, argv: list[str] | None, host: dict, mode: dict, recipe: list[str],
+                 runs: list[dict], skipped: list[int]) -> None:
+    """Write OUT/NAME.json and OUT/NAME.md (atomically) for the runs so far."""
     add_efficiency(runs)
     result = {"label": SMOKE_LABEL if args.device == "cpu" else None,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "experiments/bench_ddp.py", *(sys.argv[1:] if argv is None else argv)]),
               "config": os.path.relpath(args.config, ROOT) if Path(args.config).is_absolute() else args.config,
-              "mode": mode, "recipe_args": recipe, "machine": host,
-              "skipped": [n for n in counts if n not in run_counts], "runs": runs}
+              "mode": mode, "recipe_args": recipe, "machine": host, "skipped": skipped, "runs": runs}
     out = Path(args.out)
     atomic_write_json(out / f"{args.name}.json", result)
     atomic_write_text(out / f"{args.name}.md", markdown(result))
-    print(f"bench_ddp: wrote {out / (args.name + '.md')} and .json", file=sys.stderr)
-    return 0 if all(r.get("rc") == 0 for r in runs) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -334,7 +334,8 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     this call plus that epoch's would pass the limit on any rank, every rank stops there together
     (the decision is all-reduced: no rank waits for one that left); that epoch is evaluated and
     checkpointed as the last, its record says ``"stopped": "time_limit"``, and ``resume=True``
-    finishes the planned epochs later. The limit counts from this call, a resumed one too.
+    finishes the planned epochs later. The limit counts from this call, a resumed one too; under
+    DDP every rank passes a limit (its value may differ) or none, as the check is a collective.
 
     Resume on another number of processes (``dist.world_size``): global batch, steps per epoch,
     the step counter and so the learning-rate schedule, the data order (epoch ``e``'s global
