@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.run_config import SCHEMA, load_run_config
+from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_train_args
 from hwnas.stages import StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
@@ -54,11 +54,6 @@ def _cli(args: list[str], capture: bool = False) -> str:
 
 def _device(cfg: dict) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if cfg["device"] == "auto" else cfg["device"]
-
-
-def _data_args(cfg: dict) -> list[str]:
-    args = ["--dataset", cfg["dataset"]["name"]]
-    return args + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
 
 
 class Pipeline:
@@ -107,21 +102,7 @@ class Pipeline:
     def train(self) -> dict:
         """Stage train: the supernet (`hwnas supernet train`), resumed if interrupted."""
         c, run_dir = self.cfg["train"], self.checkpoint.parent
-        length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
-        args = ["supernet", "train", "--space", self.space_arg, *_data_args(self.cfg), *length,
-                "--batch-size", c["batch_size"], "--lr", c["lr"], "--weight-decay", c["weight_decay"],
-                "--num-random", c["num_random"], "--students", c["students"],
-                "--eval-every", max(1, c["epochs"] // 10),
-                "--seed", self.cfg["seed"], "--device", _device(self.cfg), "--out", run_dir]
-        if c["augment"] is not None:
-            args += ["--augment", c["augment"]]
-        if c["teacher_dropout"] is not None:
-            args += ["--teacher-dropout", c["teacher_dropout"]]
-        if c["teacher_cutout"]:
-            args.append("--teacher-cutout")
-        if c["ema_decay"] is not None:
-            args += ["--ema-decay", c["ema_decay"]]
-        args += ["--label-smoothing", c["label_smoothing"], "--logit-scale", c["logit_scale"]]
+        args = supernet_train_args(self.cfg, self.space_arg, run_dir, _device(self.cfg))
         if self.checkpoint.exists():
             args.append("--resume")  # an interrupted training continues exactly
         _cli(args)
@@ -262,7 +243,7 @@ class Pipeline:
             entries = self.export_entries(d["name"], front["front"])
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
-            args = ["export", "--checkpoint", self.checkpoint, *_data_args(self.cfg), "--pareto", top, "--out", out, "--force",
+            args = ["export", "--checkpoint", self.checkpoint, *dataset_args(self.cfg), "--pareto", top, "--out", out, "--force",
                     "--table", f"{d['name']}={self.table_path(d)}"]
             _cli(args + (["--dynamic-batch"] if e["dynamic_batch"] else []), capture=True)
             exported[d["name"]] = [str(out / f"{d['name']}_rank{i:02d}.onnx") for i in range(len(entries))]

@@ -199,5 +199,33 @@ def load_run_config(path: str | Path | None = None) -> dict:
         raise RunConfigError(f"run config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     cfg = parse_run_config(raw)
     if isinstance(cfg["space"], str) and cfg["space"].endswith((".yaml", ".yml", ".toml")):
-        cfg["space"] = str((path.parent / cfg["space"]).resolve())  # relative to the config file
+        # relative to the config file; for a linked config (experiments/configs/quickstart.yaml) also its target's
+        beside = [folder / cfg["space"] for folder in (path.parent, path.resolve().parent)]
+        cfg["space"] = str(next((f for f in beside if f.is_file()), beside[0]).resolve())
     return cfg
+
+
+def dataset_args(cfg: dict) -> list[str]:
+    """The ``--dataset``/``--data`` arguments of a parsed config."""
+    return ["--dataset", cfg["dataset"]["name"]] + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
+
+
+def supernet_train_args(cfg: dict, space_arg: str, out: str | Path, device: str) -> list[str]:
+    """The ``hwnas supernet train`` arguments of a parsed config's ``train`` section (the recipe),
+    writing to ``out`` on ``device``; shared by ``hwnas run`` and experiments/bench_ddp.py."""
+    c = cfg["train"]
+    length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
+    args = ["supernet", "train", "--space", space_arg, *dataset_args(cfg), *length,
+            "--batch-size", c["batch_size"], "--lr", c["lr"], "--weight-decay", c["weight_decay"],
+            "--num-random", c["num_random"], "--students", c["students"],
+            "--eval-every", max(1, c["epochs"] // 10),
+            "--seed", cfg["seed"], "--device", device, "--out", out]
+    if c["augment"] is not None:
+        args += ["--augment", c["augment"]]
+    if c["teacher_dropout"] is not None:
+        args += ["--teacher-dropout", c["teacher_dropout"]]
+    if c["teacher_cutout"]:
+        args.append("--teacher-cutout")
+    if c["ema_decay"] is not None:
+        args += ["--ema-decay", c["ema_decay"]]
+    return [str(a) for a in args + ["--label-smoothing", c["label_smoothing"], "--logit-scale", c["logit_scale"]]]

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import save_supernet
 from .space import SearchSpace
+from .train_dist import DistContext
 from .training import Evaluator, TrainConfig, time_sandwich_steps
 
 # The probe repeats a few sandwiches; training draws fresh ones every step. On an H200
@@ -30,25 +31,31 @@ CUDA_EPOCH_SLOWDOWN, CUDA_FIRST_EPOCH_EXTRA_S = 1.08, 35.0
 
 def plan_epochs(space: SearchSpace, config: TrainConfig, probe_batches: Iterable, steps_per_epoch: int,
                 budget_s: float, device: torch.device, evaluate: Evaluator | None = None,
-                subnet_lists: int = 10) -> dict:
+                subnet_lists: int = 10, dist: DistContext | None = None) -> dict:
     """The plan for training ``config`` within ``budget_s`` seconds: epochs,
     eval_every, checkpoint_every, plus the measured step, evaluation and save seconds.
 
     ``probe_batches`` must yield at least ``4 * subnet_lists`` training batches; ``evaluate`` is
-    the run's evaluator (timed once on the probe supernet) or None."""
+    the run's evaluator (timed once on the probe supernet) or None.
+
+    Under DDP (``dist``) all ranks time the DDP steps together; as in training, rank 0 alone
+    evaluates and saves, and every rank gets rank 0's plan."""
     if budget_s <= 0:
         raise ValueError(f"budget_s={budget_s!r} is invalid; expected a positive number of seconds")
-    step_s, net, opt = time_sandwich_steps(space, config, probe_batches, device, subnet_lists=subnet_lists)
-    eval_s = 0.0
-    if evaluate is not None:
-        start = time.perf_counter()
-        evaluate(net)
-        eval_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory(prefix="hwnas_plan_") as tmp:
-        start = time.perf_counter()
-        save_supernet(Path(tmp) / "probe.pt", net, {}, train_state={"optimizer": opt.state_dict()})
-        save_s = time.perf_counter() - start
+    dist = dist or DistContext(device=device)
+    step_s, net, opt = time_sandwich_steps(space, config, probe_batches, device, subnet_lists=subnet_lists, dist=dist)
+    eval_s = save_s = 0.0
+    if dist.is_main:
+        if evaluate is not None:
+            start = time.perf_counter()
+            evaluate(net)
+            eval_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory(prefix="hwnas_plan_") as tmp:
+            start = time.perf_counter()
+            save_supernet(Path(tmp) / "probe.pt", net, {}, train_state={"optimizer": opt.state_dict()})
+            save_s = time.perf_counter() - start
     del net, opt
+    eval_s, save_s = dist.share((eval_s, save_s))
     cuda = device.type == "cuda"
     budget = budget_s * 0.97 - (CUDA_FIRST_EPOCH_EXTRA_S if cuda else 0.0)  # 3% margin for speed drift
     epoch_s = steps_per_epoch * step_s * (CUDA_EPOCH_SLOWDOWN if cuda else 1.0)

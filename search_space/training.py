@@ -260,17 +260,23 @@ def _clean_view_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.d
 
 
 def time_sandwich_steps(space: SearchSpace, config: TrainConfig, batches: Iterable[Batch], device: torch.device,
-                        subnet_lists: int = 10, repeats: int = 3) -> tuple[float, Supernet, torch.optim.Optimizer]:
+                        subnet_lists: int = 10, repeats: int = 3,
+                        dist: DistContext | None = None) -> tuple[float, Supernet, torch.optim.Optimizer]:
     """Seconds per training step of ``config`` on a throw-away supernet, after warm-up.
 
     The same ``subnet_lists`` sandwiches are run once untimed, then ``repeats`` times timed: the
     first pass pays cuDNN's autotuning of every new conv shape, which a real run pays once in
     thousands of steps (timing fresh random subnets measured 0.59 s/step on an H200 against
     0.07 s/step in training). ``batches`` must yield at least ``subnet_lists * (repeats + 1)``
-    batches. Returns (seconds per step, the supernet, its optimizer) for further probes."""
+    batches. Returns (seconds per step, the supernet, its optimizer) for further probes.
+
+    Under DDP (``dist``) every rank times DDP steps on its slice of the global batches, as
+    training runs them, and all get the slowest rank's time."""
+    dist = dist or DistContext(device=device)
     cuda = device.type == "cuda"
     torch.manual_seed(config.seed + 1)
     net = Supernet(space).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    model = wrap_model(net, dist)
     opt = build_optimizer(net, config)
     rng = np.random.default_rng(config.seed + 1)
     lists = [sandwich_archs(space, rng, config.num_random, config.students) for _ in range(subnet_lists)]
@@ -278,16 +284,17 @@ def time_sandwich_steps(space: SearchSpace, config: TrainConfig, batches: Iterab
 
     def run(n: int) -> None:
         for i in range(n):
-            x, y = next(it)
+            x, y = dist.shard(*next(it))
             x = x.contiguous(memory_format=torch.channels_last) if cuda else x
-            sandwich_step(net, net, lists[i % len(lists)], x, y, opt, config, torch.bfloat16 if cuda else None)
+            sandwich_step(model, net, lists[i % len(lists)], x, y, opt, config, torch.bfloat16 if cuda else None)
         if cuda:
             torch.cuda.synchronize()
 
     run(len(lists))
     start = time.perf_counter()
     run(len(lists) * repeats)
-    return (time.perf_counter() - start) / (len(lists) * repeats), net, opt
+    step_s = max(dist.gather((time.perf_counter() - start) / (len(lists) * repeats)))
+    return step_s, net, opt
 
 
 def subnet_evaluator(archs: Mapping[str, Arch], calib_batches: Batches, eval_batches: Batches,
@@ -309,7 +316,7 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
                    checkpoint: str | Path | None = None, *, metrics_path: str | Path | None = None,
                    resume: bool = False, evaluate: Evaluator | None = None, eval_every: int = 1,
                    checkpoint_every: int = 1, meta: Mapping | None = None, dist: DistContext | None = None,
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, time_limit_s: float | None = None) -> list[dict]:
     """Train ``supernet`` for ``config.epochs`` epochs; return the per-epoch metric records.
 
     ``train_batches(epoch)`` yields ``steps_per_epoch`` global batches ``(x, y)`` on the training
@@ -322,6 +329,22 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     active subnet and RNG states are restored afterwards). The metrics log (JSON lines) goes to
     ``metrics_path``. On CUDA: bf16 autocast and channels-last. With ``config.ema_decay`` the
     checkpoint, the evaluations and the model left behind hold the weights' moving average.
+
+    ``time_limit_s``: a guard for a planned time budget. After an epoch, when the seconds since
+    this call plus that epoch's would pass the limit on any rank, every rank stops there together
+    (the decision is all-reduced: no rank waits for one that left); that epoch is evaluated and
+    checkpointed as the last, its record says ``"stopped": "time_limit"``, and ``resume=True``
+    finishes the planned epochs later. The limit counts from this call, a resumed one too; under
+    DDP every rank passes a limit (its value may differ) or none, as the check is a collective.
+
+    Resume on another number of processes (``dist.world_size``): global batch, steps per epoch,
+    the step counter and so the learning-rate schedule, the data order (epoch ``e``'s global
+    batches depend on the seed and ``e`` only) and the subnets of every step (one arch RNG, the
+    same on all ranks) continue as in an uninterrupted run. Not the same: per-sample random draws
+    on each rank's slice (dropout, Cutout on the teacher), BatchNorm's batch statistics (per rank,
+    over its slice) and the floating-point order of the gradient average, so weights agree with an
+    uninterrupted run in distribution, not bit for bit. Records carry ``world_size``, and on CUDA
+    ``peak_mem_mib``: each rank's peak allocated memory so far.
     """
     dist = dist or DistContext(device=next(supernet.parameters()).device)
     device = dist.device
@@ -347,6 +370,7 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
     model = wrap_model(supernet, dist)
     meta = {**(meta or {}), "train": config.to_json()}
     global_batch = config.batch_size
+    started = time.perf_counter()
 
     for epoch in range(epoch, config.epochs):
         supernet.train()
@@ -379,8 +403,13 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
         _check_not_diverged(sums[0], epoch + 1, supernet.space.config.num_classes, config)
         record = {"epoch": epoch + 1, "step": step, "loss": sums[0], "distill_loss": sums[1],
                   "train_acc_largest": sums[2], "lr": optimizer.param_groups[0]["lr"], "time_s": seconds,
-                  "img_per_s": steps_per_epoch * global_batch / seconds}
+                  "img_per_s": steps_per_epoch * global_batch / seconds, "world_size": dist.world_size}
+        if cuda:
+            record["peak_mem_mib"] = dist.gather(torch.cuda.max_memory_allocated(device) / 2**20)
         last = epoch + 1 == config.epochs
+        if not last and time_limit_s is not None and dist.agree(
+                time.perf_counter() - started + seconds > time_limit_s):
+            record["stopped"], last = "time_limit", True
         if evaluate is not None and dist.is_main and ((epoch + 1) % eval_every == 0 or last):
             with _averaged(ema):  # evaluations see what the checkpoint holds
                 record.update(_evaluate_quietly(evaluate, supernet, arch_rng, device))
@@ -400,6 +429,8 @@ def train_supernet(supernet: Supernet, train_batches: EpochBatches, steps_per_ep
             if metrics_path is not None:
                 write_metrics(metrics_path, history)
         dist.barrier()
+        if last:
+            break
     if ema is not None:
         ema.apply()  # the trained model is the average, as in the checkpoint
     return history

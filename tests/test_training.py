@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 
@@ -18,7 +16,6 @@ from hwnas.cli.supernet import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet, load_supernet
 from search_space.checkpoint import read_checkpoint
 from search_space.evaluation import fit_resolution
-from search_space.train_dist import DistContext, init_distributed, shutdown_distributed
 from search_space.train_state import read_metrics
 from search_space.training import (TrainConfig, TrainingError, WarmupCosine, build_optimizer, sandwich_archs,
                                    sandwich_step, soft_cross_entropy, time_sandwich_steps, train_supernet)
@@ -265,49 +262,6 @@ def test_bad_train_config_is_one_line(field, value, needle):
     with pytest.raises(TrainingError) as e:
         TrainConfig(**kw)
     assert needle in str(e.value) and "\n" not in str(e.value)
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    """One rank of a 2-process gloo run of train_supernet."""
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
-    space = SearchSpace.from_config(DIGITS_SPACE)
-    digits = load_for_space("digits", None, space)
-    config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.2, seed=5)
-    torch.manual_seed(config.seed)
-    net = Supernet(space)
-    initial = {k: v.clone() for k, v in net.state_dict().items()}
-    train_supernet(net, epoch_batches(digits, BATCH, config.seed, ctx.device), 3, config, dist=ctx, progress=False)
-    torch.save({"initial": initial, "final": net.state_dict()}, f"{out}/rank{rank}.pt")
-    shutdown_distributed(ctx)
-
-
-def test_ddp_ranks_stay_identical_and_every_subnet_trains(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    # The parameters the run's 3 steps x 4 subnets used (same arch seed as the workers).
-    space = SearchSpace.from_config(DIGITS_SPACE)
-    net = Supernet(space)
-    rng = np.random.default_rng(5)
-    for arch in [a for _ in range(3) for a in sandwich_archs(space, rng, 2)]:
-        net.set_active(arch)
-        net(torch.zeros(2, 1, arch.resolution, arch.resolution)).sum().backward()
-    used = {n for n, p in net.named_parameters() if p.grad is not None}
-    changed = set()
-    for name, _ in net.named_parameters():  # ranks saw different halves of each batch
-        assert torch.equal(r0["final"][name], r1["final"][name]), name
-        if not torch.equal(r0["final"][name], r0["initial"][name]):
-            changed.add(name)
-    # every used parameter was updated (also those only earlier subnets of a step used), no other
-    assert changed == used and len(used) > 40
-    assert DistContext(rank=1, world_size=2).shard(torch.arange(6))[0].tolist() == [3, 4, 5]
 
 
 def test_cli_train_eval_and_bad_inputs(tmp_path, capsys):

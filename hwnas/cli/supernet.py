@@ -188,16 +188,29 @@ def _train(args) -> int:
     for value, option in ((args.eval_every, "--eval-every"), (args.eval_batch_size, "--eval-batch-size"),
                           (args.calib_batches, "--calib-batches")):
         _positive(value, option)
-    from search_space.io import check_out_dir
-
-    check_out_dir(args.out)  # a file in the way or a read-only folder: now, not after an epoch
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
                          ema_decay=args.ema_decay, seed=args.seed, **recipe_kwargs(args))
     space = SearchSpace.from_config(args.space)
     ctx = init_distributed(args.device)
-    bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
+    try:
+        return _train_ranks(args, config, space, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _train_ranks(args, config: TrainConfig, space: SearchSpace, ctx) -> int:
+    """``hwnas supernet train`` on this process (one rank of several under torchrun)."""
+    from search_space.io import check_out_dir
+
+    if ctx.is_main:  # only rank 0 writes, here too: a file in the way or a read-only folder now, not after an epoch
+        check_out_dir(args.out)
+    if config.batch_size % ctx.world_size:
+        raise UserError(f"--batch-size {config.batch_size} cannot be split over {ctx.world_size} processes: "
+                        "expected a global batch size divisible by --nproc_per_node")
+    with ctx.main_first():  # rank 0 decodes and caches the dataset; the others then read its cache
+        bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
     steps = len(bundle.train) // config.batch_size
     if steps < 1:
         raise UserError(f"--batch-size {config.batch_size} exceeds the {len(bundle.train)} training images; "
@@ -212,40 +225,39 @@ def _train(args) -> int:
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
             "val_fraction": 0.1, "split_seed": args.seed}
     intervals = {"eval_every": args.eval_every, "checkpoint_every": 1}
+    time_limit_s = None
     if args.time_budget_min is not None:
         config, intervals = _budget_plan(args, config, space, bundle, steps, ctx, evaluate, out / CHECKPOINT_NAME)
-        meta["plan"] = intervals
-    try:
-        history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device, config.augment),
-                                 steps,
-                                 config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
-                                 evaluate=evaluate, eval_every=intervals["eval_every"],
-                                 checkpoint_every=intervals["checkpoint_every"], meta=meta, dist=ctx,
-                                 progress=not args.quiet)
-    finally:
-        shutdown_distributed(ctx)
+        meta["plan"], time_limit_s = intervals, args.time_budget_min * 60
+    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device, config.augment),
+                             steps, config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
+                             evaluate=evaluate, eval_every=intervals["eval_every"],
+                             checkpoint_every=intervals["checkpoint_every"], meta=meta, dist=ctx,
+                             progress=not args.quiet, time_limit_s=time_limit_s)
     if ctx.is_main and history:
         last = history[-1]
         accs = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_acc"))
         print(f"trained {last['epoch']} epochs: loss {last['loss']:.4f}  {accs}  -> {out / CHECKPOINT_NAME}")
+        if last.get("stopped") == "time_limit":
+            print(f"stopped at the {args.time_budget_min:g}-minute limit before the planned {config.epochs} epochs; "
+                  "--resume finishes them", file=sys.stderr)
     return 0
 
 
 def _budget_plan(args, config: TrainConfig, space: SearchSpace, bundle: DatasetBundle, steps: int, ctx,
                  evaluate, checkpoint: Path) -> tuple[TrainConfig, dict]:
-    """--time-budget-min: the epochs and intervals that fit it, measured now; a resumed run keeps
-    the ones it was planned with (its schedule depends on them)."""
+    """--time-budget-min: the epochs and intervals that fit it, measured now (under torchrun with
+    DDP steps on every rank, so all ranks plan alike); a resumed run keeps the ones it was planned
+    with (its schedule depends on them), also on another number of processes."""
     if not args.time_budget_min > 0:
         raise UserError(f"--time-budget-min {args.time_budget_min} is invalid; expected a positive number of minutes")
-    if ctx.distributed:  # each rank would measure its own speed and plan other epochs
-        raise UserError("--time-budget-min does not work under torchrun; expected --epochs for multi-GPU training")
     if args.resume and checkpoint.exists():
         blob = read_checkpoint(checkpoint)
         plan = blob["meta"].get("plan") or {"eval_every": args.eval_every, "checkpoint_every": 1}
         return dataclasses.replace(config, epochs=saved_config(blob["train_state"])["epochs"]), plan
     plan = plan_epochs(space, config, probe_batches(bundle, config, ctx.device), steps, args.time_budget_min * 60,
-                       ctx.device, evaluate)
-    if not args.quiet:
+                       ctx.device, evaluate, dist=ctx)  # under torchrun: timed on all ranks, one plan
+    if not args.quiet and ctx.is_main:
         print(f"plan for {args.time_budget_min:g} min: {plan['epochs']} epochs of ~{plan['epoch_s_estimate']:.1f} s "
               f"(step {1000 * plan['step_s']:.1f} ms)", file=sys.stderr)
     return dataclasses.replace(config, epochs=plan["epochs"]), plan
