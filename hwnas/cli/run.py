@@ -26,6 +26,7 @@ def _run(args) -> int:
     from hwnas.run_report import console_summary
 
     pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
-    result = pipeline.run()
+    with pipeline.runner.locked():  # one run per folder: a second one is refused in one line
+        result = pipeline.run()
     print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")
     return 0
