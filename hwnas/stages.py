@@ -11,22 +11,22 @@ in use."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from search_space import locks
 from search_space.errors import UserError
 from search_space.io import atomic_write_json
 
 MANIFEST, LOCK = "manifest.json", "run.lock"
+# The stages of ``hwnas run`` (hwnas.pipeline), in order; here so that ``hwnas status`` needs no torch.
+STAGES = ["train", "latency", "accuracy", "predictor", "search", "final", "export", "report"]
 RUNNING = "running"
 
 
@@ -59,55 +59,20 @@ def _relative(out_dir: Path, path: Path) -> str:
 def lock_holder(out_dir: Path) -> dict | None:
     """Who holds the run folder's lock ({pid, host, started, command}), or None when no live
     ``hwnas run`` does. The lock is the kernel's (``flock``): a killed run holds none."""
-    path = Path(out_dir) / LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:  # a shared lock fails only while a run holds the exclusive one
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            try:
-                return json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:  # written at this instant
-                return {}
-        return None
-    finally:
-        os.close(fd)  # releases the shared lock, if taken
+    return locks.lock_holder(Path(out_dir) / LOCK)
 
 
 @contextlib.contextmanager
-def lock_run_dir(out_dir: Path, attempts: int = 5) -> Iterator[None]:
+def lock_run_dir(out_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock while a run works in it; a second run gets a one-line
     :class:`UserError`. The kernel releases the lock when its process dies, so a killed run's
     folder is free at once (the file stays, naming the last holder)."""
-    path = Path(out_dir) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        for attempt in range(attempts):  # `hwnas status` takes a shared lock for an instant
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if attempt == attempts - 1:
-                    holder = lock_holder(out_dir) or {}
-                    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-                    raise UserError(f"run folder {str(out_dir)!r} is in use by another hwnas run ({who}): wait for it "
-                                    f"to end (hwnas status {out_dir}) or pass another --out") from None
-                time.sleep(0.05)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": sys.argv[1:]}
-        # Not atomic (the file is the lock itself): readers tolerate a partial write.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with locks.file_lock(Path(out_dir) / LOCK):
+            yield
+    except locks.LockHeld as e:
+        raise UserError(f"run folder {str(out_dir)!r} is in use by another hwnas run ({e}): wait for it "
+                        f"to end (hwnas status {out_dir}) or pass another --out") from None
 
 
 class StageRunner:
@@ -151,7 +116,8 @@ class StageRunner:
         record = self.manifest.get(name)
         n = self.stages.index(name) + 1
         if name not in self.forced and self.is_done(name, key):
-            print(f"[{n}/{len(self.stages)}] {name}: up to date, skipped ({record['seconds']:.1f} s earlier)", file=sys.stderr)
+            print(f"[{n}/{len(self.stages)}] {name}: up to date, skipped ({record['seconds']:.1f} s earlier)",
+                  file=sys.stderr)
             self.skipped.append(name)
             return record["summary"]
         resuming = bool(record and record.get("state") == RUNNING and record["key"] == key and name not in self.forced)

@@ -9,16 +9,12 @@ when the driver's process dies, so a killed driver never leaves a stale lock."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
-import json
-import os
 import re
-import socket
-import time
 from pathlib import Path
 from typing import Iterator
+
+from search_space import locks
 
 from ._errors import SearchError
 from ._storage import CONNECT_ARGS, _scrub, with_password
@@ -59,25 +55,11 @@ def study_lock(url: str, study_name: str, shown: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _file_lock(path: Path, study_name: str, shown: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            raise _refused(study_name, shown, f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                                              f"started {holder.get('started', '?')}") from None
-        os.ftruncate(fd, 0)  # who holds it, for the next one's message (the file itself is the lock)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+        with locks.file_lock(path):
+            yield
+    except locks.LockHeld as e:
+        raise _refused(study_name, shown, str(e)) from None
 
 
 @contextlib.contextmanager
@@ -93,7 +75,8 @@ def _database_lock(url: str, study_name: str, shown: str) -> Iterator[None]:
         conn = engine.connect()
     except Exception as e:  # the storage opened a moment ago: a rare failure, still one line
         first = _scrub(str(e).strip().splitlines()[0], real) if str(e).strip() else ""
-        raise SearchError(f"cannot lock study {study_name!r} in storage {shown!r}: {type(e).__name__}: {first}") from None
+        raise SearchError(f"cannot lock study {study_name!r} in storage {shown!r}: {type(e).__name__}: "
+                          f"{first}") from None
     try:
         if postgres:
             key = _key(study_name)
@@ -108,7 +91,8 @@ def _database_lock(url: str, study_name: str, shown: str) -> Iterator[None]:
                        if row else "another server session")
                 raise _refused(study_name, shown, who)
         else:
-            got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 0)"), {"k": f"hwnas-study:{study_name}"[:64]}).scalar()
+            name = f"hwnas-study:{study_name}"[:64]  # MySQL's limit for a lock name
+            got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 0)"), {"k": name}).scalar()
             if got != 1:
                 raise _refused(study_name, shown, "another server session")
         conn.commit()  # leave no transaction open for the whole search (session locks outlive it)

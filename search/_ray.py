@@ -108,4 +108,5 @@ def _remote_score():
 
 def submit_score(objective: Objective, archs: Sequence[Any]):
     """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
-    return _remote_score().options(**_task_options(objective.resources)).remote(objective, list(archs))
+    return (_remote_score().options(**_task_options(objective.resources), name=f"hwnas score {objective.name}")
+            .remote(objective, list(archs)))  # named for the Ray dashboard

@@ -9,13 +9,13 @@ from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ._errors import SearchError
 from ._lock import study_lock
-from ._loop import optimize_batches, trial_counts
+from ._loop import SURPLUS_ATTR, optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
@@ -83,6 +83,22 @@ def _fail_leftovers(study: optuna.Study) -> int:
     for t in stuck:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(stuck)
+
+
+def _fail_surplus_copies(study: optuna.Study) -> int:
+    """After the study reached its total: fail the re-queued copies of dead workers' trials still
+    WAITING, marked ``hwnas:surplus``. Workers that saw a stale trial failed before its copy was
+    queued filled the gap with new trials, so the total was reached without the copies; left
+    WAITING, they would look like unfinished work to every reader of the study."""
+    copies = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+              if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
+    for t in copies:
+        study._storage.set_trial_user_attr(t._trial_id, SURPLUS_ATTR, True)
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a straggler finished it meanwhile
+    return len(copies)
 
 
 def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
@@ -227,6 +243,8 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             bar.close()
             flush_storage(store)
         done = trial_counts(study)[TrialState.COMPLETE]
+        if done >= n_trials:
+            _fail_surplus_copies(study)
         if done < n_trials:
             raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "
                               f"expected {n_trials}: see the failed trials' 'hwnas:error' attribute")

@@ -63,8 +63,10 @@ def run_workers(spec: WorkerSpec, on_poll: Callable[[], Any] | None = None, poll
     a search that cannot finish (its last trials held by a worker that never returns) ends in one
     line instead of waiting for ever."""
     ray = _ray()
-    task = ray.remote(_worker).options(num_cpus=1, max_retries=WORKER_RETRIES)
-    refs = [task.remote(spec, i) for i in range(spec.n_workers)]
+    task = ray.remote(_worker)
+    # Named for the Ray dashboard (and `hwnas status`): which study, which worker.
+    refs = [task.options(num_cpus=1, max_retries=WORKER_RETRIES, name=f"hwnas search {spec.study_name} worker {i}")
+            .remote(spec, i) for i in range(spec.n_workers)]
     progress, since = None, time.monotonic()
     try:
         pending = refs

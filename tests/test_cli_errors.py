@@ -111,17 +111,23 @@ def test_until_before_from_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_ctrl_c_during_hwnas_run_exits_130(tmp_path):
+def test_ctrl_c_during_hwnas_run_exits_130(tmp_path, capsys):
+    """Also: `hwnas status` shows the live run's stage as running, and as interrupted after."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "hwnas", "run", "--out", str(tmp_path / "run")], cwd=REPO, env=env,
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas", "run", "--out", str(out)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:  # the first stage has started: interrupt it
             if "train ..." in line:
                 break
+        assert main(["status", str(out)]) == 0
+        live = capsys.readouterr().out
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "exit code 130" not in err
+    assert f"{out}: running (pid {proc.pid} on " in live and "train      running" in live and "epoch 0 of 40" in live, live
+    assert main(["status", str(out)]) == 0 and "train      interrupted" in capsys.readouterr().out

@@ -247,6 +247,17 @@ def test_two_workers_on_postgresql_with_device_tasks_on_their_nodes(cluster, pg_
     assert set(log_b.read_text().split()) == {cluster["b"]}
 
 
+def test_the_cluster_is_recorded_for_hwnas_status(cluster, tmp_path):
+    from hwnas.run_status import cluster_lines, record_cluster
+
+    record_cluster(tmp_path)
+    nodes = json.loads((tmp_path / "ray.json").read_text())["nodes"]
+    assert {n["node_id"]: n["devices"] for n in nodes if n["devices"]} == {cluster["a"]: ["a"], cluster["b"]: ["b"]}
+    lines = cluster_lines(tmp_path)
+    assert "dashboard not running" in lines[0] and len(lines) == 1 + len(nodes)
+    assert any(f"node {cluster['a'][:8]} " in line and "devices a, 2 CPU" in line for line in lines)
+
+
 def test_a_device_no_node_owns_fails_before_any_trial(cluster, pg_env):
     objs = objectives(resources={"device:c": 1})
     start = time.monotonic()

@@ -226,6 +226,10 @@ def _search(args) -> int:
 
         init_ray(args.ray_address, local_devices=here)
     out.mkdir(parents=True, exist_ok=True)
+    if use_ray:  # for `hwnas status`: the dashboard link and the nodes
+        from hwnas.run_status import record_cluster
+
+        record_cluster(out)
     if args.workers > 1 and args.storage is None:
         args.storage = str(out / "study.journal")  # workers need a storage they can all open
         print(f"storage: {args.storage}")
