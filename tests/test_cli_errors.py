@@ -127,7 +127,10 @@ def test_ctrl_c_during_hwnas_run_exits_130(tmp_path, capsys):
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT (-2 here), which a shell reports as 130 too. Seen in 2 of about 12 runs
+    # with SIGINT 0.3 s into training, on main as well, after hwnas printed its message and returned 130:
+    # CPython re-kills itself with SIGINT at exit when its unhandled-KeyboardInterrupt flag is set.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted" in err and "exit code 130" not in err
     assert f"{out}: running (pid {proc.pid} on " in live and "train      running" in live and "epoch 0 of 40" in live, live
     assert main(["status", str(out)]) == 0 and "train      interrupted" in capsys.readouterr().out
