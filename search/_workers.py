@@ -91,6 +91,11 @@ def run_workers(spec: WorkerSpec, on_poll: Callable[[], Any] | None = None, poll
         if isinstance(e.cause, UserError):
             raise e.cause from None
         raise
+    except ray.exceptions.RayError as e:  # a worker's process or node died more often than Ray retries
+        _cancel(ray, refs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SearchError(f"search workers of study {spec.study_name!r} were lost ({type(e).__name__}: {first[:200]}) "
+                          f"after {WORKER_RETRIES} retries each: re-run to resume (finished trials are kept)") from None
 
 
 def _cancel(ray, refs) -> None:

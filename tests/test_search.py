@@ -583,6 +583,22 @@ def test_a_search_that_makes_no_progress_stops_after_the_stall_timeout(ray_insta
         run_search(SPACE, objs, 20, stall_timeout=0)
 
 
+def always_dies_in_workers(archs):
+    if os.environ.get("HWNAS_TEST_DRIVER") != str(os.getpid()):
+        os._exit(1)  # every worker process, every retry
+    return toy_latency_a(archs)
+
+
+def test_workers_lost_beyond_rays_retries_end_in_one_line(ray_instance, tmp_path, monkeypatch):
+    monkeypatch.setenv("HWNAS_TEST_DRIVER", str(os.getpid()))  # Ray workers start with the driver's environment
+    objs = [toy_objectives()[0], Objective("latency:a", "minimize", always_dies_in_workers, device="a")]
+    with pytest.raises(SearchError, match=r"search workers of study 'lost' were lost \(\w+: .*\) after 2 retries "
+                                          r"each: re-run to resume") as e:
+        run_search(SPACE, objs, 20, storage=str(tmp_path / "s.journal"), study_name="lost", workers=2, batch_size=5,
+                   progress=False)
+    assert "\n" not in str(e.value)
+
+
 def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):
     """Two workers can pop the same re-queued trial from SQLite; the second to finish must
     neither crash ("Cannot tell a COMPLETE trial") nor count it again."""
