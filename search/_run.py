@@ -116,8 +116,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     storage and ``study_name`` resume (``n_trials`` is the study's total, not an increment).
     ``workers`` > 1 or a ``ray_address`` runs the workers as Ray tasks sharing the storage;
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
-    per study at a time: RUNNING trials it finds at start belong to an interrupted run and
-    are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+    per study at a time (a second one is refused: :func:`search._lock.study_lock`), so RUNNING
+    trials it finds at start belong to an interrupted run and are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
     A named GA sampler's population is sized to ``n_trials`` (:func:`budget_population`) unless
     ``population_size`` is given; a resumed study keeps the population it started with.
     Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
