@@ -175,9 +175,9 @@ def status(out_dir: str | Path) -> tuple[list[str], str | None]:
     if not out.is_dir():
         raise UserError(f"run folder {str(out)!r} does not exist: expected the --out of an hwnas run")
     manifest = read_manifest(out)
-    if not manifest and not (out / "invocations.json").exists():
-        raise UserError(f"{str(out)!r} is not an hwnas run folder (no manifest.json): expected the --out of hwnas run")
     holder = lock_holder(out)
+    if not manifest and holder is None and not (out / "invocations.json").exists():
+        raise UserError(f"{str(out)!r} is not an hwnas run folder (no manifest.json): expected the --out of hwnas run")
     if holder is not None:
         head = (f"{out}: running (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
                 f"{holder.get('started', '?')}: hwnas {' '.join(holder.get('command', []))})")

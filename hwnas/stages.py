@@ -66,13 +66,24 @@ def lock_holder(out_dir: Path) -> dict | None:
 def lock_run_dir(out_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock while a run works in it; a second run gets a one-line
     :class:`UserError`. The kernel releases the lock when its process dies, so a killed run's
-    folder is free at once (the file stays, naming the last holder)."""
+    folder is free at once (the file stays, naming the last holder). Re-entrant in one process."""
+    key = os.path.realpath(out_dir)
+    if key in _HELD:
+        yield
+        return
     try:
         with locks.file_lock(Path(out_dir) / LOCK):
-            yield
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
     except locks.LockHeld as e:
         raise UserError(f"run folder {str(out_dir)!r} is in use by another hwnas run ({e}): wait for it "
                         f"to end (hwnas status {out_dir}) or pass another --out") from None
+
+
+_HELD: set[str] = set()  # run folders this process holds (the same flock taken twice would refuse itself)
 
 
 class StageRunner:
@@ -121,7 +132,6 @@ class StageRunner:
             self.skipped.append(name)
             return record["summary"]
         resuming = bool(record and record.get("state") == RUNNING and record["key"] == key and name not in self.forced)
-        print(f"[{n}/{len(self.stages)}] {name} {'(resuming) ' if resuming else ''}...", file=sys.stderr)
         if record and not resuming:  # earlier work of other inputs (or --from) must not be resumed
             for path in map(Path, clean):
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -131,6 +141,7 @@ class StageRunner:
         self.manifest[name] = {"key": key, "state": RUNNING, "outputs": rel_outputs, "inputs": _shown(inputs),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "started_unix": time.time()}
         atomic_write_json(self.path, self.manifest)
+        print(f"[{n}/{len(self.stages)}] {name} {'(resuming) ' if resuming else ''}...", file=sys.stderr)
         start = time.perf_counter()
         self.ran.append(name)
         summary = fn()
