@@ -115,8 +115,11 @@ def test_ctrl_c_during_hwnas_run_exits_130(tmp_path, capsys):
     """Also: `hwnas status` shows the live run's stage as running, and as interrupted after."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)}
     out = tmp_path / "run"
+    # SIGINT at its default in the child: under a shell's `&` (CI in the background) it would inherit
+    # SIG_IGN, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "hwnas", "run", "--out", str(out)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # the first stage has started: interrupt it
             if "train ..." in line:
