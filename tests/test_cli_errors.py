@@ -137,3 +137,21 @@ def test_ctrl_c_during_hwnas_run_exits_130(tmp_path, capsys):
     assert "interrupted" in err and "exit code 130" not in err
     assert f"{out}: running (pid {proc.pid} on " in live and "train      running" in live and "epoch 0 of 40" in live, live
     assert main(["status", str(out)]) == 0 and "train      interrupted" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_a_c_extension_loads_is_an_interrupt_too(monkeypatch, capsys):
+    """onnxruntime interrupted while it loads raises ImportError from the KeyboardInterrupt."""
+    import hwnas.cli.space
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(hwnas.cli.space, "_show", interrupted_import)
+    assert main(["space", "show"]) == 130
+    assert capsys.readouterr().err.startswith("hwnas: interrupted;")
+    monkeypatch.setattr(hwnas.cli.space, "_show", lambda args: (_ for _ in ()).throw(ImportError("no module x")))
+    with pytest.raises(ImportError, match="no module x"):  # a real import error is not hidden
+        main(["space", "show"])
