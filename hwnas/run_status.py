@@ -97,16 +97,22 @@ def search_progress(out: Path, inputs: dict) -> str:
 
     try:
         storage = open_storage(spec, heartbeat_interval=None)
-        counts = dict.fromkeys(TrialState, 0)
-        for study in storage.get_all_studies():
-            if search.get("study") in (None, study.study_name):
-                for t in storage.get_all_trials(study._study_id, deepcopy=False):
-                    counts[t.state] += 1
+        studies = [s for s in storage.get_all_studies() if search.get("study") in (None, s.study_name)]
+        trials = {s.study_name: storage.get_all_trials(s._study_id, deepcopy=False) for s in studies}
     except SearchError as e:
         raise StorageUnreachable(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a server that went away while reading: one line all the same
         raise StorageUnreachable(f"cannot read storage {redact_url(str(spec))!r}: {type(e).__name__}") from None
-    return (f"{counts[TrialState.COMPLETE]} of {total} trials completed, {counts[TrialState.RUNNING]} running"
+    if not trials:
+        return f"0 of {total} trials (no study yet)"
+    # A storage shared by several runs, no study name recorded: the study that started a trial last.
+    name = max(trials, key=lambda n: max((t.datetime_start.timestamp() for t in trials[n] if t.datetime_start),
+                                         default=0.0))
+    counts = dict.fromkeys(TrialState, 0)
+    for t in trials[name]:
+        counts[t.state] += 1
+    return ((f"study {name!r}: " if len(trials) > 1 else "")
+            + f"{counts[TrialState.COMPLETE]} of {total} trials completed, {counts[TrialState.RUNNING]} running"
             + (f", {counts[TrialState.FAIL]} failed" if counts[TrialState.FAIL] else ""))
 
 

@@ -51,6 +51,10 @@ def test_status_of_a_run_in_flight_reads_the_search_study(tmp_path, capsys):
     assert row["train"].split()[1:4] == ["done", "0.0", "supernet/supernet.pt"]
     assert "search     running" in row["search"] and "20 of 100 trials completed, 0 running" in row["search"]
     assert row["final"].split() == ["final", "pending"]
+    run_search(SPACE, toy_objectives(), 7, storage=str(out / "search" / "study.journal"), study_name="later",
+               progress=False)  # a storage with several studies: the latest one is shown, by name
+    with lock_run_dir(out):
+        assert "study 'later': 7 of 100 trials completed" in status(out, capsys)[1]
     rc, stdout, _ = status(out, capsys)  # the run was killed: its stage is interrupted
     assert rc == 0 and stdout.startswith(f"{out}: not running") and "search     interrupted" in stdout
     (out / "supernet" / "supernet.pt").unlink()
