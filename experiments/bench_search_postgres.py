@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "experiments"), str(ROOT / "tests")]
 from bench_search_common import RESULTS, facts, stand_in_accuracy, stand_in_tables  # noqa: E402
+from cluster_kill import audit  # noqa: E402
 from postgres_server import PostgresServer  # noqa: E402
 
 KINDS = ("journal", "postgresql")
@@ -75,22 +76,6 @@ def setting(folder: Path):
     space = SearchSpace.from_config("cifar")
     table = stand_in_tables(space, folder, ["cpu"])["cpu"]
     return space, [Objective("accuracy", "maximize", Accuracy(space)), table_latency(table, "cpu")]
-
-
-def audit(study, n: int) -> dict:
-    """Completed, lost and duplicated trials of a finished study."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    redone = {}
-    for t in done:
-        if "failed_trial" in t.system_attrs:
-            redone.setdefault(t.system_attrs["failed_trial"], []).append(t.number)
-    stuck = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-    return {"completed": len(done), "lost": max(0, n - len(done)), "stuck": stuck,
-            "duplicates": max(0, len(done) - n) + sum(len(v) - 1 for v in redone.values()),
-            "redone": len(redone), "failed": sum(t.state == TrialState.FAIL for t in trials)}
 
 
 def main() -> int:

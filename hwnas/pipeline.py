@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 
 from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_train_args
-from hwnas.stages import StageRunner
+from hwnas.stages import STAGES, StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
 from search_space.io import atomic_write_json, check_out_dir
 
 INVOCATIONS = "invocations.json"
-STAGES = ["train", "latency", "accuracy", "predictor", "search", "final", "export", "report"]
 LATER_TRAIN_KEYS = ("augment", "time_budget_min", "teacher_dropout", "teacher_cutout", "weight_decay",
                     "ema_decay", "label_smoothing", "logit_scale")  # optional train keys that older runs did not have
 

@@ -38,6 +38,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "_run": ["run_search"],
     "_samplers": ["SAMPLERS", "budget_population", "make_sampler"],
     "_select": ["seed_archs", "select_batch", "space_extremes"],
-    "_storage": ["open_storage", "redact_url", "storage_url"],
+    "_storage": ["open_storage", "storage_url"],
+    "_urls": ["redact_url"],
     "_verify": ["verify_fronts"],
 })

@@ -56,7 +56,11 @@ class BatchAsker:
             batch.append(trial)
             if heartbeat:
                 storage.record_heartbeat(trial._trial_id)
-            archs[trial.number] = self.space.suggest(trial)
+            try:
+                archs[trial.number] = self.space.suggest(trial)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker failed it meanwhile (taken for a dead worker's): its copy is re-queued.
+                batch.pop()
         proposals = []
         for _ in range(k - len(batch)):
             proposal = self.local.ask()  # the batch's earlier proposals are RUNNING, as they would be

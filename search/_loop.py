@@ -80,20 +80,23 @@ def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 class _Heartbeat:
-    """Records a heartbeat for every trial of a batch while it is scored (RDB storages)."""
+    """Records a heartbeat for every trial of a batch from its ask until it is told (RDB
+    storages). ``batch`` is read at every beat: asking a batch takes a round trip per re-queued
+    trial's parameter, and under load that outlasts the grace period, so the trials asked first
+    must beat while the rest are asked, or another worker fails them as a dead worker's."""
 
-    def __init__(self, storage, trial_ids: list[int]):
-        self.storage, self.trial_ids = storage, trial_ids
+    def __init__(self, storage, batch: list):
+        self.storage, self.batch = storage, batch
+        self.dropped: frozenset = frozenset()  # surplus trials, failed before any work: no longer beating
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         interval = self.storage.get_heartbeat_interval()
-        while True:
-            for tid in self.trial_ids:
-                self.storage.record_heartbeat(tid)
-            if self.stop.wait(interval):
-                return
+        while not self.stop.wait(interval):
+            for t in list(self.batch):
+                if t.number not in self.dropped:
+                    self.storage.record_heartbeat(t._trial_id)
 
     def __enter__(self):
         self.thread.start()
@@ -200,28 +203,33 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
         # Near the end, share what is missing among the workers so that they do not race for it.
         k = min(batch_size, math.ceil(missing / n_workers))
         batch, drawn = [], {}
+        beat = _Heartbeat(study._storage, batch) if heartbeat else nullcontext()
         try:
-            if asker is not None:
-                asker.ask(k, batch, drawn, heartbeat)
-            # A heartbeat at once: a trial asked just before its worker dies must go stale.
-            for _ in range(k - len(batch)):
-                batch.append(study.ask())
+            # Beating from the first ask until told: neither a slow ask nor a slow tell (SQLite under
+            # load) may look like a dead worker.
+            with beat:
+                if asker is not None:
+                    asker.ask(k, batch, drawn, heartbeat)
+                # A heartbeat at once: a trial asked just before its worker dies must go stale.
+                for _ in range(k - len(batch)):
+                    batch.append(study.ask())
+                    if heartbeat:
+                        study._storage.record_heartbeat(batch[-1]._trial_id)
+                kept = _drop_surplus(study, batch, n_trials)
                 if heartbeat:
-                    study._storage.record_heartbeat(batch[-1]._trial_id)
-            batch = _drop_surplus(study, batch, n_trials)
-            if not batch:
-                continue
-            ctx = _Heartbeat(study._storage, [t._trial_id for t in batch]) if heartbeat else nullcontext()
-            with ctx:  # beating until told: a slow tell (SQLite under load) must not look like a dead worker
-                archs = [drawn[t.number] if t.number in drawn else space.suggest(t) for t in batch]
-                values = score_batch(objectives, archs, use_ray)
-                done += _tell_batch(study, batch, values, budget_violations(values, objectives, budgets),
-                                     objectives, budgets)
+                    beat.dropped = frozenset(t.number for t in batch) - {t.number for t in kept}
+                if kept:
+                    archs = [drawn[t.number] if t.number in drawn else space.suggest(t) for t in kept]
+                    values = score_batch(objectives, archs, use_ray)
+                    done += _tell_batch(study, kept, values, budget_violations(values, objectives, budgets),
+                                         objectives, budgets)
         except BaseException:
             # Ctrl-C or a failing objective: no half-scored trial stays RUNNING.
             for t in batch:
                 study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
             raise
+        if not kept:
+            continue
         if on_batch is not None:
             on_batch(done)
 

@@ -44,7 +44,9 @@ def init_ray(address: str | None = None, *, local_devices: Sequence[str] = (), n
         else:
             # Workers of a local instance must import the same packages as this process.
             path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-            ray.init(num_cpus=num_cpus, resources={DEVICE_PREFIX + d: 1 for d in local_devices},
+            # address "local": a new instance, even where another cluster runs on this machine (without
+            # it Ray joins the latest one it finds in /tmp/ray, and refuses num_cpus there).
+            ray.init(address="local", num_cpus=num_cpus, resources={DEVICE_PREFIX + d: 1 for d in local_devices},
                      runtime_env={"env_vars": {"PYTHONPATH": path}}, **opts)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"at {address!r}" if address else "locally"
@@ -108,4 +110,5 @@ def _remote_score():
 
 def submit_score(objective: Objective, archs: Sequence[Any]):
     """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
-    return _remote_score().options(**_task_options(objective.resources)).remote(objective, list(archs))
+    return (_remote_score().options(**_task_options(objective.resources), name=f"hwnas score {objective.name}")
+            .remote(objective, list(archs)))  # named for the Ray dashboard

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ._errors import SearchError
-from ._loop import optimize_batches, trial_counts
+from ._lock import study_lock
+from ._loop import SURPLUS_ATTR, optimize_batches, trial_counts
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
 POPULATION_ATTR = "hwnas:population"
 MAX_TOP_UP_ROUNDS = 3
+# A Ray search whose trial counts do not move for this long has lost its last trials (a worker
+# that never returns and never stops beating): stop it rather than wait for ever. Long enough for
+# one batch of slow real measurements.
+STALL_TIMEOUT_S = 1800
 
 
 def _positive_int(value, what: str) -> int:
@@ -80,12 +85,28 @@ def _fail_leftovers(study: optuna.Study) -> int:
     return len(stuck)
 
 
+def _fail_surplus_copies(study: optuna.Study) -> int:
+    """After the study reached its total: fail the re-queued copies of dead workers' trials still
+    WAITING, marked ``hwnas:surplus``. Workers that saw a stale trial failed before its copy was
+    queued filled the gap with new trials, so the total was reached without the copies; left
+    WAITING, they would look like unfinished work to every reader of the study."""
+    copies = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+              if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
+    for t in copies:
+        study._storage.set_trial_user_attr(t._trial_id, SURPLUS_ATTR, True)
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a straggler finished it meanwhile
+    return len(copies)
+
+
 def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
                sampler: str | BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
                heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
-               seed_archs: Sequence = ()) -> optuna.Study:
+               seed_archs: Sequence = (), stall_timeout: float | None = STALL_TIMEOUT_S) -> optuna.Study:
     """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
 
     ``sampler``: a name (see :func:`make_sampler`; ``seed`` and ``population_size`` configure
@@ -95,13 +116,15 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     storage and ``study_name`` resume (``n_trials`` is the study's total, not an increment).
     ``workers`` > 1 or a ``ray_address`` runs the workers as Ray tasks sharing the storage;
     objectives with ``resources`` then run on the nodes that have them. One ``run_search``
-    per study at a time: RUNNING trials it finds at start belong to an interrupted run and
-    are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
+    per study at a time (a second one is refused: :func:`search._lock.study_lock`), so RUNNING
+    trials it finds at start belong to an interrupted run and are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
     A named GA sampler's population is sized to ``n_trials`` (:func:`budget_population`) unless
     ``population_size`` is given; a resumed study keeps the population it started with.
     Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
     ``seed_archs`` (e.g. ``space.extremes()``) open a new study's first population, so corners a
     random start rarely draws, such as the largest subnet, are scored; the space needs ``to_params``.
+    With Ray workers, a study whose completed and running trials do not change for ``stall_timeout``
+    seconds (None: no limit) stops the workers with a :class:`SearchError`; re-running resumes it.
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
@@ -109,10 +132,14 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     workers = _positive_int(workers, "number of workers")
     if batch_size is not None:
         _positive_int(batch_size, "batch size")
+    if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float))
+                                      or not stall_timeout > 0):
+        raise SearchError(f"stall timeout {stall_timeout!r} is invalid: expected a positive number of seconds or None")
     check_sampler(sampler, population_size)
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
-                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs)
+                           workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs,
+                           stall_timeout)
 
 
 def _enqueue_seeds(study: optuna.Study, space, archs: Sequence) -> None:
@@ -137,7 +164,8 @@ def quiet_optuna():
 
 
 def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
-                ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=()) -> optuna.Study:
+                ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=(),
+                stall_timeout=STALL_TIMEOUT_S) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     shown = redact_url(url)  # the URL as messages show it: no password
@@ -149,66 +177,75 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
-    study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
-                                directions=[o.direction for o in objectives])
-    _check_resume(study, study_meta(space, objectives, budgets), study_name, shown)
-    if isinstance(sampler, str):
-        # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
-        population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
-        if population_size is None and study.trials:  # started before the population was recorded
-            population_size = DEFAULT_POPULATION
-    the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
-    if isinstance(sampler, str) and isinstance(the_sampler, optuna.samplers.BaseGASampler):
-        population_size = the_sampler.population_size  # the Ray workers' samplers get the same
-        study.set_user_attr(POPULATION_ATTR, population_size)
-    study.sampler = the_sampler
-    _enqueue_seeds(study, space, seed_archs)
-    stuck = _fail_leftovers(study)
-    if stuck:
-        log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
+    # One driver per study: at start a driver fails the RUNNING trials it finds (an interrupted
+    # run's), which would be a live driver's had it not been refused here.
+    lock = study_lock(url, study_name, shown) if not isinstance(storage, BaseStorage) else nullcontext()
+    with lock:
+        study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=True,
+                                    directions=[o.direction for o in objectives])
+        _check_resume(study, study_meta(space, objectives, budgets), study_name, shown)
+        if isinstance(sampler, str):
+            # a resumed GA keeps the population it started with (n_trials, the total, may have grown)
+            population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
+            if population_size is None and study.trials:  # started before the population was recorded
+                population_size = DEFAULT_POPULATION
+        the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
+        if isinstance(sampler, str) and isinstance(the_sampler, optuna.samplers.BaseGASampler):
+            population_size = the_sampler.population_size  # the Ray workers' samplers get the same
+            study.set_user_attr(POPULATION_ATTR, population_size)
+        study.sampler = the_sampler
+        _enqueue_seeds(study, space, seed_archs)
+        stuck = _fail_leftovers(study)
+        if stuck:
+            log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
 
-    if use_ray:
-        from ._ray import check_resources, init_ray, node_count
+        if use_ray:
+            from ._ray import check_resources, init_ray, node_count
 
-        init_ray(ray_address)
-        check_resources(objectives)
-        if is_single_host(url) and node_count() > 1:
-            raise SearchError(f"storage {shown!r} is a file, which only processes of one host can share, but the Ray "
-                              f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
+            init_ray(ray_address)
+            check_resources(objectives)
+            if is_single_host(url) and node_count() > 1:
+                raise SearchError(f"storage {shown!r} is a file, which only processes of one host can share, but the Ray "
+                                  f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
 
-    bar = tqdm(total=n_trials, initial=min(n_trials, trial_counts(study)[TrialState.COMPLETE]),
-               desc=f"search {study_name}", unit="trial", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=n_trials, initial=min(n_trials, trial_counts(study)[TrialState.COMPLETE]),
+                   desc=f"search {study_name}", unit="trial", disable=not progress, dynamic_ncols=True)
 
-    def refresh(*_):
-        """Progress from the storage: counts every worker's completed trials."""
-        bar.n = min(n_trials, trial_counts(study)[TrialState.COMPLETE])
-        bar.refresh()
+        def refresh(*_) -> str:
+            """Progress from the storage: counts every worker's completed trials."""
+            counts = trial_counts(study)
+            bar.n = min(n_trials, counts[TrialState.COMPLETE])
+            bar.refresh()
+            return (f"{counts[TrialState.COMPLETE]} of {n_trials} trials completed, {counts[TrialState.RUNNING]} running, "
+                    f"{counts[TrialState.WAITING]} waiting")
 
-    try:
-        for _ in range(MAX_TOP_UP_ROUNDS):
-            before = trial_counts(study)[TrialState.COMPLETE]
-            if before >= n_trials:
-                break
-            if use_ray:
-                from ._workers import WorkerSpec, run_workers
+        try:
+            for _ in range(MAX_TOP_UP_ROUNDS):
+                before = trial_counts(study)[TrialState.COMPLETE]
+                if before >= n_trials:
+                    break
+                if use_ray:
+                    from ._workers import WorkerSpec, run_workers
 
-                # Workers on other nodes may lack the driver's environment: they get the password in the URL.
-                spec = WorkerSpec(with_password(url), study_name, sampler, seed, population_size, space, objectives,
-                                  budgets, n_trials, batch_size, workers, storage_options)
-                run_workers(spec, on_poll=refresh)
-            else:
-                optimize_batches(study, space, objectives, budgets, n_trials,
-                                 batch_size or default_batch_size(the_sampler), on_batch=refresh)
-            refresh()
-            # All workers have returned: RUNNING trials are a dead worker's (no heartbeat to fail them).
-            _fail_leftovers(study)
-            if trial_counts(study)[TrialState.COMPLETE] == before:
-                break
-    finally:
-        bar.close()
-        flush_storage(store)
-    done = trial_counts(study)[TrialState.COMPLETE]
-    if done < n_trials:
-        raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "
-                          f"expected {n_trials}: see the failed trials' 'hwnas:error' attribute")
-    return study
+                    # Workers on other nodes may lack the driver's environment: they get the password in the URL.
+                    spec = WorkerSpec(with_password(url), study_name, sampler, seed, population_size, space, objectives,
+                                      budgets, n_trials, batch_size, workers, storage_options)
+                    run_workers(spec, on_poll=refresh, stall_s=stall_timeout)
+                else:
+                    optimize_batches(study, space, objectives, budgets, n_trials,
+                                     batch_size or default_batch_size(the_sampler), on_batch=refresh)
+                refresh()
+                # All workers have returned: RUNNING trials are a dead worker's (no heartbeat to fail them).
+                _fail_leftovers(study)
+                if trial_counts(study)[TrialState.COMPLETE] == before:
+                    break
+        finally:
+            bar.close()
+            flush_storage(store)
+        done = trial_counts(study)[TrialState.COMPLETE]
+        if done >= n_trials:
+            _fail_surplus_copies(study)
+        if done < n_trials:
+            raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "
+                              f"expected {n_trials}: see the failed trials' 'hwnas:error' attribute")
+        return study

@@ -18,6 +18,7 @@ from optuna.storages import (BaseStorage, InMemoryStorage, JournalStorage, RDBSt
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 
 from ._errors import SearchError
+from ._urls import redact_url  # noqa: F401 - also search._storage.redact_url, as before
 
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -86,12 +87,6 @@ def flush_storage(storage: BaseStorage) -> None:
     backend = getattr(storage, "_backend", None)
     if isinstance(backend, BufferedJournalFileBackend):
         backend.flush()
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``), for
-    messages and reports; other storage specs unchanged."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", str(url))
 
 
 def _scrub(text: str, url: str) -> str:

@@ -4,9 +4,11 @@ worker loop of :mod:`search._loop`, which in turn sends device objectives to Ray
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ._errors import SearchError
 from ._loop import optimize_batches
 from ._objectives import Budget, Objective
 from ._ray import _ray
@@ -51,23 +53,36 @@ def _worker(spec: WorkerSpec, index: int) -> int:
                             spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True)
 
 
-def run_workers(spec: WorkerSpec, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> list[int]:
+def run_workers(spec: WorkerSpec, on_poll: Callable[[], Any] | None = None, poll_s: float = 0.5,
+                stall_s: float | None = None) -> list[int]:
     """Run ``spec.n_workers`` workers as Ray tasks until the study is done; returns each
-    worker's completed trials. Ctrl-C cancels them (each fails its in-flight batch)."""
+    worker's completed trials. Ctrl-C cancels them (each fails its in-flight batch).
+
+    ``on_poll`` returns the study's progress (e.g. its completed trials); when that has not
+    changed for ``stall_s`` seconds, the workers are cancelled and :class:`SearchError` says so:
+    a search that cannot finish (its last trials held by a worker that never returns) ends in one
+    line instead of waiting for ever."""
     ray = _ray()
-    task = ray.remote(_worker).options(num_cpus=1, max_retries=WORKER_RETRIES)
-    refs = [task.remote(spec, i) for i in range(spec.n_workers)]
+    task = ray.remote(_worker)
+    # Named for the Ray dashboard (and `hwnas status`): which study, which worker.
+    refs = [task.options(num_cpus=1, max_retries=WORKER_RETRIES, name=f"hwnas search {spec.study_name} worker {i}")
+            .remote(spec, i) for i in range(spec.n_workers)]
+    progress, since = None, time.monotonic()
     try:
         pending = refs
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
-            if on_poll is not None:
-                on_poll()
+            now = on_poll() if on_poll is not None else None
+            if now != progress:
+                progress, since = now, time.monotonic()
+            elif pending and stall_s is not None and time.monotonic() - since > stall_s:
+                _cancel(ray, refs)
+                raise SearchError(f"search stalled: study {spec.study_name!r} made no progress for {stall_s:g} s "
+                                  f"({progress}); its workers were stopped: re-run to resume (trials left RUNNING "
+                                  f"are failed and redone), or allow more time (--stall-timeout)")
         return ray.get(refs)
     except KeyboardInterrupt:
-        for r in refs:
-            ray.cancel(r)
-        ray.wait(refs, num_returns=len(refs), timeout=30)
+        _cancel(ray, refs)
         raise
     except ray.exceptions.RayTaskError as e:
         # A user error inside a worker is still a user error (one line, exit code 2).
@@ -76,3 +91,15 @@ def run_workers(spec: WorkerSpec, on_poll: Callable[[], None] | None = None, pol
         if isinstance(e.cause, UserError):
             raise e.cause from None
         raise
+    except ray.exceptions.RayError as e:  # a worker's process or node died more often than Ray retries
+        _cancel(ray, refs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SearchError(f"search workers of study {spec.study_name!r} were lost ({type(e).__name__}: {first[:200]}) "
+                          f"after {WORKER_RETRIES} retries each: re-run to resume (finished trials are kept)") from None
+
+
+def _cancel(ray, refs) -> None:
+    """Cancel the workers: each fails its in-flight batch (KeyboardInterrupt inside the task)."""
+    for r in refs:
+        ray.cancel(r)
+    ray.wait(refs, num_returns=len(refs), timeout=30)

@@ -111,17 +111,47 @@ def test_until_before_from_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_ctrl_c_during_hwnas_run_exits_130(tmp_path):
+def test_ctrl_c_during_hwnas_run_exits_130(tmp_path, capsys):
+    """Also: `hwnas status` shows the live run's stage as running, and as interrupted after."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "hwnas", "run", "--out", str(tmp_path / "run")], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "run"
+    # SIGINT at its default in the child: under a shell's `&` (CI in the background) it would inherit
+    # SIG_IGN, and Python then installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas", "run", "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # the first stage has started: interrupt it
             if "train ..." in line:
                 break
+        assert main(["status", str(out)]) == 0
+        live = capsys.readouterr().out
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT (-2 here), which a shell reports as 130 too. Seen in 2 of about 12 runs
+    # with SIGINT 0.3 s into training, on main as well, after hwnas printed its message and returned 130:
+    # CPython re-kills itself with SIGINT at exit when its unhandled-KeyboardInterrupt flag is set.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted" in err and "exit code 130" not in err
+    assert f"{out}: running (pid {proc.pid} on " in live and "train      running" in live and "epoch 0 of 40" in live, live
+    assert main(["status", str(out)]) == 0 and "train      interrupted" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_a_c_extension_loads_is_an_interrupt_too(monkeypatch, capsys):
+    """onnxruntime interrupted while it loads raises ImportError from the KeyboardInterrupt."""
+    import hwnas.cli.space
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(hwnas.cli.space, "_show", interrupted_import)
+    assert main(["space", "show"]) == 130
+    assert capsys.readouterr().err.startswith("hwnas: interrupted;")
+    monkeypatch.setattr(hwnas.cli.space, "_show", lambda args: (_ for _ in ()).throw(ImportError("no module x")))
+    with pytest.raises(ImportError, match="no module x"):  # a real import error is not hidden
+        main(["space", "show"])

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from postgres_server import PostgresServer, find_bin_dir
 from search import Budget, Objective, SearchError, open_storage, redact_url, run_search
 from search._loop import DUPLICATE_ATTR, SURPLUS_ATTR
-from test_search import DiesOnce
+from cluster_kill import NodeOf, audit, search_killing_a_node
+from test_search import DiesOnce, second_driver_is_refused
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -190,22 +191,32 @@ def test_cli_reports_hold_no_password(pg, tmp_path, capsys, monkeypatch):
 
 # ---- a multi-node Ray cluster: a head and two device nodes ---------------------------------------
 
+SMALL_NODE = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
+
+
 @pytest.fixture(scope="module")
 def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    for module in (sys.modules[__name__], sys.modules[DiesOnce.__module__]):  # workers cannot import test modules
+    for module in map(sys.modules.get, (__name__, DiesOnce.__module__, NodeOf.__module__)):  # workers cannot import tests
         ray.cloudpickle.register_pickle_by_value(module)
-    small = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **small})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **SMALL_NODE})
     # Two CPUs per device node: a search worker there must leave room for the node's device task.
-    nodes = {d: c.add_node(num_cpus=2, resources={f"device:{d}": 1}, **small) for d in ("a", "b")}
+    nodes = {d: c.add_node(num_cpus=2, resources={f"device:{d}": 1}, **SMALL_NODE) for d in ("a", "b")}
     c.wait_for_nodes()
     c.connect()
-    yield {d: n.node_id for d, n in nodes.items()}
+    yield Nodes(c, {d: n.node_id for d, n in nodes.items()})
     ray.shutdown()
     c.shutdown()
+
+
+class Nodes(dict):
+    """Device name -> node id of the cluster's device nodes; ``cluster`` is the Cluster."""
+
+    def __init__(self, cluster, ids):
+        super().__init__(ids)
+        self.cluster = cluster
 
 
 class NodeLog:
@@ -236,6 +247,17 @@ def test_two_workers_on_postgresql_with_device_tasks_on_their_nodes(cluster, pg_
     assert set(log_b.read_text().split()) == {cluster["b"]}
 
 
+def test_the_cluster_is_recorded_for_hwnas_status(cluster, tmp_path):
+    from hwnas.run_status import cluster_lines, record_cluster
+
+    record_cluster(tmp_path)
+    nodes = json.loads((tmp_path / "ray.json").read_text())["nodes"]
+    assert {n["node_id"]: n["devices"] for n in nodes if n["devices"]} == {cluster["a"]: ["a"], cluster["b"]: ["b"]}
+    lines = cluster_lines(tmp_path)
+    assert "dashboard not running" in lines[0] and len(lines) == 1 + len(nodes)
+    assert any(f"node {cluster['a'][:8]} " in line and "devices a, 2 CPU" in line for line in lines)
+
+
 def test_a_device_no_node_owns_fails_before_any_trial(cluster, pg_env):
     objs = objectives(resources={"device:c": 1})
     start = time.monotonic()
@@ -254,6 +276,31 @@ def test_a_killed_worker_loses_no_trial_on_postgresql(cluster, pg_env, tmp_path)
     assert marker.exists()  # a worker did die
     trials = completed(study, 40)
     assert any("failed_trial" in t.system_attrs for t in trials)  # its trials were re-queued and redone
+
+
+def test_a_second_driver_on_a_study_in_use_is_refused_on_postgresql(pg_env):
+    second_driver_is_refused(SPACE, objectives(), pg_env.url, "(server session ")
+
+
+def test_a_killed_worker_node_loses_no_trial_and_does_not_hang(cluster, pg_env, tmp_path):
+    """A node running search workers dies mid-search (raylet and workers killed, no graceful stop):
+    Ray re-runs its workers on the other nodes, its workers' trials stop beating and are redone
+    once; the total is exact and the search ends (the stall timeout is the backstop)."""
+    import ray
+
+    log = tmp_path / "nodes"
+    result = search_killing_a_node(cluster.cluster, lambda: run_search(
+        SPACE, objectives(NodeOf(log, cost)), 120, storage=pg_env.url, study_name="node-killed", workers=3,
+        batch_size=4, seed=0, progress=False, heartbeat_interval=1, grace_period=2, stall_timeout=60), log)
+    killed = result["killed"].get("node")
+    for device, node_id in list(cluster.items()):  # the fixture's device node comes back for later tests
+        if node_id == killed:
+            cluster[device] = cluster.cluster.add_node(num_cpus=2, resources={f"device:{device}": 1},
+                                                       **SMALL_NODE).node_id
+    cluster.cluster.wait_for_nodes()
+    assert killed and not any(n["NodeID"] == killed and n["Alive"] for n in ray.nodes()), result["killed"]
+    completed(result["study"], 120)
+    assert audit(result["study"], 120)["duplicates"] == 0 and result["wall_s"] < 60
 
 
 # ---- Ray addresses -------------------------------------------------------------------------------

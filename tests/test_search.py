@@ -5,6 +5,8 @@ import itertools
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -348,6 +350,49 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 24
 
 
+class Gate:
+    """Latency of device a that holds its first batch (not the one-arch preflight) until ``go``."""
+
+    def __init__(self, latency=None):
+        self.started, self.go, self.latency = threading.Event(), threading.Event(), latency or toy_latency_a
+
+    def __call__(self, archs):
+        if len(archs) > 1:
+            self.started.set()
+            self.go.wait(60)
+        return self.latency(archs)
+
+
+def second_driver_is_refused(space, objectives, storage, needle):
+    """A driver runs (held in its first batch) while a second one starts on the same study: the
+    second is refused in one line naming ``needle``, the first ends with its exact total and no
+    trial failed; another study of the same storage is not held."""
+    gate = Gate(objectives[1].score)
+    first_objs = [objectives[0], Objective(objectives[1].name, "minimize", gate, device="a")]
+    result = {}
+    first = threading.Thread(target=lambda: result.update(study=run_search(
+        space, first_objs, 20, storage=storage, study_name="held", batch_size=5, seed=0, progress=False)))
+    first.start()
+    try:
+        assert gate.started.wait(60)
+        with pytest.raises(SearchError) as e:
+            run_search(space, objectives, 20, storage=storage, study_name="held", progress=False)
+        assert str(e.value).startswith("study 'held' in storage ") and "\n" not in str(e.value)
+        assert needle in str(e.value) and "is in use by another hwnas search" in str(e.value)
+        run_search(space, objectives, 5, storage=storage, study_name="other", progress=False)
+    finally:
+        gate.go.set()
+        first.join(120)
+    states = [t.state for t in result["study"].trials]
+    assert states.count(TrialState.COMPLETE) == 20 and TrialState.FAIL not in states
+    run_search(space, objectives, 25, storage=storage, study_name="held", seed=0, progress=False)  # free again
+
+
+@pytest.mark.parametrize("name", ["s.journal", "s.db"])
+def test_a_second_driver_on_a_study_in_use_is_refused(tmp_path, name):
+    second_driver_is_refused(SPACE, toy_objectives()[:2], str(tmp_path / name), f"(pid {os.getpid()} on ")
+
+
 def test_buffered_journal_writes_in_batches_and_reads_its_own_writes(tmp_path):
     from optuna.storages.journal import JournalFileBackend
 
@@ -512,6 +557,46 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
         assert any(t.state == TrialState.COMPLETE for t in same)
         assert all(t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and
                    (t.user_attrs.get(DUPLICATE_ATTR) or t.user_attrs.get(SURPLUS_ATTR)) for t in same)
+
+
+class HangsInWorkers:
+    """Latency of device a that never returns in a Ray worker (a wedged device driver, say)."""
+
+    def __init__(self, driver_pid):
+        self.driver_pid = driver_pid
+
+    def __call__(self, archs):
+        while os.getpid() != self.driver_pid:
+            time.sleep(0.1)  # short sleeps: Ray's cancel interrupts between them
+        return toy_latency_a(archs)
+
+
+def test_a_search_that_makes_no_progress_stops_after_the_stall_timeout(ray_instance, tmp_path):
+    objs = [toy_objectives()[0], Objective("latency:a", "minimize", HangsInWorkers(os.getpid()), device="a")]
+    start = time.monotonic()
+    with pytest.raises(SearchError, match=r"search stalled: study 'stuck' made no progress for 3 s \(0 of 20 trials "
+                                          r"completed, \d+ running, 0 waiting\); its workers were stopped") as e:
+        run_search(SPACE, objs, 20, storage=str(tmp_path / "s.journal"), study_name="stuck", workers=2, batch_size=5,
+                   progress=False, stall_timeout=3)
+    assert "\n" not in str(e.value) and time.monotonic() - start < 60
+    with pytest.raises(SearchError, match="stall timeout 0 is invalid: expected a positive number of seconds"):
+        run_search(SPACE, objs, 20, stall_timeout=0)
+
+
+def always_dies_in_workers(archs):
+    if os.environ.get("HWNAS_TEST_DRIVER") != str(os.getpid()):
+        os._exit(1)  # every worker process, every retry
+    return toy_latency_a(archs)
+
+
+def test_workers_lost_beyond_rays_retries_end_in_one_line(ray_instance, tmp_path, monkeypatch):
+    monkeypatch.setenv("HWNAS_TEST_DRIVER", str(os.getpid()))  # Ray workers start with the driver's environment
+    objs = [toy_objectives()[0], Objective("latency:a", "minimize", always_dies_in_workers, device="a")]
+    with pytest.raises(SearchError, match=r"search workers of study 'lost' were lost \(\w+: .*\) after 2 retries "
+                                          r"each: re-run to resume") as e:
+        run_search(SPACE, objs, 20, storage=str(tmp_path / "s.journal"), study_name="lost", workers=2, batch_size=5,
+                   progress=False)
+    assert "\n" not in str(e.value)
 
 
 def test_a_trial_told_by_another_worker_is_skipped_not_counted(tmp_path):

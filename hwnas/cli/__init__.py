@@ -55,8 +55,28 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        print("hwnas: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except Exception as e:
+        if not _caused_by_interrupt(e):
+            raise
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("hwnas: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """Whether Ctrl-C is behind ``e``: a C extension interrupted while it loads raises ImportError
+    ("initialization failed") from the KeyboardInterrupt (seen with onnxruntime)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":

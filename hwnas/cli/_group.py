@@ -14,6 +14,7 @@ COMMANDS = {
     "final": "train chosen models and baselines alone, measure them side by side",
     "export": "export architectures to ONNX",
     "run": "train, measure, search and export in one go",
+    "status": "show the stages and progress of a run folder",
 }
 
 

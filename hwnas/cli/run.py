@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
+
 from hwnas.cli._group import add_command
 from hwnas.pipeline import STAGES, Pipeline
 from hwnas.run_config import DEFAULT_CONFIG
+from hwnas.stages import lock_run_dir
+from search_space.io import check_out_dir
 
 
 def register(sub) -> None:
@@ -25,7 +30,12 @@ def register(sub) -> None:
 def _run(args) -> int:
     from hwnas.run_report import console_summary
 
-    pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
-    result = pipeline.run()
+    # One run per folder: a second one is refused in one line, before it writes anything there
+    # (Pipeline writes an inline space to OUT/space.json); a new folder is locked once made.
+    check_out_dir(args.out)  # a file in the way, a read-only folder: its own one-line error, before the lock file
+    with lock_run_dir(Path(args.out)) if Path(args.out).is_dir() else nullcontext():
+        pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
+        with pipeline.runner.locked():
+            result = pipeline.run()
     print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")
     return 0

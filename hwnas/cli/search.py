@@ -55,6 +55,9 @@ def register(sub) -> None:
                    help="study storage: memory (default), a .journal file, a .db SQLite file or an RDB URL; "
                         "the same storage and --study resume")
     p.add_argument("--study", default=None, help="study name (default hwnas-<space>)")
+    p.add_argument("--stall-timeout", type=float, default=None, metavar="S",
+                   help="with Ray workers: stop with an error when no trial completes or starts for S seconds "
+                        "(default 1800; re-running resumes)")
     r = p.add_argument_group("rounds", "measure accuracy on the supernet (--checkpoint) in rounds: a seed of "
                              "extremes and spread subnets, then fit a predictor, search it, measure the most promising, "
                              "until --queries distinct subnets; the fronts are made of measured subnets only")
@@ -223,13 +226,18 @@ def _search(args) -> int:
 
         init_ray(args.ray_address, local_devices=here)
     out.mkdir(parents=True, exist_ok=True)
+    if use_ray:  # for `hwnas status`: the dashboard link and the nodes
+        from hwnas.run_status import record_cluster
+
+        record_cluster(out)
     if args.workers > 1 and args.storage is None:
         args.storage = str(out / "study.journal")  # workers need a storage they can all open
         print(f"storage: {args.storage}")
     study = run_search(space, objectives, args.trials, budgets=budgets, sampler=args.sampler, seed=args.seed,
                        population_size=args.population, storage=args.storage, study_name=args.study,
                        workers=args.workers, ray_address=args.ray_address, batch_size=args.batch_size,
-                       progress=not args.quiet, seed_archs=list(space.extremes().values()))
+                       progress=not args.quiet, seed_archs=list(space.extremes().values()),
+                       **({} if args.stall_timeout is None else {"stall_timeout": args.stall_timeout}))
     search_s = time.time() - start
     trials = Trials.from_study(study)
     fronts = device_fronts(trials, space)
