@@ -14,10 +14,12 @@ from search_space import SearchSpace
 from .calibration import fit_calibration
 from .errors import TableError
 from .measure import measure_blocks, measure_passes, passes_ms, sample_archs
+from .registry import relevant_fields, timed_on_cpu
 from .table import LatencyTable
 
 DEFAULT_CALIBRATION_NETS = 100
 DEFAULT_PASSES = 3
+# A partial table resumes only where these and the backend's own fingerprint fields match.
 RESUME_FIELDS = ("cpu_model", "gpu_name", "provider", "threads", "batch_size", "dtype", "torch", "onnxruntime")
 
 
@@ -38,7 +40,7 @@ def _resume(out: Path, space: SearchSpace, backend, device: str | None,
         raise TableError(f"{str(out)!r} was built with {k}={table.backend_settings.get(k)!r}, not "
                          f"{backend.settings().get(k)!r}: use the same settings to resume, or another --out")
     here = backend.fingerprint()
-    for k in RESUME_FIELDS:
+    for k in dict.fromkeys(RESUME_FIELDS + relevant_fields(backend.spec)):
         if table.fingerprint.get(k) != here.get(k):
             raise TableError(f"{str(out)!r} was started on another machine ({k}: {table.fingerprint.get(k)!r} "
                              f"here {here.get(k)!r}): use another --out")
@@ -48,9 +50,10 @@ def _resume(out: Path, space: SearchSpace, backend, device: str | None,
 
 
 def default_device_name(backend) -> str:
-    """``cpu`` for ONNX Runtime on the CPU provider, else ``<gpu>-b<batch>`` (``h200-b1``): the GPU
-    name's first word with a digit in it (``NVIDIA H200 NVL`` -> ``h200``)."""
-    if backend.spec == "onnxruntime:CPUExecutionProvider":
+    """``cpu`` for a backend that times on the host CPU (ONNX Runtime's CPU provider), else
+    ``<gpu>-b<batch>`` (``h200-b1``): the GPU name's first word with a digit in it
+    (``NVIDIA H200 NVL`` -> ``h200``)."""
+    if timed_on_cpu(backend.spec):
         return "cpu"
     words = (backend.fingerprint().get("gpu_name") or backend.spec.partition(":")[2] or backend.spec).split()
     gpu = next((w for w in words if any(c.isdigit() for c in w)), words[-1]).lower()

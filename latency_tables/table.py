@@ -177,7 +177,7 @@ class LatencyTable:
 
     @property
     def backend_spec(self) -> str:
-        """``onnxruntime:<Provider>`` or ``cuda``."""
+        """The backend spec (``onnxruntime:<Provider>``, ``cuda`` or a registered one's name)."""
         return self.data["backend"]["spec"]
 
     @property
@@ -215,13 +215,9 @@ class LatencyTable:
 
     def check_machine(self, strict: bool = False) -> list[str]:
         """Compare the recorded fingerprint with this machine's; warn (or raise if ``strict``)."""
-        from .fingerprint import device_fingerprint
+        from .fingerprint import fingerprint_for
 
-        b = self.data["backend"]
-        family, _, provider = b["spec"].partition(":")
-        provider = provider or None
-        diffs = fingerprint_differences(self.fingerprint, device_fingerprint(provider, b.get("threads"),
-                                                                             self.batch_size, self.dtype), family)
+        diffs = fingerprint_differences(self.fingerprint, fingerprint_for(self.backend_settings), self.backend_spec)
         if diffs:
             msg = f"latency table {self._where()} was measured on another machine ({'; '.join(diffs)})"
             if strict:
