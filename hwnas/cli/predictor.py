@@ -20,7 +20,8 @@ from hwnas.cli.supernet import calibration_batches, load_for_space, split_batche
 from hwnas.datasets import DatasetBundle, Split
 from predictors import (DEFAULT_FEATURES, DEFAULT_TARGET, FEATURE_RECIPES, PREDICTORS, TARGET_TRANSFORMS,
                         AccuracyDataset, Predictor, build_accuracy_dataset, load_predictor, make_predictor,
-                        plot_predicted_vs_measured, rank_metrics, select_predictor)
+                        plot_predicted_vs_measured, rank_metrics)
+from predictors.selection import auto_plan, select_kind
 from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
 from hwnas.cli._group import command_group
@@ -86,7 +87,8 @@ def register(sub) -> None:
     fit.add_argument("--target", default=DEFAULT_TARGET, choices=TARGET_TRANSFORMS,
                      help=f"what the models fit (predictors/targets.py; default {DEFAULT_TARGET}): standardised "
                      "accuracy, or the normal quantile of its rank (rank_gauss)")
-    fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
+    fit.add_argument("--folds", type=int, default=None, help="folds of the auto selection (default 5, or 3 from "
+                     "1,000 subnets on)")
     fit.add_argument("--candidates", default=",".join(sorted(PREDICTORS)),
                      help=f"comma-separated kinds auto selects among (default {','.join(sorted(PREDICTORS))})")
     fit.add_argument("--seed", type=int, default=0, help="seed of the predictor and the folds (default 0)")
@@ -196,26 +198,31 @@ def _dataset(args) -> int:
 # ----------------------------------------------------------------------------- fit
 
 
-def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES, folds: int = 5,
-                  seed: int = 0, candidates: list[str] | None = None,
+def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES,
+                  folds: int | None = None, seed: int = 0, candidates: list[str] | None = None,
                   target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
     """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
-    (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
+    (default: every kind) by k-fold Kendall tau (``folds``, default 5, or 3 from 1,000 samples on,
+    with cheaper stand-ins and early stops: :func:`predictors.selection.select_kind`), and also
+    returns their scores."""
     space = data.space()
     X, y = data.arrays(space)
-    scores = None
+    scores, hparams, meta = None, {}, {}
     if model == "auto":
         kinds = candidates or sorted(PREDICTORS)
         unknown = [k for k in kinds if k not in PREDICTORS]
         if unknown:
             raise UserError(f"candidate kind {unknown[0]!r} is unknown; expected some of {sorted(PREDICTORS)}")
-        candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed,
-                                                              target=target))
-                      for kind in kinds}
-        model, scores = select_predictor(X, y, candidates, k=folds, seed=seed)
-    predictor = make_predictor(model, space, features=features, seed=seed, target=target).fit(X, y)
+        folds, plan = auto_plan(len(y), kinds, folds)
+
+        def make(kind: str, hp: dict) -> Predictor:
+            return make_predictor(kind, space, features=features, seed=seed, target=target, **hp)
+
+        model, scores, ran = select_kind(X, y, plan, make, k=folds, seed=seed)
+        hparams, meta = plan[model], {"selection_folds": folds, "selection_folds_run": ran}
+    predictor = make_predictor(model, space, features=features, seed=seed, target=target, **hparams).fit(X, y)
     predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
-                           "n_train": len(y), "selection_kendall_tau": scores})
+                           "n_train": len(y), "selection_kendall_tau": scores, **meta})
     return predictor, scores
 
 
@@ -226,7 +233,10 @@ def _fit(args) -> int:
     predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed,
                                       candidates=candidates, target=args.target)
     if scores:
-        print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        ran = predictor.meta["selection_folds_run"]
+        print(f"{predictor.meta['selection_folds']}-fold Kendall tau: " + "  ".join(
+            f"{k} {v:.4f}" + (f" (stopped after {ran[k]})" if ran[k] < predictor.meta["selection_folds"] else "")
+            for k, v in scores.items()))
     predictor.save(args.out, {"data": str(args.data)})
     print(f"fitted {predictor.kind} ({predictor.features} features, {predictor.target} target) on {len(data)} "
           f"subnets in {time.monotonic() - start:.1f} s -> {args.out}")
