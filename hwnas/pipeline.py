@@ -133,7 +133,9 @@ class Pipeline:
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
 
     def latency(self) -> dict:
-        """Stage latency: build (or reuse) and validate each device's table on this machine."""
+        """Stage latency: build (or reuse) and validate each device's table on this machine; a
+        resumed stage measures only what is missing (partial builds and validations are saved
+        chunk by chunk; finished ones are kept)."""
         from hwnas.run_config import device_backend
         from latency_tables import LatencyTable, build_table, validate_table
         from latency_tables.fingerprint import warn_if_busy
@@ -144,13 +146,13 @@ class Pipeline:
             warn_if_busy(d["backend"])
             if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
                 table = LatencyTable.load(d["table"], space=self.space)
-                table.save(path)
+                table.copy_to(path)  # kept, with its validation here, when a resumed stage copied it already
             else:
                 backend = device_backend(d)
                 table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
                                     seed=self.cfg["seed"], restart_changed=True)  # a changed config: rebuild
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
-                               out_dir=path.parent, name=f"{d['name']}_validation")
+                               out_dir=path.parent, name=f"{d['name']}_validation", reuse=True)  # resumed: not redone
             summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.data["blocks"]),
                                   "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
                                   "report": str(s["files"]["md"])}

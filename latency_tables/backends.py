@@ -23,8 +23,8 @@ from torch import nn
 
 from .errors import BackendError
 from .fingerprint import fingerprint_for
-from .registry import BackendType, check_backend_settings
-from .timing import TimingPlan, TimingStats, Timer, time_interleaved
+from .registry import BackendType, check_backend_settings, timed_on_cpu
+from .timing import TimingPlan, TimingStats, Timer, host_timing_lock, time_interleaved
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_ORT_THREADS = 1  # fixed (not the core count); 1 thread is what a shared machine can measure repeatably (see OrtBackend)
@@ -84,9 +84,11 @@ class Backend(ABC):
         return fingerprint_for(self.settings())
 
     def measure_many(self, items: Iterable[tuple[nn.Module, Sequence[int]]]) -> list[TimingStats]:
-        """Time several modules in interleaved rounds (all are prepared first, then timed)."""
+        """Time several modules in interleaved rounds (all are prepared first, then timed under the
+        host's timing lock: CPU timing waits for GPU timing on this host, see ``host_timing_lock``)."""
         timers = [self.prepare(m, s) for m, s in items]
-        return time_interleaved(timers, self.plan)
+        with host_timing_lock(cpu=timed_on_cpu(self.spec)):  # CPU timing never overlaps GPU timing here
+            return time_interleaved(timers, self.plan)
 
     def measure(self, module: nn.Module, input_shape: Sequence[int]) -> TimingStats:
         """Time one module; ``.ms`` is the robust estimate, ``.median_ms`` the median."""
