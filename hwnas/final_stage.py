@@ -190,7 +190,7 @@ class FinalStage:
     def supernet_accuracy(self, archs: list[str], split_seed: int = 0, **measure) -> dict[str, float]:
         """Supernet (BN-recalibrated, validation) accuracy of ``archs``, measured as the accuracy
         stage measures (resumable file ``supernet_accuracy.jsonl``)."""
-        from hwnas.cli.predictor import measure_accuracy_dataset
+        from hwnas.accuracy import measure_accuracy_dataset
 
         data = measure_accuracy_dataset(self.checkpoint, [self.space.parse(a) for a in archs],
                                         self.out / "supernet_accuracy.jsonl", device=self.device, progress=False,
