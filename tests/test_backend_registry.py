@@ -19,16 +19,7 @@ from hwnas.run_config import RunConfigError, parse_run_config
 from latency_tables.backends import Backend, full_shape
 from latency_tables.registry import backend_unavailable, timed_on_cpu
 from search_space import SearchSpace
-
-TINY = {
-    "name": "tiny-reg", "in_channels": 3, "num_classes": 4, "resolutions": [8],
-    "stem": {"channels": 8, "kernel": 3, "stride": 1},
-    "defaults": {"widths": [0.5, 1.0], "blocks": ["mbconv", "resnet"], "kernels": [3],
-                 "expansions": {"mbconv": [2], "resnet": [1]}},
-    "stages": [{"channels": 16, "stride": 2, "depths": [1, 2]}],
-}
-FAST = dict(min_rounds=2, max_rounds=3, round_ms=0.3, warmup_ms=1.0, min_runs_per_round=2)
-
+from test_latency_tables import FAST, TINY
 
 class EagerCPU(Backend):
     """Plain PyTorch eager on the CPU, timed with ``perf_counter_ns``: the toy backend."""
