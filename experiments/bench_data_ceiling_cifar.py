@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.bench_supernet import machine
-from hwnas.cli.supernet import calibration_batches
+from hwnas.data_wiring import calibration_batches
 from hwnas.datasets import Split, iterate_batches, load_dataset
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.supernet import recalibrate_bn

@@ -3,7 +3,7 @@
 1. trains a small supernet (experiments/configs/space_fashion.yaml) briefly with
    ``search_space.training`` (sandwich rule, in-place distillation); resumable;
 2. measures N spread-sampled subnets, each BN-recalibrated, on a fixed random subset of the
-   validation split (``hwnas.cli.predictor.measure_accuracy_dataset``); resumable;
+   validation split (``hwnas.accuracy.measure_accuracy_dataset``); resumable;
 3. re-measures some of them with other calibration images and another eval subset: the
    measurement's own repeatability, a ceiling for any predictor scored against one measurement;
 4. fits every predictor kind (cost and plain-encoding features) on 60% of the subnets and
@@ -33,8 +33,8 @@ import numpy as np
 import sklearn
 import torch
 
-from hwnas.cli.predictor import measure_accuracy_dataset
-from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, split_batches
+from hwnas.accuracy import measure_accuracy_dataset
+from hwnas.data_wiring import calibration_batches, epoch_batches, load_for_space, split_batches
 from predictors import AccuracyDataset, rank_metrics
 from predictors.benchmark import compare_predictors, holdout_split, limit_threads, write_report
 from search_space import SearchSpace, Supernet

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwnas.cli.supernet import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
+from hwnas.data_wiring import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
 from search_space import SearchSpace, Supernet
 from search_space.evaluation import evaluate_archs
 from search_space.io import atomic_write_text, save_png

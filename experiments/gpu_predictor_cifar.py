@@ -44,8 +44,9 @@ os.environ.setdefault("HWNAS_CACHE", str(ROOT / "runs" / "cache"))  # decoded JP
 import numpy as np  # noqa: E402  (after HWNAS_CACHE is set)
 import torch  # noqa: E402
 
-from hwnas.cli.predictor import add_measurement_args, measure_accuracy_dataset, random_subset  # noqa: E402
-from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches  # noqa: E402
+from hwnas.accuracy import measure_accuracy_dataset, random_subset  # noqa: E402
+from hwnas.arguments import add_measurement_args  # noqa: E402
+from hwnas.data_wiring import calibration_batches, load_for_space, split_batches  # noqa: E402
 from predictors import DEFAULT_FEATURES, AccuracyDataset, rank_metrics, sample_archs_spread  # noqa: E402
 from predictors.benchmark import compare_predictors, holdout_split, limit_threads, write_report  # noqa: E402
 from search_space import SearchSpace, Supernet, checkpoint_hash, load_supernet, save_supernet  # noqa: E402

@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from experiments.bench_supernet import machine, peak_rss_mb
-from hwnas.cli.supernet import (add_recipe_args, calibration_batches, epoch_batches, load_for_space, probe_batches,
-                               recipe_kwargs, split_batches)
+from hwnas.arguments import add_recipe_args, recipe_kwargs
+from hwnas.data_wiring import calibration_batches, epoch_batches, load_for_space, probe_batches, split_batches
 from hwnas.datasets import Split
 from search_space import SearchSpace, Supernet, checkpoint_hash
 from search_space.checkpoint import read_checkpoint

@@ -164,16 +164,16 @@ class FinalStage:
     def measure(self, devices: list[dict], keys: list[str]) -> None:
         """Time every model in ``keys`` on every device (one backend per device, the models in
         interleaved rounds, so a noisy moment hurts all alike); cached per device settings."""
-        from latency_tables import make_backend
+        from hwnas.run_config import device_backend
 
         for d in devices:
-            settings = {k: d[k] for k in ("backend", "batch_size", "dtype", "threads")}
+            settings = {k: d[k] for k in ("backend", "batch_size", "dtype", "threads", "options") if k in d}
             todo = [k for k in keys if self.results["models"][k].get("latency", {}).get(d["name"], {}).get("settings")
                     != settings]
             if not todo:
                 continue
             log(f"final: timing {len(todo)} models on {d['name']} ({d['backend']}, batch {d['batch_size']}, {d['dtype']})")
-            backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"], threads=d["threads"])
+            backend = device_backend(d)
             items = []
             for k in todo:
                 rec = self.results["models"][k]
@@ -190,7 +190,7 @@ class FinalStage:
     def supernet_accuracy(self, archs: list[str], split_seed: int = 0, **measure) -> dict[str, float]:
         """Supernet (BN-recalibrated, validation) accuracy of ``archs``, measured as the accuracy
         stage measures (resumable file ``supernet_accuracy.jsonl``)."""
-        from hwnas.cli.predictor import measure_accuracy_dataset
+        from hwnas.accuracy import measure_accuracy_dataset
 
         data = measure_accuracy_dataset(self.checkpoint, [self.space.parse(a) for a in archs],
                                         self.out / "supernet_accuracy.jsonl", device=self.device, progress=False,

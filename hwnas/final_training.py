@@ -41,7 +41,7 @@ def train_model(model: nn.Module, bundle: DatasetBundle, config: TrainConfig, de
     existing one is resumed (the data order depends only on seed and epoch); a checkpoint of
     other settings is refused. On CUDA: bf16
     autocast and channels-last, as supernet training."""
-    from hwnas.cli.supernet import epoch_batches
+    from hwnas.data_wiring import epoch_batches
 
     cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
@@ -111,7 +111,7 @@ def _resume(path, model, optimizer, scheduler, config: TrainConfig, device) -> t
 def evaluate_model(model: nn.Module, bundle: DatasetBundle, device: torch.device, resolution: int,
                    batch_size: int = 1000) -> dict[str, float]:
     """Validation and test accuracy of a trained ``model`` (bf16 autocast on CUDA)."""
-    from hwnas.cli.supernet import split_batches
+    from hwnas.data_wiring import split_batches
 
     autocast = torch.bfloat16 if device.type == "cuda" else None
     model.to(device)

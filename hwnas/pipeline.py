@@ -86,8 +86,11 @@ class Pipeline:
         return space
 
     def devices(self) -> list[dict]:
-        """Latency devices of the config that this machine can measure (CUDA ones need a GPU)."""
-        return [d for d in self.cfg["latency"]["devices"] if d["backend"] != "cuda" or torch.cuda.is_available()]
+        """Latency devices of the config that this machine can measure (as each backend's registered
+        availability check says: CUDA ones need a GPU)."""
+        from latency_tables.registry import backend_unavailable
+
+        return [d for d in self.cfg["latency"]["devices"] if backend_unavailable(d["backend"]) is None]
 
     def skipped_devices(self) -> list[str]:
         """Names of the config's devices this machine cannot measure."""
@@ -110,8 +113,11 @@ class Pipeline:
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
 
     def latency(self) -> dict:
-        """Stage latency: build (or reuse) and validate each device's table on this machine."""
-        from latency_tables import LatencyTable, build_table, make_backend, validate_table
+        """Stage latency: build (or reuse) and validate each device's table on this machine; a
+        resumed stage measures only what is missing (partial builds and validations are saved
+        chunk by chunk; finished ones are kept)."""
+        from hwnas.run_config import device_backend
+        from latency_tables import LatencyTable, build_table, validate_table
         from latency_tables.fingerprint import warn_if_busy
 
         lat, summary = self.cfg["latency"], {}
@@ -120,14 +126,13 @@ class Pipeline:
             warn_if_busy(d["backend"])
             if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
                 table = LatencyTable.load(d["table"], space=self.space)
-                table.save(path)
+                table.copy_to(path)  # kept, with its validation here, when a resumed stage copied it already
             else:
-                backend = make_backend(d["backend"], batch_size=d["batch_size"], dtype=d["dtype"],
-                                       threads=d["threads"])
+                backend = device_backend(d)
                 table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
                                     seed=self.cfg["seed"], restart_changed=True)  # a changed config: rebuild
             s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
-                               out_dir=path.parent, name=f"{d['name']}_validation")
+                               out_dir=path.parent, name=f"{d['name']}_validation", reuse=True)  # resumed: not redone
             summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.data["blocks"]),
                                   "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
                                   "report": str(s["files"]["md"])}

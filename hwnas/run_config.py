@@ -25,6 +25,7 @@ DEVICE_SCHEMA = {
     "dtype": ((str,), "fp32"),
     "threads": ((int, type(None)), None),
     "table": ((str, type(None)), None),  # reuse this table (path or shipped name) instead of building one
+    "options": ((dict,), {}),  # the backend's options and timing-plan fields (latency_tables.registry)
 }
 SCHEMA = {
     "name": ((str,), REQUIRED),
@@ -106,8 +107,7 @@ def parse_run_config(raw: dict) -> dict:
     cfg["latency"]["devices"] = [_check(d, DEVICE_SCHEMA, f"latency.devices[{i}].") for i, d in enumerate(devices)]
     names = [d["name"] for d in cfg["latency"]["devices"]]
     for i, d in enumerate(cfg["latency"]["devices"]):
-        if d["backend"].split(":")[0] not in ("onnxruntime", "cuda"):
-            raise RunConfigError(f"config key 'latency.devices[{i}].backend': expected onnxruntime[:PROVIDER] or cuda, got {d['backend']!r}")
+        _check_backend(d, f"latency.devices[{i}]")
         if names.count(d["name"]) > 1:
             raise RunConfigError(f"config key 'latency.devices[{i}].name': {d['name']!r} appears twice, expected unique names")
     for i, d in enumerate(cfg["latency"]["devices"]):
@@ -152,6 +152,29 @@ def parse_run_config(raw: dict) -> dict:
     if cfg["device"] not in ("auto", "cpu", "cuda") and not cfg["device"].startswith("cuda:"):
         raise RunConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     return cfg
+
+
+def _check_backend(device: dict, key: str) -> None:
+    """A device's backend and its settings, as its registration validates them (no torch); an
+    empty ``options`` is dropped, so that configs written before the key existed keep their
+    stage fingerprints."""
+    from latency_tables.registry import BackendSettingError, check_backend_settings
+
+    if not device["options"]:
+        del device["options"]
+    try:
+        check_backend_settings(device["backend"], device["batch_size"], device["dtype"], device["threads"],
+                               **device.get("options", {}))
+    except BackendSettingError as e:
+        raise RunConfigError(f"config key '{key}.{e.setting}': {e}") from None
+
+
+def device_backend(device: dict):
+    """The latency backend of one configured device (``latency.devices[i]``)."""
+    from latency_tables import make_backend
+
+    return make_backend(device["backend"], batch_size=device["batch_size"], dtype=device["dtype"],
+                        threads=device["threads"], **device.get("options", {}))
 
 
 def _check_final(final: dict) -> None:

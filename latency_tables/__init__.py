@@ -3,6 +3,7 @@
     backend = make_backend("onnxruntime", batch_size=1, threads=1)   # or "onnxruntime:<Provider>", "cuda"
     stats = backend.measure(module, (3, 32, 32))                       # TimingStats: ms, median_ms, p90_ms, ...
     table = build_table(space, backend, "cpu.json")                    # resumable
+    register_backend("mine", MyBackend, options={...}, ...)            # a backend of your own (docs/DESIGN.md)
     table = LatencyTable.load("cifar_cpu_ort_b1_fp32", space=space)    # shipped tables by name
     table.predict(arch); table.predict_many(archs); table.breakdown(arch); table.measure_arch(arch)
     validate_table(table, n=200)                                       # markdown + CSV + PNG report
@@ -19,6 +20,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "errors": ["BackendError", "FingerprintWarning", "TableError"],
     "fingerprint": ["device_fingerprint"],
     "metrics": ["accuracy_metrics", "repeatability"],
+    "registry": ["BackendType", "backend_names", "backend_unavailable", "check_backend_settings", "register_backend",
+                 "unregister_backend"],
     "table": ["SCHEMA_VERSION", "LatencyTable", "resolve_table_path", "shipped_tables"],
     "timing": ["TimingPlan", "TimingStats"],
     "validate": ["validate_table"],

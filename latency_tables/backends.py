@@ -1,5 +1,7 @@
 """Measurement backends: ONNX Runtime (any execution provider) and CUDA through PyTorch.
 
+Each is declared in :mod:`latency_tables.registry` (options, dtypes, fingerprint fields,
+availability); a backend of your own is a :class:`Backend` subclass registered there too.
 A backend turns ``(module, input_shape)`` into a prepared timer (``prepare``) and times
 prepared modules with the shared protocol of :mod:`latency_tables.timing`. Its
 ``settings()`` are stored in every table, so ``make_backend(**settings)`` re-creates the
@@ -9,12 +11,10 @@ exact measurement later (``LatencyTable.measure_arch``).
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import warnings
 from time import perf_counter_ns
 from abc import ABC, abstractmethod
-from dataclasses import fields
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -22,19 +22,12 @@ import torch
 from torch import nn
 
 from .errors import BackendError
-from .fingerprint import device_fingerprint
-from .timing import TimingPlan, TimingStats, Timer, time_interleaved
+from .fingerprint import fingerprint_for
+from .registry import BackendType, check_backend_settings, timed_on_cpu
+from .timing import TimingPlan, TimingStats, Timer, host_timing_lock, time_interleaved
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKEND_FORMAT = "'onnxruntime', 'onnxruntime:<ProviderName>' or 'cuda'"
 DEFAULT_ORT_THREADS = 1  # fixed (not the core count); 1 thread is what a shared machine can measure repeatably (see OrtBackend)
-
-
-def _plan_from(opts: dict) -> tuple[TimingPlan, dict]:
-    """Split timing-plan options from backend options."""
-    names = {f.name for f in fields(TimingPlan)}
-    plan = TimingPlan(**{k: type(getattr(TimingPlan, k))(v) for k, v in opts.items() if k in names})
-    return plan, {k: v for k, v in opts.items() if k not in names}
 
 
 def full_shape(input_shape: Sequence[int], batch_size: int) -> tuple[int, ...]:
@@ -48,7 +41,13 @@ def full_shape(input_shape: Sequence[int], batch_size: int) -> tuple[int, ...]:
 
 
 class Backend(ABC):
-    """Times modules on one device with fixed settings (batch size, dtype, threads, options)."""
+    """Times modules on one device with fixed settings (batch size, dtype, threads, options).
+
+    A subclass implements :meth:`prepare`; :func:`make_backend` sets ``backend_type`` (its
+    registration), from which ``spec`` and ``options()`` come by default (each registered option
+    read from the attribute of the same name)."""
+
+    backend_type: BackendType | None = None
 
     def __init__(self, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan):
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -58,18 +57,18 @@ class Backend(ABC):
         self.batch_size, self.dtype, self.threads, self.plan = batch_size, dtype, threads, plan
 
     @property
-    @abstractmethod
     def spec(self) -> str:
         """The backend spec string (``make_backend``'s first argument)."""
+        return self.backend_type.name
 
     @property
     def provider(self) -> str | None:
         """The ONNX Runtime execution provider, if any."""
         return None
 
-    @abstractmethod
     def options(self) -> dict:
-        """Backend-specific options (recorded in tables)."""
+        """Backend-specific options (recorded in tables): each registered option's attribute."""
+        return {k: getattr(self, k) for k in self.backend_type.options}
 
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: Sequence[int]) -> Timer:
@@ -82,12 +81,14 @@ class Backend(ABC):
 
     def fingerprint(self) -> dict:
         """This machine's device fingerprint with this backend's settings."""
-        return device_fingerprint(self.provider, self.threads, self.batch_size, self.dtype)
+        return fingerprint_for(self.settings())
 
     def measure_many(self, items: Iterable[tuple[nn.Module, Sequence[int]]]) -> list[TimingStats]:
-        """Time several modules in interleaved rounds (all are prepared first, then timed)."""
+        """Time several modules in interleaved rounds (all are prepared first, then timed under the
+        host's timing lock: CPU timing waits for GPU timing on this host, see ``host_timing_lock``)."""
         timers = [self.prepare(m, s) for m, s in items]
-        return time_interleaved(timers, self.plan)
+        with host_timing_lock(cpu=timed_on_cpu(self.spec)):  # CPU timing never overlaps GPU timing here
+            return time_interleaved(timers, self.plan)
 
     def measure(self, module: nn.Module, input_shape: Sequence[int]) -> TimingStats:
         """Time one module; ``.ms`` is the robust estimate, ``.median_ms`` the median."""
@@ -137,7 +138,7 @@ class OrtBackend(Backend):
     """
 
     def __init__(self, provider: str, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan,
-                 spinning: bool = False, opset: int = 17):
+                 spinning: bool, opset: int):
         super().__init__(batch_size, dtype, DEFAULT_ORT_THREADS if threads is None else int(threads), plan)
         import onnxruntime as ort
 
@@ -157,9 +158,6 @@ class OrtBackend(Backend):
     @property
     def provider(self) -> str:
         return self._provider
-
-    def options(self) -> dict:
-        return {"spinning": self.spinning, "opset": self.opset}
 
     def session_options(self):
         """Full graph optimisation, ``threads`` intra-op threads, sequential execution."""
@@ -201,8 +199,8 @@ class CudaBackend(Backend):
     Whole networks get ``r = 1`` in practice, i.e. the time of one replay of a deployed graph.
     """
 
-    def __init__(self, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan, channels_last: bool = True,
-                 cuda_graph: bool = True, cudnn_benchmark: bool = True, min_graph_us: float = 100.0, device: int = 0):
+    def __init__(self, batch_size: int, dtype: str, threads: int | None, plan: TimingPlan, channels_last: bool,
+                 cuda_graph: bool, cudnn_benchmark: bool, min_graph_us: float, device: int):
         super().__init__(batch_size, dtype, None, plan)
         if not torch.cuda.is_available():
             raise BackendError(f"cuda backend: no CUDA device visible (torch {torch.__version__}, "
@@ -210,14 +208,6 @@ class CudaBackend(Backend):
         self.channels_last, self.cuda_graph = bool(channels_last), bool(cuda_graph)
         self.cudnn_benchmark, self.min_graph_us, self.device = bool(cudnn_benchmark), float(min_graph_us), int(device)
         torch.cuda.set_device(self.device)  # graph capture and events use the current device
-
-    @property
-    def spec(self) -> str:
-        return "cuda"
-
-    def options(self) -> dict:
-        return {"channels_last": self.channels_last, "cuda_graph": self.cuda_graph,
-                "cudnn_benchmark": self.cudnn_benchmark, "min_graph_us": self.min_graph_us, "device": self.device}
 
     def prepare(self, module, input_shape):
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
@@ -275,26 +265,16 @@ def _event_timer(fn, reps: int, dev) -> Timer:
 
 
 def make_backend(spec: str, batch_size: int = 1, dtype: str = "fp32", threads: int | None = None, **opts) -> Backend:
-    """A backend from a spec: ``onnxruntime`` (CPU provider), ``onnxruntime:<Provider>`` or ``cuda``.
+    """A backend from a spec: ``onnxruntime`` (CPU provider), ``onnxruntime:<Provider>``, ``cuda``
+    or any type registered with :func:`latency_tables.register_backend`.
 
     ``opts``: timing-plan fields (``min_rounds``, ``max_rounds``, ``round_ms``, ``tol``, ...) and
-    backend options (onnxruntime: ``spinning``, ``opset``; cuda: ``channels_last``,
-    ``cuda_graph``, ``cudnn_benchmark``, ``min_graph_us``, ``device``).
+    the type's options (onnxruntime: ``spinning``, ``opset``; cuda: ``channels_last``,
+    ``cuda_graph``, ``cudnn_benchmark``, ``min_graph_us``, ``device``), checked by the registry.
     """
-    plan_opts, backend_opts = _plan_from(opts)
-    name, _, provider = str(spec).partition(":")
-    if name == "onnxruntime":
-        cls, args = OrtBackend, (provider or "CPUExecutionProvider",)
-    elif name == "cuda" and not provider:
-        cls, args = CudaBackend, ()
-    else:
-        raise BackendError(f"backend {spec!r}: expected {BACKEND_FORMAT}")
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in _POSITIONAL]
-    unknown = sorted(set(backend_opts) - set(allowed))
-    if unknown:
-        raise BackendError(f"backend {spec!r}: unknown option {unknown[0]!r}: expected one of "
-                           f"{allowed + [f.name for f in fields(TimingPlan)]}")
-    return cls(*args, batch_size, dtype, threads, plan_opts, **backend_opts)
-
-
-_POSITIONAL = ("self", "provider", "batch_size", "dtype", "threads", "plan")
+    bt, variant, plan_opts, backend_opts = check_backend_settings(spec, batch_size, dtype, threads, **opts)
+    plan = TimingPlan(**{k: type(getattr(TimingPlan, k))(v) for k, v in plan_opts.items()})
+    cls = bt.backend_class()
+    backend = cls(*([variant] if bt.variant else []), batch_size, dtype, threads, plan, **backend_opts)
+    backend.backend_type = bt
+    return backend

@@ -9,12 +9,10 @@ import subprocess
 import sys
 from functools import lru_cache
 
-# Fields that change latency, per backend family; a difference in one of them makes a
-# table's numbers describe another machine (other fields are recorded for the record only).
-RELEVANT_FIELDS = {
-    "onnxruntime": ("cpu_model", "cpu_cores", "onnxruntime", "provider", "threads"),
-    "cuda": ("gpu_name", "gpu_driver", "cuda", "torch"),
-}
+from .registry import extra_machine_info, relevant_fields, timed_on_cpu
+
+# The fields that change latency are declared per backend (``register_backend(fingerprint_fields=...)``);
+# a difference in one of them makes a table's numbers describe another machine.
 
 
 # Above this load per core, CPU timings drift: on the 2-core VM at load 3.5-8.5 a net re-measured
@@ -37,9 +35,9 @@ def busy_machine_warning() -> str | None:
 
 
 def warn_if_busy(backend: str) -> None:
-    """Print :func:`busy_machine_warning` to stderr before timing a CPU backend (``onnxruntime...``);
-    a GPU's timings do not depend on the host's other work in the same way."""
-    if backend.startswith("onnxruntime") and (msg := busy_machine_warning()):
+    """Print :func:`busy_machine_warning` to stderr before timing a backend that times on the host
+    CPU (registered ``on_cpu``); a GPU's timings do not depend on the host's other work in the same way."""
+    if timed_on_cpu(backend) and (msg := busy_machine_warning()):
         print(msg, file=sys.stderr)
 
 
@@ -95,12 +93,24 @@ def _machine() -> dict:
     }
 
 
-def device_fingerprint(provider: str | None, threads: int | None, batch_size: int, dtype: str) -> dict:
-    """This machine's fingerprint plus the measurement settings that define a table."""
-    return {**_machine(), "provider": provider, "threads": threads, "batch_size": batch_size, "dtype": dtype}
+def device_fingerprint(provider: str | None, threads: int | None, batch_size: int, dtype: str,
+                       extra: dict | None = None) -> dict:
+    """This machine's fingerprint plus the measurement settings that define a table (and a
+    backend's ``extra`` machine fields)."""
+    return {**_machine(), **(extra or {}), "provider": provider, "threads": threads, "batch_size": batch_size,
+            "dtype": dtype}
 
 
-def fingerprint_differences(recorded: dict, current: dict, family: str) -> list[str]:
-    """Human-readable ``field: recorded -> current`` for each relevant field that differs."""
+def fingerprint_for(settings: dict) -> dict:
+    """This machine's fingerprint for a backend's (or a table's) settings, without building it; the
+    provider field is the spec's variant (onnxruntime's execution provider)."""
+    spec = settings["spec"]
+    return device_fingerprint(spec.partition(":")[2] or None, settings.get("threads"), settings["batch_size"],
+                              settings["dtype"], extra_machine_info(spec))
+
+
+def fingerprint_differences(recorded: dict, current: dict, spec: str) -> list[str]:
+    """Human-readable ``field: recorded -> current`` for each field relevant to backend ``spec``
+    (its registered ``fingerprint_fields``) that differs."""
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
-            for k in RELEVANT_FIELDS.get(family, ()) if recorded.get(k) != current.get(k)]
+            for k in relevant_fields(spec) if recorded.get(k) != current.get(k)]

@@ -159,6 +159,18 @@ class LatencyTable:
         self.path = atomic_write_json(target, self.data)
         return self.path
 
+    def copy_to(self, path: str | Path) -> Path:
+        """Save this table at ``path`` unless a table with the same measurements is there already
+        (that copy, and the validation it records, are kept)."""
+        path = Path(path)
+        if path.exists():
+            try:
+                if LatencyTable.load(path, check_machine=False).measurement_digest() == self.measurement_digest():
+                    return path
+            except TableError:
+                pass  # a broken copy: replaced
+        return self.save(path)
+
     # ---- identity -------------------------------------------------------------------
     @property
     def device(self) -> str:
@@ -177,7 +189,7 @@ class LatencyTable:
 
     @property
     def backend_spec(self) -> str:
-        """``onnxruntime:<Provider>`` or ``cuda``."""
+        """The backend spec (``onnxruntime:<Provider>``, ``cuda`` or a registered one's name)."""
         return self.data["backend"]["spec"]
 
     @property
@@ -215,13 +227,9 @@ class LatencyTable:
 
     def check_machine(self, strict: bool = False) -> list[str]:
         """Compare the recorded fingerprint with this machine's; warn (or raise if ``strict``)."""
-        from .fingerprint import device_fingerprint
+        from .fingerprint import fingerprint_for
 
-        b = self.data["backend"]
-        family, _, provider = b["spec"].partition(":")
-        provider = provider or None
-        diffs = fingerprint_differences(self.fingerprint, device_fingerprint(provider, b.get("threads"),
-                                                                             self.batch_size, self.dtype), family)
+        diffs = fingerprint_differences(self.fingerprint, fingerprint_for(self.backend_settings), self.backend_spec)
         if diffs:
             msg = f"latency table {self._where()} was measured on another machine ({'; '.join(diffs)})"
             if strict:
@@ -257,6 +265,16 @@ class LatencyTable:
     def missing_keys(self, space: SearchSpace | None = None) -> list[str]:
         """Block specs of the space not yet measured."""
         return [s.key for s in (space or self.space).unique_block_specs() if s.key not in self.data["blocks"]]
+
+    def measurement_digest(self) -> str:
+        """A short hash of what was measured and fitted (space, settings, machine, blocks, calibration
+        nets and calibration), not of when the file was saved or its validation: work derived from
+        the table (a validation) is still valid while this is unchanged."""
+        import hashlib
+
+        keys = ("space", "backend", "fingerprint", "blocks", "calibration_nets")
+        blob = {**{k: self.data[k] for k in keys}, "calibration": self.calibration.to_json() if self.calibration else None}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def is_complete(self) -> bool:

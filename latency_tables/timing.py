@@ -14,6 +14,8 @@ median for 75%.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -104,6 +106,41 @@ def scheduling_priority(nice: int) -> Iterator[None]:
         yield
     finally:
         os.setpriority(os.PRIO_PROCESS, 0, old)
+
+
+TIMING_LOCK_ENV = "HWNAS_TIMING_LOCK"
+
+
+def timing_lock_path() -> str:
+    """The host's timing lock file: ``$HWNAS_TIMING_LOCK``, else ``hwnas-timing.lock`` in the temp folder."""
+    return os.environ.get(TIMING_LOCK_ENV) or os.path.join(tempfile.gettempdir(), "hwnas-timing.lock")
+
+
+@contextmanager
+def host_timing_lock(cpu: bool) -> Iterator[None]:
+    """Keep CPU timing apart from GPU timing on this host, across processes (a ``flock`` on
+    :func:`timing_lock_path`): GPU timing holds the lock shared (several GPUs may time at once),
+    CPU timing holds it exclusively, so a CPU chunk waits until no GPU chunk is being timed and
+    none starts during it (a GPU job's host threads would slow the CPU's timings). A plain line on
+    stderr says when it waits. Where file locks are unavailable it does nothing."""
+    try:
+        import fcntl
+
+        fd = os.open(timing_lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    mode = fcntl.LOCK_EX if cpu else fcntl.LOCK_SH
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {'other timing' if cpu else 'CPU timing'} on this host to finish "
+                  f"(lock {timing_lock_path()})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _estimate(samples: list[np.ndarray]) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,10 +37,13 @@ DEFAULT_SEED = 1000  # calibration uses the build seed (0 by default); archs are
 
 def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, out_dir: str | Path = "experiments/results",
                    name: str | None = None, command: str = "", chunk: int = NET_CHUNK, passes: int = DEFAULT_PASSES,
-                   save_table: bool = True) -> dict:
+                   save_table: bool = True, reuse: bool = False) -> dict:
     """Measure ``n`` random subnets (disjoint from the calibration ones) in ``passes`` passes and
     score the table and a FLOPs proxy; writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` to
-    ``out_dir`` and stores the summary in the table. Resumable (a ``.partial.json`` file)."""
+    ``out_dir`` and stores the summary in the table. Resumable: measured passes are kept in a
+    ``.partial.json`` file while the table's measurements are unchanged. With ``reuse``, a
+    validation the table records with the same measurements, ``n``, seed and passes, whose
+    report is in ``out_dir``, is returned without measuring (a resumed ``hwnas run``)."""
     if not table.is_complete:
         raise TableError(f"latency table {table._where()} is incomplete: finish it with `{table.build_command()}`")
     if n < 4:
@@ -51,13 +55,18 @@ def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, 
     name = name or report_name(table)
     archs = sample_archs(space, n, seed, exclude={c["arch"] for c in table.data["calibration_nets"]})
     state_path = out_dir / f".{name}.partial.json"
-    ident = {"table_updated": table.data["updated"], "n": n, "seed": seed}
+    ident = {"table": table.measurement_digest(), "n": n, "seed": seed, "passes": passes}
+    done_before = table.data.get("validation") or {}
+    if reuse and done_before.get("ident") == ident and (out_dir / f"{name}.md").exists():
+        print(f"{table.device}: validation of {n} subnets finished earlier ({done_before['date']}): kept",
+              file=sys.stderr, flush=True)
+        return done_before
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("ident") != ident:
         state = {"ident": ident, "done": {}}
     t0 = time.time()
     measure_passes(table.make_backend(), space, archs, passes, state["done"],
-                   lambda: atomic_write_json(state_path, state), chunk, desc="validation nets")
+                   lambda: atomic_write_json(state_path, state), chunk, desc=f"{table.device}: validation nets")
     seconds = time.time() - t0
 
     runs = [[TimingStats.from_json(st) for st in state["done"][str(a)][:passes]] for a in archs]
@@ -76,7 +85,7 @@ def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, 
         "repeatability_median": repeatability([r[0].median_ms for r in runs], [r[1].median_ms for r in runs]),
         "targets": {"within_10": TARGET_WITHIN_10, "kendall_tau": TARGET_TAU,
                     "met": bool(scores["table"]["within_10"] >= TARGET_WITHIN_10 and scores["table"]["kendall_tau"] >= TARGET_TAU)},
-        "files": {k: f"{name}.{k}" for k in ("md", "csv", "png")},
+        "files": {k: f"{name}.{k}" for k in ("md", "csv", "png")}, "ident": ident,
     }
     summary["advice"] = advice(summary)
     _write_csv(out_dir / f"{name}.csv", _csv_rows(archs, flops, measured, runs, preds))

@@ -124,14 +124,22 @@ class Predictor:
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the predicted accuracy of each row of ``X``."""
-        if not self.fitted:
-            raise PredictorError(f"{self.kind} predictor is not fitted: call fit(X, y) or load a saved one")
+        self._require_fitted()
         X = self._check_X(X)
         if X.shape[0] == 0:
             return np.zeros(0), np.zeros(0)
+        return inverse_target(*self._predict(self._standardised(X)), self._scalers)
+
+    def predict_transformed(self, X: np.ndarray) -> np.ndarray:
+        """The predicted mean in the fitted target's units (a monotone map of accuracy, so it ranks
+        as :meth:`predict` does; means of several kinds average here, as the blend does)."""
+        return self._predict(self._standardised(self._check_X(X)))[0]
+
+    def _standardised(self, X: np.ndarray) -> np.ndarray:
+        """Standardised features of checked encodings ``X``."""
+        self._require_fitted()
         s = self._scalers
-        F = (make_features(self.space, X, self.features).astype(np.float64) - s["f_mean"]) / s["f_std"]
-        return inverse_target(*self._predict(F), s)
+        return (make_features(self.space, X, self.features).astype(np.float64) - s["f_mean"]) / s["f_std"]
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         """Write the fitted predictor atomically (``meta`` is merged into :attr:`meta`)."""
@@ -147,6 +155,10 @@ class Predictor:
         return atomic_torch_save(blob, path)
 
     # ---- helpers ---------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise PredictorError(f"{self.kind} predictor is not fitted: call fit(X, y) or load a saved one")
+
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         width = self._width

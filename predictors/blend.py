@@ -21,6 +21,11 @@ class BlendPredictor(Predictor):
     def default_hparams(cls) -> dict:
         return {"members": {"mlp": {}, "gbt": {}, "gp": {}}}
 
+    @classmethod
+    def members_of(cls, hparams: dict) -> dict[str, dict]:
+        """The member kinds and their hyper-parameters (model selection scores a blend from them)."""
+        return dict(hparams["members"])
+
     def _members(self) -> list[Predictor]:
         members, kinds = self.hparams["members"], predictor_kinds()
         bad = [k for k in members if k not in kinds or k == self.kind] if isinstance(members, dict) else members

@@ -11,7 +11,7 @@ import yaml
 
 from hwnas.baselines import BaselineError, make_baseline
 from hwnas.cli import main
-from hwnas.cli.supernet import load_for_space
+from hwnas.data_wiring import load_for_space
 from hwnas.export import read_metadata
 from hwnas.final_stage import Candidate, FinalStage, choose_archs, pick_ranking_archs, ranking_summary, run_final
 from hwnas.final_training import evaluate_model, plain_config, train_model

@@ -363,3 +363,29 @@ def test_busy_machine_is_warned_about_before_cpu_timing(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
     warn_if_busy("onnxruntime")
     assert capsys.readouterr().err.strip() == msg
+
+
+def test_cpu_timing_waits_for_gpu_timing_on_the_host(tmp_path, monkeypatch, capsys):
+    """GPU timing holds the host's timing lock shared, CPU timing exclusively: a CPU chunk starts
+    only once no GPU chunk is being timed (another process would hold it the same way)."""
+    import threading
+
+    from latency_tables.timing import host_timing_lock
+
+    monkeypatch.setenv("HWNAS_TIMING_LOCK", str(tmp_path / "timing.lock"))
+    events, gpu_in = [], threading.Event()
+
+    def gpu_job():
+        with host_timing_lock(cpu=False), host_timing_lock(cpu=False):  # two GPUs may time at once
+            gpu_in.set()
+            time.sleep(0.4)
+            events.append("gpu done")
+
+    t = threading.Thread(target=gpu_job)
+    t.start()
+    gpu_in.wait()
+    with host_timing_lock(cpu=True):
+        events.append("cpu timing")
+    t.join()
+    assert events == ["gpu done", "cpu timing"]
+    assert "waiting for other timing on this host" in capsys.readouterr().err

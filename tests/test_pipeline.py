@@ -281,3 +281,49 @@ def test_export_follows_the_final_stage_choice(tmp_path):
     assert entries[0]["accuracy"] == {"measured": 0.6, "standalone_test": 0.79}
     assert entries[1]["accuracy"] == {"predicted": 0.9, "standalone_test": 0.71}
     assert entries[0]["final"]["weights"].endswith("models/k2.pt")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_latency_stage_resumes_without_redoing_work(tmp_path, monkeypatch, capsys):
+    """The latency stage killed mid-build, then mid-validation, resumes where it stopped; once
+    finished it measures nothing again, validation included; progress shows as plain log lines."""
+    from hwnas.pipeline import Pipeline
+    from latency_tables.backends import Backend
+
+    fast = dict(min_rounds=2, max_rounds=3, round_ms=0.3, warmup_ms=1.0, min_runs_per_round=2)
+    run = {**TINY_RUN, "latency": {"devices": [{"name": "cpu", "backend": "onnxruntime", "options": fast}],
+                                   "calibration": 6, "validate": 6}}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run))
+    calls, die_at, real = [], [None], Backend.measure_many
+
+    def spy(self, items):
+        items = list(items)
+        if len(calls) == die_at[0]:
+            raise Killed
+        calls.append(len(items))
+        return real(self, items)
+
+    monkeypatch.setattr(Backend, "measure_many", spy)
+    pipe = Pipeline(cfg, tmp_path / "run")
+    block_calls = -(-len(pipe.space.unique_block_specs()) // 40)
+
+    def latency(die):
+        calls.clear()
+        die_at[0] = die
+        return Pipeline(cfg, tmp_path / "run").latency()
+
+    with pytest.raises(Killed):  # blocks and the first calibration pass done
+        latency(block_calls + 1)
+    with pytest.raises(Killed):  # calibration passes 2 and 3, validation pass 1
+        latency(3)
+    assert calls == [6, 6, 6]
+    summary = latency(None)
+    assert calls == [6, 6]  # only validation passes 2 and 3
+    assert summary["cpu"]["blocks"] == len(pipe.space.unique_block_specs())
+    assert latency(None) == summary and calls == []  # finished: nothing measured again
+    err = capsys.readouterr().err
+    assert "cpu: validation nets, pass 2/3: 6/6" in err and "finished earlier" in err

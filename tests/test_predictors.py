@@ -199,6 +199,31 @@ def test_select_predictor_prefers_better_ranking(cifar, synthetic):
     assert scores["gp"] > 0.85 > scores["two-stumps"]
 
 
+def test_select_kind_scores_the_blend_from_its_members_and_stops_hopeless_ones(cifar, synthetic):
+    """`--model auto`'s selection: the blend's fold tau from its members' predictions equals the
+    tau of the blend fitted on its own; a candidate far behind stops after one fold."""
+    from predictors.selection import auto_plan, select_kind
+
+    X, y = synthetic
+    X, y = X[:150], y[:150]
+    members = {"gp": {}, "gbt": {"members": 1, "n_estimators": 50}}
+    plan = {"blend": {"members": members}, "gp": {}, "gbt": {"members": 1, "n_estimators": 2, "max_depth": 1}}
+    fits = []
+
+    def make(kind, hp):
+        fits.append(kind)
+        return make_predictor(kind, cifar, **hp)
+
+    best, scores, ran = select_kind(X, y, plan, make, k=3)
+    old = select_predictor(X, y, {"blend": lambda: make_predictor("blend", cifar, members=members)}, k=3)[1]
+    assert scores["blend"] == pytest.approx(old["blend"], abs=1e-9)
+    assert ran["blend"] == 3 and ran["gbt"] == 1 and best == max(scores, key=scores.get)  # two stumps: hopeless
+    assert fits.count("gp") == 3  # one gp fit per fold serves the blend and gp (fold 1), none twice
+    assert auto_plan(999, ["gbt", "blend"]) == (5, {"gbt": {}, "blend": {"members": {"mlp": {}, "gbt": {}, "gp": {}}}})
+    folds, large = auto_plan(1500, ["gbt", "blend"])
+    assert folds == 3 and large["gbt"]["n_estimators"] == large["blend"]["members"]["gbt"]["n_estimators"] == 300
+
+
 def test_rank_metrics_known_values():
     y = np.array([0.1, 0.2, 0.3, 0.4])
     assert rank_metrics(y, y) == {"kendall_tau": 1.0, "spearman": 1.0, "rmse": 0.0, "n": 4}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 
 from hwnas.cli import main
-from hwnas.cli.supernet import epoch_batches, load_for_space
+from hwnas.data_wiring import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet, load_supernet
 from search_space.checkpoint import read_checkpoint
 from search_space.evaluation import fit_resolution

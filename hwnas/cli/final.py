@@ -81,7 +81,7 @@ def timing_device(name: str, table) -> dict:
 def _final(args) -> int:
     import torch
 
-    from hwnas.cli.supernet import load_for_space
+    from hwnas.data_wiring import load_for_space
     from hwnas.final_stage import FinalStage, run_final
     from hwnas.final_training import plain_config
     from search_space import SearchSpace

@@ -41,18 +41,22 @@ def _add_table_arg(p: argparse.ArgumentParser, flag: bool = True) -> None:
 
 def register(sub) -> None:
     """Add ``hwnas latency ...``."""
-    cmds = command_group(sub, "latency", description="Per-block latency tables measured on a device (ONNX Runtime "
-                         "or CUDA), calibrated on whole networks.")
+    cmds = command_group(sub, "latency", description="Per-block latency tables measured on a device (ONNX Runtime, "
+                         "CUDA or a registered backend), calibrated on whole networks.")
 
     b = cmds.add_parser("build", help="measure every block of a space (resumable), then calibrate",
                         description="Measure every unique block spec of the space, then whole calibration "
                         "networks, and write the table. Re-running the same command resumes.")
+    from latency_tables.registry import DTYPE_NAMES, PLUGINS_ENV, backend_format, options_help
+
     add_space_arg(b)
     b.add_argument("--backend", default="onnxruntime",
-                   help="onnxruntime (CPU provider), onnxruntime:<ProviderName> or cuda (default: onnxruntime)")
+                   help=f"{backend_format(load_plugins=False)}, or a backend registered by a module named in "
+                   f"{PLUGINS_ENV} (default: onnxruntime, its CPU provider)")
     b.add_argument("--batch-size", type=int, default=1, help="batch size to time at (default 1)")
-    b.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="default fp32")
-    b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default 1)")
+    b.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="default fp32 (the backend says which it times)")
+    b.add_argument("--threads", type=int, default=None, help="intra-op threads of backends that take them "
+                   "(onnxruntime: default 1)")
     b.add_argument("--device-name", default=None, help="short device label stored in the table (default: cpu, "
                    "or <gpu>-b<batch>)")
     b.add_argument("--calibration-nets", type=int, default=100, help="whole networks measured to fit the "
@@ -61,8 +65,7 @@ def register(sub) -> None:
     b.add_argument("--passes", type=int, default=3, help="passes over the calibration networks; each net's "
                    "latency is its fastest pass (default 3)")
     b.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="backend or timing option, repeatable: spinning, opset (onnxruntime); channels_last, "
-                   "cuda_graph, cudnn_benchmark, min_graph_us (cuda); min_rounds, max_rounds, round_ms, tol, nice "
+                   help=f"backend or timing option, repeatable: {options_help()}; min_rounds, max_rounds, round_ms, tol, nice "
                    "(scheduling priority while timing, e.g. nice=-15 as root: less preemption by other processes)")
     b.add_argument("--out", required=True, help="table file to write (e.g. latency_tables/tables/NAME.json)")
     b.set_defaults(func=_build)

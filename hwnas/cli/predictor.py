@@ -11,35 +11,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import torch
-
-from hwnas.cli.supernet import calibration_batches, load_for_space, split_batches
-from hwnas.datasets import DatasetBundle, Split
 from predictors import (DEFAULT_FEATURES, DEFAULT_TARGET, FEATURE_RECIPES, PREDICTORS, TARGET_TRANSFORMS,
-                        AccuracyDataset, Predictor, build_accuracy_dataset, load_predictor, make_predictor,
-                        plot_predicted_vs_measured, rank_metrics, select_predictor)
-from search_space import Arch, UserError, checkpoint_hash, load_supernet
-from search_space.train_dist import resolve_device
+                        AccuracyDataset, Predictor, load_predictor, make_predictor,
+                        plot_predicted_vs_measured, rank_metrics)
+from predictors.selection import auto_plan, select_kind
+from search_space import UserError
 from hwnas.cli._group import command_group
-
-SPLITS = ("val", "test")
-
-
-def add_measurement_args(p, calib_batches: int = 20, calib_batch_size: int = 256, eval_batch_size: int = 1000) -> None:
-    """Options of one subnet accuracy measurement (BN recalibration, then evaluation); experiment
-    scripts pass their own defaults."""
-    p.add_argument("--calib-batches", type=int, default=calib_batches,
-                   help=f"training batches for BN recalibration (default {calib_batches})")
-    p.add_argument("--calib-batch-size", type=int, default=calib_batch_size,
-                   help=f"batch size of BN recalibration (default {calib_batch_size})")
-    p.add_argument("--eval-batch-size", type=int, default=eval_batch_size,
-                   help=f"batch size of evaluation (default {eval_batch_size})")
-    p.add_argument("--eval-limit", type=int, default=None,
-                   help="measure on a fixed random subset of this many images of the split (default: all)")
-
+from hwnas.accuracy import SPLITS, measure_accuracy_dataset, random_subset  # noqa: F401  (experiments use the library)
+from hwnas.arguments import add_measurement_args
 
 def register(sub) -> None:
     """Add ``hwnas predictor dataset|fit|eval``."""
@@ -86,7 +66,8 @@ def register(sub) -> None:
     fit.add_argument("--target", default=DEFAULT_TARGET, choices=TARGET_TRANSFORMS,
                      help=f"what the models fit (predictors/targets.py; default {DEFAULT_TARGET}): standardised "
                      "accuracy, or the normal quantile of its rank (rank_gauss)")
-    fit.add_argument("--folds", type=int, default=5, help="folds of the auto selection (default 5)")
+    fit.add_argument("--folds", type=int, default=None, help="folds of the auto selection (default 5, or 3 from "
+                     "1,000 subnets on)")
     fit.add_argument("--candidates", default=",".join(sorted(PREDICTORS)),
                      help=f"comma-separated kinds auto selects among (default {','.join(sorted(PREDICTORS))})")
     fit.add_argument("--seed", type=int, default=0, help="seed of the predictor and the folds (default 0)")
@@ -102,72 +83,7 @@ def register(sub) -> None:
     ev.set_defaults(func=_eval)
 
 
-def _positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
-
-
 # ----------------------------------------------------------------------------- dataset
-
-
-def random_subset(split: Split, limit: int | None, seed: int) -> Split:
-    """A fixed random subset of ``limit`` samples (splits are sorted by class, so a prefix
-    would measure a few classes only); the whole split when ``limit`` is None or larger."""
-    if limit is None or limit >= len(split):
-        return split
-    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit])).to(split.x.device)
-    return Split(split.x[idx], split.y[idx])
-
-
-def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], out: str | Path, *,
-                             dataset: str | None = None, data: str | None = None,
-                             device: str | torch.device = "auto", split: str = "val", seed: int = 0,
-                             measure_seed: int = 0, calib_batches: int = 20, calib_batch_size: int = 256,
-                             eval_batch_size: int = 1000, eval_limit: int | None = None,
-                             time_budget_s: float | None = None, channels_last: bool | None = None,
-                             progress: bool = True, bundle: DatasetBundle | None = None,
-                             extremes: bool = True) -> AccuracyDataset:
-    """Measure ``n`` spread-sampled subnets (or the archs given) of ``checkpoint`` on ``split`` of
-    its dataset (or the one named) and store them in ``out`` (resumable). ``seed`` picks the
-    sample; ``measure_seed`` the calibration images and the eval subset (a measurement setting,
-    recorded in the file's header). On CUDA, calibration and evaluation run under bf16 autocast.
-    ``channels_last`` (default: on CUDA only, as training does) sets the memory layout.
-    ``bundle`` (already on ``device``) skips loading the dataset again. ``extremes`` puts the
-    space's corner archs among the ``n`` (off for a held-out set drawn beside a fit set)."""
-    for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
-                          (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
-                          (eval_limit, "--eval-limit")):
-        _positive(value, option)
-    if split not in SPLITS:
-        raise UserError(f"split {split!r} is invalid; expected one of {list(SPLITS)}")
-    device = resolve_device(device)
-    cuda = device.type == "cuda"
-    supernet, blob = load_supernet(checkpoint)
-    meta = blob.get("meta", {})
-    dataset = dataset or meta.get("dataset")
-    if dataset is None:
-        raise UserError(f"checkpoint {str(checkpoint)!r} does not record its dataset; expected --dataset")
-    data = data or (meta.get("data") if dataset == meta.get("dataset") else None)
-    space = supernet.space
-    # The split seed and fraction of training, so that 'val' holds images training never saw.
-    if bundle is None:
-        bundle = load_for_space(dataset, data, space, seed=meta.get("split_seed", 0),
-                                val_fraction=meta.get("val_fraction", 0.1), device=device)
-    eval_split = random_subset(getattr(bundle, split), eval_limit, measure_seed)
-    if channels_last is None:
-        channels_last = cuda
-    fmt = torch.channels_last if channels_last else torch.preserve_format
-    supernet.to(device, memory_format=fmt)
-    settings = {"calib_batch_size": calib_batch_size, "eval_samples": len(eval_split), "measure_seed": measure_seed,
-                "split_seed": meta.get("split_seed", 0), "val_fraction": meta.get("val_fraction", 0.1)}
-    autocast = torch.bfloat16 if cuda else None
-    # The outer autocast covers BN recalibration too (evaluate_archs autocasts only the scoring).
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        return build_accuracy_dataset(
-            supernet, space, n, calibration_batches(bundle, calib_batch_size, device, measure_seed),
-            split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
-            dataset=dataset, split=split, num_calib_batches=calib_batches, autocast_dtype=autocast,
-            settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress, extremes=extremes)
 
 
 def _dataset(args) -> int:
@@ -196,26 +112,31 @@ def _dataset(args) -> int:
 # ----------------------------------------------------------------------------- fit
 
 
-def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES, folds: int = 5,
-                  seed: int = 0, candidates: list[str] | None = None,
+def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES,
+                  folds: int | None = None, seed: int = 0, candidates: list[str] | None = None,
                   target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
     """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
-    (default: every kind) by ``folds``-fold Kendall tau, and also returns their scores."""
+    (default: every kind) by k-fold Kendall tau (``folds``, default 5, or 3 from 1,000 samples on,
+    with cheaper stand-ins and early stops: :func:`predictors.selection.select_kind`), and also
+    returns their scores."""
     space = data.space()
     X, y = data.arrays(space)
-    scores = None
+    scores, hparams, meta = None, {}, {}
     if model == "auto":
         kinds = candidates or sorted(PREDICTORS)
         unknown = [k for k in kinds if k not in PREDICTORS]
         if unknown:
             raise UserError(f"candidate kind {unknown[0]!r} is unknown; expected some of {sorted(PREDICTORS)}")
-        candidates = {kind: (lambda kind=kind: make_predictor(kind, space, features=features, seed=seed,
-                                                              target=target))
-                      for kind in kinds}
-        model, scores = select_predictor(X, y, candidates, k=folds, seed=seed)
-    predictor = make_predictor(model, space, features=features, seed=seed, target=target).fit(X, y)
+        folds, plan = auto_plan(len(y), kinds, folds)
+
+        def make(kind: str, hp: dict) -> Predictor:
+            return make_predictor(kind, space, features=features, seed=seed, target=target, **hp)
+
+        model, scores, ran = select_kind(X, y, plan, make, k=folds, seed=seed)
+        hparams, meta = plan[model], {"selection_folds": folds, "selection_folds_run": ran}
+    predictor = make_predictor(model, space, features=features, seed=seed, target=target, **hparams).fit(X, y)
     predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
-                           "n_train": len(y), "selection_kendall_tau": scores})
+                           "n_train": len(y), "selection_kendall_tau": scores, **meta})
     return predictor, scores
 
 
@@ -226,7 +147,10 @@ def _fit(args) -> int:
     predictor, scores = fit_predictor(data, args.model, features=args.features, folds=args.folds, seed=args.seed,
                                       candidates=candidates, target=args.target)
     if scores:
-        print(f"{args.folds}-fold Kendall tau: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        ran = predictor.meta["selection_folds_run"]
+        print(f"{predictor.meta['selection_folds']}-fold Kendall tau: " + "  ".join(
+            f"{k} {v:.4f}" + (f" (stopped after {ran[k]})" if ran[k] < predictor.meta["selection_folds"] else "")
+            for k, v in scores.items()))
     predictor.save(args.out, {"data": str(args.data)})
     print(f"fitted {predictor.kind} ({predictor.features} features, {predictor.target} target) on {len(data)} "
           f"subnets in {time.monotonic() - start:.1f} s -> {args.out}")

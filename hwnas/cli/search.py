@@ -146,7 +146,7 @@ class CheckpointAccuracy:
         self.calib_batches, self.calib_batch_size = calib_batches, calib_batch_size
 
     def __call__(self, archs):
-        from hwnas.cli.predictor import measure_accuracy_dataset
+        from hwnas.accuracy import measure_accuracy_dataset
 
         ds = measure_accuracy_dataset(self.checkpoint, list(archs), self.out, dataset=self.dataset, data=self.data,
                                       device=self.device, eval_limit=self.eval_limit, calib_batches=self.calib_batches,

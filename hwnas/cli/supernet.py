@@ -1,7 +1,8 @@
 """``hwnas supernet``: train a weight-sharing supernet on a dataset, evaluate one of its subnets.
 
-The helpers that wire :mod:`hwnas.datasets` to :mod:`search_space.training` are public so that
-experiment scripts train exactly as the command does.
+The helpers that wire :mod:`hwnas.datasets` to :mod:`search_space.training` live in
+:mod:`hwnas.data_wiring`, the shared options in :mod:`hwnas.arguments`, so that experiment
+scripts train exactly as the command does.
 """
 
 from __future__ import annotations
@@ -10,41 +11,24 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 from hwnas.cli.space import add_space_arg
-from hwnas.datasets import AUGMENTATIONS, DatasetBundle, DatasetError, Split, iterate_batches, load_dataset
+from hwnas.datasets import AUGMENTATIONS, DatasetBundle
 from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
-from search_space.evaluation import Batches, evaluate_archs
+from search_space.evaluation import evaluate_archs
 from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
 from search_space.checkpoint import read_checkpoint
 from search_space.train_plan import plan_epochs
-from search_space.training import (STUDENT_RULES, EpochBatches, TrainConfig, saved_config, subnet_evaluator,
+from search_space.training import (STUDENT_RULES, TrainConfig, saved_config, subnet_evaluator,
                                    train_supernet)
 from hwnas.cli._group import command_group
+from hwnas.arguments import add_recipe_args, recipe_kwargs  # noqa: F401  (the command's options; experiments share them)
+from hwnas.data_wiring import (calibration_batches, epoch_batches, load_for_space, probe_batches,  # noqa: F401
+                               split_batches)
 
 CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
-
-
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """Loss and schedule options, shared with experiments/train_cifar_gpu.py (see :func:`recipe_kwargs`)."""
-    p.add_argument("--label-smoothing", type=float, default=0.1, metavar="S",
-                   help="label smoothing of the largest subnet's loss (default 0.1)")
-    p.add_argument("--logit-scale", type=float, default=1.0, metavar="S",
-                   help="multiply logits by S before every loss; ResNet-9's 1/8 was worth 0.8 points on "
-                   "JPEG-CIFAR-10 (default 1: off; predictions and exports are unaffected)")
-    p.add_argument("--warmup-fraction", type=float, default=0.05, metavar="F",
-                   help="linear warm-up over this fraction of all steps (default 0.05)")
-    p.add_argument("--grad-clip", type=float, default=5.0, metavar="N",
-                   help="clip the gradient norm at N; 0 = off (default 5)")
-
-
-def recipe_kwargs(args: argparse.Namespace) -> dict:
-    """The :class:`TrainConfig` keywords of :func:`add_recipe_args`' options (``--grad-clip 0``: off)."""
-    return dict(label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
-                warmup_fraction=args.warmup_fraction, grad_clip=args.grad_clip or None)
 
 
 def register(sub) -> None:
@@ -115,58 +99,6 @@ def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None) -> N
     p.add_argument("--eval-batch-size", type=int, default=256, help="batch size for BN recalibration and "
                    "evaluation (default 256)")
     p.add_argument("--calib-batches", type=int, default=20, help="training batches for BN recalibration (default 20)")
-
-
-# ----------------------------------------------------------------------------- data wiring
-
-
-def load_for_space(dataset: str, data: str | None, space: SearchSpace, *, seed: int = 0,
-                   val_fraction: float = 0.1, device: torch.device | str = "cpu") -> DatasetBundle:
-    """Load ``dataset`` onto ``device``, checking its channels and classes fit ``space``."""
-    bundle = load_dataset(dataset, data, val_fraction=val_fraction, seed=seed)
-    cfg = space.config
-    if (bundle.in_channels, bundle.num_classes) != (cfg.in_channels, cfg.num_classes):
-        raise DatasetError(f"dataset {dataset!r} has {bundle.in_channels}-channel images and {bundle.num_classes} "
-                           f"classes; space {space.name!r} expects {cfg.in_channels} channels and "
-                           f"{cfg.num_classes} classes")
-    return bundle.to(device)
-
-
-def epoch_batches(bundle: DatasetBundle, batch_size: int, seed: int, device: torch.device,
-                  augment: str | None = None) -> EpochBatches:
-    """Shuffled, augmented training batches; epoch ``e``'s order depends only on (seed, e), so a
-    resumed run sees the same data as an uninterrupted one. ``augment`` replaces the dataset's
-    own augmentation (one of ``hwnas.datasets.AUGMENTATIONS``) for these batches only: BN
-    recalibration keeps the dataset's, whose statistics match the test images better."""
-    if augment is not None:
-        if augment not in AUGMENTATIONS:
-            raise UserError(f"augment {augment!r} is unknown; expected one of {', '.join(AUGMENTATIONS)}")
-        bundle = dataclasses.replace(bundle, augment=augment)
-
-    def batches(epoch: int):
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-        return iterate_batches(bundle.train, bundle, batch_size, train=True, generator=gen, device=device)
-
-    return batches
-
-
-def probe_batches(bundle: DatasetBundle, config: TrainConfig, device: torch.device) -> Iterable[tuple]:
-    """Training batches for timing probes (search_space.train_plan), as many as asked for: further
-    shuffled passes when one epoch is not enough, seeded apart from the run's own epochs."""
-    for seed in range(config.seed + 1, config.seed + 1_000):
-        yield from epoch_batches(bundle, config.batch_size, seed, device, config.augment)(0)
-
-
-def calibration_batches(bundle: DatasetBundle, batch_size: int, device: torch.device, seed: int = 0) -> Batches:
-    """Shuffled, augmented training batches for BN recalibration, the same on every call (the
-    training set is sorted by class, so unshuffled batches would give one-class statistics)."""
-    return lambda: iterate_batches(bundle.train, bundle, min(batch_size, len(bundle.train)), train=True,
-                                   generator=torch.Generator(device=device).manual_seed(seed), device=device)
-
-
-def split_batches(split: Split, bundle: DatasetBundle, batch_size: int) -> Batches:
-    """Every sample of ``split`` in order, without augmentation."""
-    return lambda: iterate_batches(split, bundle, batch_size, train=False)
 
 
 def parse_arch(space: SearchSpace, text: str) -> Arch:
