@@ -182,7 +182,7 @@ def test_final_with_a_checkpoint_keeps_the_supernets_train_val_split(tmp_path, m
         seeds.append(seed)
         raise RuntimeError("stop after the split")
 
-    monkeypatch.setattr("hwnas.cli.supernet.load_for_space", spy)
+    monkeypatch.setattr("hwnas.data_wiring.load_for_space", spy)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(TINY_RUN["space"]))
     front = tmp_path / "pareto_cpu.json"
