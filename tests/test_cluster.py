@@ -203,7 +203,7 @@ def cluster():
     nodes = {d: c.add_node(num_cpus=2, resources={f"device:{d}": 1}, **small) for d in ("a", "b")}
     c.wait_for_nodes()
     c.connect()
-    yield {d: n.node_id for d, n in nodes.items()}
+    yield {**{d: n.node_id for d, n in nodes.items()}, "address": c.address}
     ray.shutdown()
     c.shutdown()
 
@@ -270,3 +270,77 @@ def test_a_ray_address_with_nothing_there_fails_in_seconds(address, needle, caps
     err = capsys.readouterr().err
     assert time.monotonic() - start < 15  # checked before anything is loaded, and without waiting on Ray
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- the whole pipeline on the cluster ------------------------------------------------------------
+
+def cluster_run_config(tmp_path, storage=None, devices=("a", "b")):
+    """The tests' tiny digits run, one CPU device per device node, searched by 2 workers."""
+    import yaml
+
+    from test_pipeline import TINY_RUN
+
+    run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": [
+               {"name": d, "backend": "onnxruntime", "threads": 1} for d in devices]},
+           "search": {**TINY_RUN["search"], "trials": 120, "budgets": {}},
+           "final": {**TINY_RUN["final"], "epochs": 0},
+           "cluster": {"workers": 2, "storage": storage, "shards": 2}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def test_pipeline_on_the_cluster_builds_tables_on_their_nodes(cluster, pg_env, tmp_path, capsys):
+    """hwnas run --ray-address: each device's table is built and validated on the node that owns
+    it, the accuracy datasets are measured in shards, the search runs 2 workers on PostgreSQL;
+    everything lands in the driver's run folder, with the report of a local run."""
+    from hwnas.cli import main
+    from hwnas.cluster import measure_accuracy_on_cluster
+    from hwnas.pipeline import Pipeline
+    from predictors import AccuracyDataset
+
+    out = tmp_path / "run"
+    config = cluster_run_config(tmp_path, storage=pg_env.url)
+    assert main(["run", "--config", str(config), "--out", str(out), "--ray-address", cluster["address"]]) == 0, \
+        capsys.readouterr().err
+    printed = capsys.readouterr()
+    summary = json.loads((out / "manifest.json").read_text())["latency"]["summary"]
+    for d in ("a", "b"):  # measured where the device is, recorded in the table and the manifest
+        table = json.loads((out / "tables" / f"{d}.json").read_text())
+        assert table["build"]["node"]["node_id"] == cluster[d] == summary[d]["node"]["node_id"]
+        assert table["validation"]["n"] == 6 and (out / "tables" / f"{d}_validation.md").exists()
+    fit = AccuracyDataset.load(out / "predictor" / "accuracy_fit.jsonl")
+    assert len(fit) == 30 and len({r["arch"] for r in fit.records}) == 30
+    assert len(AccuracyDataset.load(out / "predictor" / "accuracy_holdout.jsonl")) == 10
+    storage = open_storage(pg_env.url)
+    studies = [s for s in optuna.get_all_study_names(storage) if s.startswith("hwnas-tiny-")]
+    assert len(studies) == 1
+    completed(optuna.load_study(study_name=studies[0], storage=storage), 120)
+    report = (out / "report.md").read_text()
+    assert "## Device `a`" in report and "## Device `b`" in report and "Built and validated on Ray nodes" in report
+    for path in out.rglob("*"):  # the database password reaches no output
+        if path.is_file() and path.suffix in (".json", ".md", ".jsonl", ".csv"):
+            assert pg_env.password not in path.read_text(), path
+    assert pg_env.password not in printed.out + printed.err
+    # resumable accuracy: records of finished shards are kept, only the missing ones measured again
+    path = out / "predictor" / "accuracy_fit.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-5]) + "\n")
+    pipeline = Pipeline(config, out)
+    settings = {k: pipeline.cfg["predictor"][k] for k in ("calib_batches", "calib_batch_size", "eval_batch_size")}
+    assert measure_accuracy_on_cluster(pipeline.space, out / "supernet" / "supernet.pt", 30, path, seed=0,
+                                       extremes=True, gpu=False, settings=settings, shards=2) == 5
+    again = AccuracyDataset.load(path)
+    assert again.records[:25] == fit.records[:25] and {r["arch"] for r in again.records} == {r["arch"] for r in fit.records}
+
+
+def test_pipeline_refuses_a_device_no_node_owns_before_training(cluster, tmp_path, capsys):
+    from hwnas.cli import main
+
+    start = time.monotonic()
+    rc = main(["run", "--config", str(cluster_run_config(tmp_path, devices=("a", "c"))), "--out", str(tmp_path / "run"),
+               "--ray-address", cluster["address"]])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "latency device 'c' needs Ray resource 'device:c': 1, which no node of the cluster has" in err
+    assert not (tmp_path / "run" / "supernet").exists() and time.monotonic() - start < 20

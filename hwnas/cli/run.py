@@ -19,13 +19,18 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     p.add_argument("--from", dest="redo_from", choices=STAGES, help="redo this stage and every later one")
     p.add_argument("--until", choices=STAGES, help="stop after this stage (split a run over several sessions)")
+    p.add_argument("--ray-address", default=None,
+                   help="run on this Ray cluster (HOST:6379, ray://HOST:10001 or auto; default: the config's "
+                        "cluster.ray_address): each device's table is built on the node started with "
+                        "--resources='{\"device:NAME\": 1}', the accuracy datasets in shards, the search with "
+                        "cluster.workers workers on cluster.storage")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from hwnas.run_report import console_summary
 
-    pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
+    pipeline = Pipeline(args.config, args.out, args.redo_from, args.until, args.ray_address)
     result = pipeline.run()
     print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")
     return 0
