@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -64,8 +65,11 @@ def _table_task(space, device: dict, latency: dict, seed: int, scratch: str) -> 
     the validation summary and the node."""
     from hwnas.pipeline import build_and_validate
 
+    wall, cpu = time.perf_counter(), time.process_time()
     folder = _scratch(scratch)
     summary = build_and_validate(space, device, latency, seed, folder)
+    # the task's own time: CPU seconds well below wall seconds say that the node's cores were shared
+    summary.update(task_seconds=round(time.perf_counter() - wall, 2), task_cpu_seconds=round(time.process_time() - cpu, 2))
     table = folder / f"{device['name']}.json"
     data = json.loads(table.read_text())
     data["build"]["node"] = node_info()  # where the table was measured, for the run's record
@@ -112,6 +116,28 @@ def build_tables_on_cluster(space, devices: Sequence[dict], latency: dict, seed:
         atomic_write_json(record, {"key": key, "files": sorted(out["files"]), "summary": summary})
         results[d["name"]] = summary
     return results
+
+
+def _time_task(device: dict, items: list) -> list:
+    """Ray task: time ``items`` (model, input shape) with ``device``'s backend on this node."""
+    from latency_tables import make_backend
+
+    backend = make_backend(device["backend"], batch_size=device["batch_size"], dtype=device["dtype"],
+                           threads=device["threads"])
+    return backend.measure_many(items)
+
+
+def time_models(device: dict, items: list) -> list:
+    """Time ``items`` (model, input shape) on the node owning ``device``, as
+    ``backend.measure_many`` does on this machine; returns their timing statistics."""
+    ray = _ray()
+    require_resources(f"latency device {device['name']!r}", {DEVICE_PREFIX + device["name"]: 1})
+    task = ray.remote(_time_task).options(**task_options({"CPU": 1, DEVICE_PREFIX + device["name"]: 1}),
+                                          max_retries=TASK_RETRIES, name=f"hwnas final timing {device['name']}")
+    try:
+        return ray.get(task.remote(device, items))
+    except Exception as e:  # noqa: BLE001 - re-raised, user errors as themselves
+        _raise_user_errors(ray, e)
 
 
 # ---- accuracy datasets ------------------------------------------------------------------

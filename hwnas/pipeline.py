@@ -274,7 +274,8 @@ class Pipeline:
         config = plain_config(f["epochs"], f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
                               label_smoothing=f["label_smoothing"], logit_scale=f["logit_scale"], augment=f["augment"],
                               seed=self.cfg["seed"])
-        stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint)
+        stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint,
+                           on_cluster=bool(self.ray_address))
         fit = AccuracyDataset.load(self.out / "predictor" / "accuracy_fit.jsonl")
         pool = [(r["arch"], r["accuracy"]) for r in fit.records]
         measure = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],

@@ -283,7 +283,7 @@ def cluster_run_config(tmp_path, storage=None, devices=("a", "b")):
     run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": [
                {"name": d, "backend": "onnxruntime", "threads": 1} for d in devices]},
            "search": {**TINY_RUN["search"], "trials": 120, "budgets": {}},
-           "final": {**TINY_RUN["final"], "epochs": 0},
+           "final": {**TINY_RUN["final"], "epochs": 1, "ranking": 0},
            "cluster": {"workers": 2, "storage": storage, "shards": 2}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run))
@@ -316,6 +316,8 @@ def test_pipeline_on_the_cluster_builds_tables_on_their_nodes(cluster, pg_env, t
     studies = [s for s in optuna.get_all_study_names(storage) if s.startswith("hwnas-tiny-")]
     assert len(studies) == 1
     completed(optuna.load_study(study_name=studies[0], storage=storage), 120)
+    final = json.loads((out / "final" / "results.json").read_text())  # models timed on both device nodes
+    assert all(set(m["latency"]) == {"a", "b"} for m in final["models"].values())
     report = (out / "report.md").read_text()
     assert "## Device `a`" in report and "## Device `b`" in report and "Built and validated on Ray nodes" in report
     for path in out.rglob("*"):  # the database password reaches no output
