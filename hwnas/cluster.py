@@ -60,13 +60,15 @@ def _raise_user_errors(ray, error: Exception) -> None:
 
 # ---- latency tables ---------------------------------------------------------------------
 
-def _table_task(space, device: dict, latency: dict, seed: int, scratch: str) -> dict:
+def _table_task(space, device: dict, latency: dict, seed: int, scratch: str, reused: bytes | None) -> dict:
     """Ray task: build and validate ``device``'s table on this node; returns its files (bytes),
     the validation summary and the node."""
     from hwnas.pipeline import build_and_validate
 
     wall, cpu = time.perf_counter(), time.process_time()
     folder = _scratch(scratch)
+    if reused is not None:  # the driver's table to reuse, sent along: its path may not exist on this node
+        device = {**device, "table": str(atomic_write_bytes(folder / "reused.json", reused))}
     summary = build_and_validate(space, device, latency, seed, folder)
     # the task's own time: CPU seconds well below wall seconds say that the node's cores were shared
     summary.update(task_seconds=round(time.perf_counter() - wall, 2), task_cpu_seconds=round(time.process_time() - cpu, 2))
@@ -84,6 +86,7 @@ def build_tables_on_cluster(space, devices: Sequence[dict], latency: dict, seed:
     write each one's table and validation report into ``folder`` as it finishes. A device done
     by an interrupted call with the same settings is not redone. Returns name -> summary."""
     from hwnas.stages import digest
+    from latency_tables.table import resolve_table_path
 
     ray = _ray()
     check_devices(devices)
@@ -98,7 +101,8 @@ def build_tables_on_cluster(space, devices: Sequence[dict], latency: dict, seed:
             continue
         task = ray.remote(_table_task).options(**task_options({"CPU": 1, DEVICE_PREFIX + d["name"]: 1}),
                                                max_retries=TASK_RETRIES, name=f"hwnas latency {d['name']}")
-        refs[task.remote(space, d, latency, seed, f"{run_id}/{d['name']}/{key}")] = (d, key, record)
+        reused = resolve_table_path(d["table"]).read_bytes() if d["table"] is not None else None
+        refs[task.remote(space, d, latency, seed, f"{run_id}/{d['name']}/{key}", reused)] = (d, key, record)
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -111,7 +115,7 @@ def build_tables_on_cluster(space, devices: Sequence[dict], latency: dict, seed:
             _raise_user_errors(ray, e)
         for name, blob in out["files"].items():
             atomic_write_bytes(folder / name, blob)
-        summary = {**out["summary"], "table": str(folder / f"{d['name']}.json"), "node": out["node"],
+        summary = {**out["summary"], "table": str(folder / f"{d['name']}.json"), "node": out["node"], "reused": d["table"],
                    "report": str(folder / out["summary"]["files"]["md"])}
         atomic_write_json(record, {"key": key, "files": sorted(out["files"]), "summary": summary})
         results[d["name"]] = summary

@@ -380,6 +380,10 @@ class Pipeline:
         nodes = [n for n in _ray().nodes() if n.get("Alive")]
         print(f"Ray cluster at {self.ray_address}: {len(nodes)} nodes, devices "
               f"{', '.join(d['name'] for d in self.devices())} each on its own node", file=sys.stderr)
+        storage = self.cfg["cluster"]["storage"] or ""
+        if len(nodes) > 1 and ("://" not in storage or storage.startswith("sqlite")):
+            print("note: the search study is a file (cluster.storage): workers on other nodes need it at the same "
+                  "path (a shared filesystem); across machines, set cluster.storage to a PostgreSQL URL", file=sys.stderr)
 
     def _log_invocation(self, started: str, status: str) -> None:
         """Record this ``hwnas run`` in ``invocations.json`` (a run split over several calls, or

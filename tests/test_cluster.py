@@ -324,6 +324,19 @@ def test_pipeline_on_the_cluster_builds_tables_on_their_nodes(cluster, pg_env, t
         if path.is_file() and path.suffix in (".json", ".md", ".jsonl", ".csv"):
             assert pg_env.password not in path.read_text(), path
     assert pg_env.password not in printed.out + printed.err
+    # a device reusing a table (the driver's file, sent to the node) is validated on its node; a device
+    # finished by an earlier call with the same settings is not redone
+    from hwnas.cluster import build_tables_on_cluster
+    from hwnas.run_config import load_run_config
+
+    lat, reuse = load_run_config(config)["latency"], tmp_path / "reuse"
+    device = {**lat["devices"][1], "table": str(out / "tables" / "b.json")}
+    first = build_tables_on_cluster(Pipeline(config, out).space, [device], lat, 0, reuse, run_id="reuse")["b"]
+    assert first["reused"] == device["table"] and first["node"]["node_id"] == cluster["b"]
+    assert json.loads((reuse / "b.json").read_text())["blocks"] == json.loads((out / "tables" / "b.json").read_text())["blocks"]
+    mtime = (reuse / "b.json").stat().st_mtime_ns
+    assert build_tables_on_cluster(Pipeline(config, out).space, [device], lat, 0, reuse, run_id="reuse")["b"] == first
+    assert (reuse / "b.json").stat().st_mtime_ns == mtime
     # resumable accuracy: records of finished shards are kept, only the missing ones measured again
     path = out / "predictor" / "accuracy_fit.jsonl"
     lines = path.read_text().splitlines()
