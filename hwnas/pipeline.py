@@ -220,30 +220,39 @@ class Pipeline:
         return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
 
     def search(self) -> dict:
-        """Stage search: multi-objective search over every device with its budget."""
+        """Stage search: multi-objective search over every device with its budget (on a cluster:
+        ``cluster.workers`` Ray workers on ``cluster.storage``), the fronts verified on the devices."""
         s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
-        args = ["search", "--space", self.space_arg, "--trials", s["trials"],
-                "--sampler", s["sampler"], "--seed", self.cfg["seed"], "--out", out, "--quiet",
-                "--verify-top", self.cfg["verify"]["top"], "--checkpoint", self.checkpoint,
-                "--eval-device", _device(self.cfg), "--calib-batches", p["calib_batches"],
-                "--calib-batch-size", p["calib_batch_size"]]
+        paths = {d["name"]: str(self.table_path(d)) for d in self.devices()}
+        names = list(paths)
+        budgets = [f"{dev}={ms}ms" for dev, ms in s["budgets"].items() if dev in names]
         if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
             model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
-            args += ["--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
-                     "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
-        elif self.ray_address:  # workers on the cluster's nodes, sharing the configured storage
-            c = self.cfg["cluster"]
-            args += ["--predictor", self.predictor, "--storage", c["storage"] or out / "study.journal",
-                     "--ray-address", self.ray_address, "--workers", c["workers"], "--study", self.study_name()]
+            args = ["search", "--space", self.space_arg, "--trials", s["trials"], "--sampler", s["sampler"],
+                    "--seed", self.cfg["seed"], "--out", out, "--quiet", "--verify-top", self.cfg["verify"]["top"],
+                    "--checkpoint", self.checkpoint, "--eval-device", _device(self.cfg),
+                    "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
+                    "--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
+                    "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
+            args += [a for d, path in paths.items() for a in ("--table", f"{d}={path}")]
+            print(_cli(args + [a for b in budgets for a in ("--budget", b)], capture=True))
         else:
-            args += ["--predictor", self.predictor, "--storage", out / "study.journal"]
-        for d in self.devices():
-            args += ["--table", f"{d['name']}={self.table_path(d)}"]
-        for dev, ms in s["budgets"].items():
-            if any(d["name"] == dev for d in self.devices()):
-                args += ["--budget", f"{dev}={ms}ms"]
-        print(_cli(args, capture=True))
-        return {d["name"]: str(out / f"pareto_{d['name']}.json") for d in self.devices()}
+            from hwnas.cli.search import load_tables, search_and_verify
+            from search import parse_budget
+
+            tables = load_tables(list(paths.items()), self.space)
+            c = self.cfg["cluster"]
+            where = (dict(ray_address=self.ray_address, workers=c["workers"], study=self.study_name(),
+                          storage=c["storage"] or str(out / "study.journal")) if self.ray_address  # across the nodes
+                     else dict(storage=str(out / "study.journal")))
+            out.mkdir(parents=True, exist_ok=True)
+            search_and_verify(self.space, tables, [parse_budget(b, names) for b in budgets], out,
+                              predictor=str(self.predictor), trials=s["trials"], sampler=s["sampler"],
+                              seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
+                              checkpoint=str(self.checkpoint), eval_device=_device(self.cfg),
+                              calib_batches=p["calib_batches"], calib_batch_size=p["calib_batch_size"],
+                              progress=False, **where)
+        return {d: str(out / f"pareto_{d}.json") for d in names}
 
     def study_name(self) -> str:
         """The search's study name in a shared storage (PostgreSQL): one per run folder and search
