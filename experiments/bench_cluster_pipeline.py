@@ -242,6 +242,8 @@ def write(results: dict, command: str) -> None:
              f"- script: `experiments/bench_cluster_pipeline.py` (its docstring says what each part does)", ""]
     if t:
         lines += ["## Latency tables of 2 devices: in parallel on their nodes vs one after the other", "",
+                  *([f"Measured {t['date']} (load {t['load_at_start']} at the start) with `{t['command']}`.", ""]
+                    if "command" in t else []),
                   f"2 CPU devices (ONNX Runtime, 1 thread, digits space, {t['calibration']} calibration nets, "
                   f"{t['validate']} validation nets x 3 passes), each node pinned to its own core "
                   f"(node cores seen by the tasks: {t['node_cores']}).", "",
@@ -264,6 +266,8 @@ def write(results: dict, command: str) -> None:
                   "the overlap's inverse plus the dispatch overhead.", ""]
     if p:
         lines += ["## The digits pipeline on a 3-node cluster with PostgreSQL, and with device node b killed", "",
+                  *([f"Measured {p['date']} (load {p['load_at_start']} at the start) with `{p['command']}`.", ""]
+                    if "command" in p else []),
                   f"Config: `CONFIG` in the script ({p['trials']} search trials, 2 workers, 4 accuracy shards, "
                   "final stage off); head without CPUs, nodes a and b with 1 CPU each.", "",
                   "Failed trials are surpluses (two workers asked for the last trials at once: told FAIL before any "
@@ -306,11 +310,14 @@ def main() -> int:
     if args.skip and previous.exists():  # the part not run now keeps its earlier numbers
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in ("tables", "pipelines") if k == args.skip and k in old})
+    command = "PYTHONPATH=.:tests python " + " ".join([f"experiments/{Path(__file__).name}", *sys.argv[1:]])
     if args.skip != "tables":
-        results["tables"] = tables(args.repeats, args.calibration, args.validate)
+        results["tables"] = {**tables(args.repeats, args.calibration, args.validate), "command": command,
+                             "date": results["facts"]["date"], "load_at_start": results["facts"]["load_average_1m"]}
     if args.skip != "pipelines":
-        results["pipelines"] = pipelines(args.runs)
-    results["command"] = "PYTHONPATH=.:tests python " + " ".join([f"experiments/{Path(__file__).name}", *sys.argv[1:]])
+        results["pipelines"] = {**pipelines(args.runs), "command": command, "date": results["facts"]["date"],
+                                "load_at_start": results["facts"]["load_average_1m"]}
+    results["command"] = command
     write(results, results["command"])
     print((RESULTS / "cluster_pipeline.md").read_text())
     return 0
