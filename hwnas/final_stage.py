@@ -83,9 +83,10 @@ class FinalStage:
     """Train, evaluate and measure a list of candidates; resumable through ``out/results.json``."""
 
     def __init__(self, space: SearchSpace, out: str | Path, config: TrainConfig, bundle, device: torch.device,
-                 checkpoint: str | Path | None = None, progress: bool = True):
+                 checkpoint: str | Path | None = None, progress: bool = True, on_cluster: bool = False):
         self.space, self.out, self.config, self.bundle, self.device = space, Path(out), config, bundle, device
-        self.checkpoint, self.progress = checkpoint, progress
+        # on_cluster: each device times the models in a Ray task on the node owning it (hwnas.cluster)
+        self.checkpoint, self.progress, self.on_cluster = checkpoint, progress, on_cluster
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / RESULTS
         self.results = json.loads(path.read_text()) if path.exists() else {"models": {}}
@@ -164,6 +165,7 @@ class FinalStage:
     def measure(self, devices: list[dict], keys: list[str]) -> None:
         """Time every model in ``keys`` on every device (one backend per device, the models in
         interleaved rounds, so a noisy moment hurts all alike); cached per device settings."""
+        from hwnas.cluster import time_models
         from hwnas.run_config import device_backend
 
         for d in devices:
@@ -173,7 +175,6 @@ class FinalStage:
             if not todo:
                 continue
             log(f"final: timing {len(todo)} models on {d['name']} ({d['backend']}, batch {d['batch_size']}, {d['dtype']})")
-            backend = device_backend(d)
             items = []
             for k in todo:
                 rec = self.results["models"][k]
@@ -181,7 +182,10 @@ class FinalStage:
                 c = Candidate(rec["role"], rec["arch"], rec["baseline"])
                 r = self.resolution(c)
                 items.append((self.build(c).eval(), (self.space.config.in_channels, r, r)))
-            stats = backend.measure_many(items)
+            if self.on_cluster:
+                stats = time_models(d, items)
+            else:
+                stats = device_backend(d).measure_many(items)
             for k, s in zip(todo, stats):
                 self.results["models"][k].setdefault("latency", {})[d["name"]] = {
                     "ms": round(float(s.ms), 5), "median_ms": round(float(s.median_ms), 5), "settings": settings}

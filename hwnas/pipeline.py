@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,30 @@ def _later_key_at_default(key: str, value) -> bool:
     type too, so that ``teacher_dropout: 0`` is not taken for an unset ``null``)."""
     default = SCHEMA["train"][key][1] if key in LATER_TRAIN_KEYS else object()
     return value is default or (type(value) is type(default) and value == default)
+
+
+def build_and_validate(space: SearchSpace, device: dict, latency: dict, seed: int, folder: Path) -> dict:
+    """Build (or reuse, with the device's ``table`` key) and validate one configured device's
+    latency table on this machine: ``folder/<name>.json`` and its ``<name>_validation`` report.
+    A resumed call measures only what is missing (partial builds and validations are saved chunk
+    by chunk; finished ones are kept). Returns the stage's summary of the device."""
+    from hwnas.run_config import device_backend
+    from latency_tables import LatencyTable, build_table, validate_table
+    from latency_tables.fingerprint import warn_if_busy
+
+    path = folder / f"{device['name']}.json"
+    warn_if_busy(device["backend"])
+    if device["table"] is not None:  # reuse a built table: checked against the space, then validated here
+        table = LatencyTable.load(device["table"], space=space)
+        table.copy_to(path)  # kept, with its validation here, when a resumed stage copied it already
+    else:
+        table = build_table(space, device_backend(device), path, device=device["name"],
+                            calibration_nets=latency["calibration"], seed=seed, restart_changed=True)  # changed config: rebuild
+    s = validate_table(LatencyTable.load(path, space=space), n=latency["validate"], out_dir=folder,
+                       name=f"{device['name']}_validation", reuse=True)  # resumed: not redone
+    return {"table": str(path), "reused": device["table"], "blocks": len(table.data["blocks"]),
+            "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
+            "report": str(folder / s["files"]["md"]), "files": s["files"]}
 
 
 class StageFailed(UserError):
@@ -59,12 +84,18 @@ class Pipeline:
     """One ``hwnas run``: the stages and where each writes."""
 
     def __init__(self, config_path: str | Path | None, out: str | Path, redo_from: str | None = None,
-                 until: str | None = None):
+                 until: str | None = None, ray_address: str | None = None):
         check_out_dir(out)  # a file in the way, a read-only folder: one line before anything runs
         if redo_from in STAGES and until in STAGES and STAGES.index(until) < STAGES.index(redo_from):
             raise UserError(f"--until {until!r} comes before --from {redo_from!r}: expected a stage at or after "
                             f"{redo_from!r} (order: {', '.join(STAGES)})")
         self.cfg = load_run_config(config_path)
+        # --ray-address, else the config's cluster.ray_address: stages send their work to that cluster
+        self.ray_address = ray_address or self.cfg["cluster"]["ray_address"]
+        if self.ray_address:
+            from search._ray import check_address
+
+            check_address(self.ray_address)  # nothing there: one line in seconds, not a hang
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         if until is not None and until not in STAGES:
@@ -87,10 +118,12 @@ class Pipeline:
 
     def devices(self) -> list[dict]:
         """Latency devices of the config that this machine can measure (as each backend's registered
-        availability check says: CUDA ones need a GPU)."""
+        availability check says: CUDA ones need a GPU); on a cluster, all of them (each on the node
+        owning it)."""
         from latency_tables.registry import backend_unavailable
 
-        return [d for d in self.cfg["latency"]["devices"] if backend_unavailable(d["backend"]) is None]
+        return [d for d in self.cfg["latency"]["devices"]
+                if self.ray_address or backend_unavailable(d["backend"]) is None]
 
     def skipped_devices(self) -> list[str]:
         """Names of the config's devices this machine cannot measure."""
@@ -113,43 +146,52 @@ class Pipeline:
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
 
     def latency(self) -> dict:
-        """Stage latency: build (or reuse) and validate each device's table on this machine; a
-        resumed stage measures only what is missing (partial builds and validations are saved
-        chunk by chunk; finished ones are kept)."""
-        from hwnas.run_config import device_backend
-        from latency_tables import LatencyTable, build_table, validate_table
-        from latency_tables.fingerprint import warn_if_busy
+        """Stage latency: build (or reuse) and validate each device's table on this machine, or
+        with a Ray address on the node owning the device, all devices in parallel."""
+        lat = self.cfg["latency"]
+        if self.ray_address:
+            from hwnas.cluster import build_tables_on_cluster
 
-        lat, summary = self.cfg["latency"], {}
-        for d in self.devices():
-            path = self.table_path(d)
-            warn_if_busy(d["backend"])
-            if d["table"] is not None:  # reuse a built table: checked against the space, then validated here
-                table = LatencyTable.load(d["table"], space=self.space)
-                table.copy_to(path)  # kept, with its validation here, when a resumed stage copied it already
-            else:
-                backend = device_backend(d)
-                table = build_table(self.space, backend, path, device=d["name"], calibration_nets=lat["calibration"],
-                                    seed=self.cfg["seed"], restart_changed=True)  # a changed config: rebuild
-            s = validate_table(LatencyTable.load(path, space=self.space), n=lat["validate"],
-                               out_dir=path.parent, name=f"{d['name']}_validation", reuse=True)  # resumed: not redone
-            summary[d["name"]] = {"table": str(path), "reused": d["table"], "blocks": len(table.data["blocks"]),
-                                  "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
-                                  "report": str(s["files"]["md"])}
+            summary = build_tables_on_cluster(self.space, self.devices(), lat, self.cfg["seed"], self.out / "tables",
+                                              run_id=str(self.out.resolve()))
+        else:
+            summary = {d["name"]: build_and_validate(self.space, d, lat, self.cfg["seed"], self.out / "tables")
+                       for d in self.devices()}
         summary["skipped_devices"] = self.skipped_devices()
         return summary
 
     def accuracy(self) -> dict:
         """Stage accuracy: measure the fit and held-out accuracy datasets of the supernet."""
         p, out = self.cfg["predictor"], self.out / "predictor"
+        holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
+        if self.ray_address:
+            return self._accuracy_on_cluster(holdout)
         common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet",
                   "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
                   "--eval-batch-size", p["eval_batch_size"]]
         _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
-        holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
         _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--no-extremes",
                        "--out", out / "accuracy_holdout.jsonl"])
         return {"fit": p["archs"], "holdout": holdout}
+
+    def _accuracy_on_cluster(self, holdout: int) -> dict:
+        """The accuracy stage's two datasets, each measured in shards by Ray tasks (GPU ones
+        where the config's device is CUDA, or auto and the cluster has GPUs)."""
+        from hwnas.cluster import measure_accuracy_on_cluster
+        from search._ray import _ray
+
+        p, out, seed = self.cfg["predictor"], self.out / "predictor", self.cfg["seed"]
+        device = self.cfg["device"]
+        gpu = device.startswith("cuda") or device == "auto" and _ray().cluster_resources().get("GPU", 0) > 0
+        settings = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],
+                    "eval_batch_size": p["eval_batch_size"]}
+        out.mkdir(parents=True, exist_ok=True)
+        shards, measured = self.cfg["cluster"]["shards"], {}
+        for name, n, s, extremes in (("fit", p["archs"], seed, True), ("holdout", holdout, seed + 1, False)):
+            measured[name] = measure_accuracy_on_cluster(self.space, self.checkpoint, n, out / f"accuracy_{name}.jsonl",
+                                                         seed=s, extremes=extremes, gpu=gpu, settings=settings,
+                                                         shards=shards)
+        return {"fit": p["archs"], "holdout": holdout, "measured_on_cluster": measured, "gpu": gpu}
 
     def fit_predictor(self) -> dict:
         """Stage predictor: fit the accuracy predictor and score it on the held-out subnets."""
@@ -161,26 +203,46 @@ class Pipeline:
         return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
 
     def search(self) -> dict:
-        """Stage search: multi-objective search over every device with its budget."""
+        """Stage search: multi-objective search over every device with its budget (on a cluster:
+        ``cluster.workers`` Ray workers on ``cluster.storage``), the fronts verified on the devices."""
         s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
-        args = ["search", "--space", self.space_arg, "--trials", s["trials"],
-                "--sampler", s["sampler"], "--seed", self.cfg["seed"], "--out", out, "--quiet",
-                "--verify-top", self.cfg["verify"]["top"], "--checkpoint", self.checkpoint,
-                "--eval-device", _device(self.cfg), "--calib-batches", p["calib_batches"],
-                "--calib-batch-size", p["calib_batch_size"]]
+        paths = {d["name"]: str(self.table_path(d)) for d in self.devices()}
+        names = list(paths)
+        budgets = [f"{dev}={ms}ms" for dev, ms in s["budgets"].items() if dev in names]
         if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
             model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
-            args += ["--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
-                     "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
+            args = ["search", "--space", self.space_arg, "--trials", s["trials"], "--sampler", s["sampler"],
+                    "--seed", self.cfg["seed"], "--out", out, "--quiet", "--verify-top", self.cfg["verify"]["top"],
+                    "--checkpoint", self.checkpoint, "--eval-device", _device(self.cfg),
+                    "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
+                    "--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
+                    "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
+            args += [a for d, path in paths.items() for a in ("--table", f"{d}={path}")]
+            print(_cli(args + [a for b in budgets for a in ("--budget", b)], capture=True))
         else:
-            args += ["--predictor", self.predictor, "--storage", out / "study.journal"]
-        for d in self.devices():
-            args += ["--table", f"{d['name']}={self.table_path(d)}"]
-        for dev, ms in s["budgets"].items():
-            if any(d["name"] == dev for d in self.devices()):
-                args += ["--budget", f"{dev}={ms}ms"]
-        print(_cli(args, capture=True))
-        return {d["name"]: str(out / f"pareto_{d['name']}.json") for d in self.devices()}
+            from hwnas.cli.search import load_tables, search_and_verify
+            from search import parse_budget
+
+            tables = load_tables(list(paths.items()), self.space)
+            c = self.cfg["cluster"]
+            where = (dict(ray_address=self.ray_address, workers=c["workers"], study=self.study_name(),
+                          storage=c["storage"] or str(out / "study.journal")) if self.ray_address  # across the nodes
+                     else dict(storage=str(out / "study.journal")))
+            out.mkdir(parents=True, exist_ok=True)
+            search_and_verify(self.space, tables, [parse_budget(b, names) for b in budgets], out,
+                              predictor=str(self.predictor), trials=s["trials"], sampler=s["sampler"],
+                              seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
+                              checkpoint=str(self.checkpoint), eval_device=_device(self.cfg),
+                              calib_batches=p["calib_batches"], calib_batch_size=p["calib_batch_size"],
+                              progress=False, **where)
+        return {d: str(out / f"pareto_{d}.json") for d in names}
+
+    def study_name(self) -> str:
+        """The search's study name in a shared storage (PostgreSQL): one per run folder and search
+        inputs, so that runs never mix their trials and a changed config starts a new study."""
+        from hwnas.stages import digest
+
+        return f"hwnas-{self.cfg['name']}-{digest([str(self.out.resolve()), self.runner.previous])}"
 
     def fronts(self) -> dict[str, list[dict]]:
         """Each measurable device's Pareto front entries (``search/pareto_<device>.json``)."""
@@ -204,7 +266,8 @@ class Pipeline:
         config = plain_config(f["epochs"], f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
                               label_smoothing=f["label_smoothing"], logit_scale=f["logit_scale"], augment=f["augment"],
                               seed=self.cfg["seed"])
-        stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint)
+        stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint,
+                           on_cluster=bool(self.ray_address))
         fit = AccuracyDataset.load(self.out / "predictor" / "accuracy_fit.jsonl")
         pool = [(r["arch"], r["accuracy"]) for r in fit.records]
         measure = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],
@@ -282,6 +345,8 @@ class Pipeline:
             ("export", {"export": cfg["export"]}, [self.out / "models"], self.export, [self.out / "models"]),
             ("report", {}, [self.out / "report.md"], self.report, []),
         ]
+        if self.ray_address:
+            self._join_cluster()
         started, status, name = time.strftime("%Y-%m-%d %H:%M:%S"), "failed", ""
         try:
             for name, inputs, outputs, fn, clean in steps:
@@ -295,6 +360,22 @@ class Pipeline:
             return self.out / "report.md"
         finally:
             self._log_invocation(started, status if status != "failed" else f"failed in {name}")
+
+    def _join_cluster(self) -> None:
+        """Join the Ray cluster and check, before any work, that a node owns every device."""
+        from hwnas.cluster import check_devices
+        from search import init_ray
+        from search._ray import _ray
+
+        init_ray(self.ray_address)
+        check_devices(self.devices())
+        nodes = [n for n in _ray().nodes() if n.get("Alive")]
+        print(f"Ray cluster at {self.ray_address}: {len(nodes)} nodes, devices "
+              f"{', '.join(d['name'] for d in self.devices())} each on its own node", file=sys.stderr)
+        storage = self.cfg["cluster"]["storage"] or ""
+        if len(nodes) > 1 and ("://" not in storage or storage.startswith("sqlite")):
+            print("note: the search study is a file (cluster.storage): workers on other nodes need it at the same "
+                  "path (a shared filesystem); across machines, set cluster.storage to a PostgreSQL URL", file=sys.stderr)
 
     def _log_invocation(self, started: str, status: str) -> None:
         """Record this ``hwnas run`` in ``invocations.json`` (a run split over several calls, or

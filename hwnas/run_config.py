@@ -56,9 +56,16 @@ SCHEMA = {
               "logit_scale": ((float, int), 1.0), "augment": ((str, type(None)), None),
               "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
               "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "auto")},
+    # where the work runs (not what it computes: changing it redoes no stage). ray_address: join this
+    # Ray cluster (hwnas run --ray-address overrides); tables are built on the node owning
+    # device:NAME, the accuracy datasets are measured in `shards` Ray tasks (null: two per CPU, or
+    # GPU with device cuda, of the cluster), the search runs `workers` Ray workers on `storage`
+    # (null: OUT/search/study.journal, one host only; postgresql://USER@HOST/DB across nodes)
+    "cluster": {"ray_address": ((str, type(None)), None), "workers": ((int,), 2),
+                "storage": ((str, type(None)), None), "shards": ((int, type(None)), None)},
 }
 # Counts where 0 means no work at all (the run would train for nothing): refused up front.
-POSITIVE = ("train.batch_size", "predictor.archs", "predictor.calib_batch_size",
+POSITIVE = ("train.batch_size", "cluster.workers", "predictor.archs", "predictor.calib_batch_size",
             "predictor.eval_batch_size", "search.trials", "search.queries", "verify.top")
 
 
@@ -104,6 +111,9 @@ def parse_run_config(raw: dict) -> dict:
         section, name = key.split(".")
         if cfg[section][name] < 1:
             raise RunConfigError(f"config key '{key}': expected a positive integer, got {cfg[section][name]!r}")
+    if cfg["cluster"]["shards"] is not None and cfg["cluster"]["shards"] < 1:
+        raise RunConfigError(f"config key 'cluster.shards': expected null or a positive integer, "
+                             f"got {cfg['cluster']['shards']!r}")
     cfg["latency"]["devices"] = [_check(d, DEVICE_SCHEMA, f"latency.devices[{i}].") for i, d in enumerate(devices)]
     names = [d["name"] for d in cfg["latency"]["devices"]]
     for i, d in enumerate(cfg["latency"]["devices"]):

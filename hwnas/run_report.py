@@ -69,6 +69,9 @@ def write_run_report(pipeline) -> Path:
         for model, m in s["scores"].items():
             lines.append(f"| {name} | {model} | {_pct(m['mape'])} | {_pct(m['within_10'])} | {m['kendall_tau']:.3f} "
                          f"| {_pct(s['repeatability']['within_10'])} |")
+    nodes = [f"`{name}` on {s['node']['host']} (node {s['node']['node_id'][:12]})" for name, s in lat.items()
+             if name != "skipped_devices" and s.get("node")]
+    lines += ["", f"Built and validated on Ray nodes: {', '.join(nodes)}."] if nodes else []
     advice = [f"- `{name}`: {line}." for name, s in lat.items() if name != "skipped_devices" for line in s.get("advice", [])]
     lines += ["", "Advice:", *advice] if advice else []
     if lat.get("skipped_devices"):

@@ -127,6 +127,21 @@ def _check_resumable(existing: AccuracyDataset, fresh: AccuracyDataset, path: Pa
                 f"{key}={fresh.header[key]!r}: expected the same to resume; choose another output file")
 
 
+def archs_to_measure(space: SearchSpace, archs: Sequence[Arch] | int, records: Sequence[dict], *,
+                     seed: int = 0, extremes: bool = True) -> list[Arch]:
+    """The archs a build of ``archs`` (a list, or ``n`` spread-sampled with seed ``seed``, the
+    space's corners first with ``extremes``) still has to measure, given the ``records`` done;
+    in order, without duplicates (see :func:`build_accuracy_dataset`)."""
+    done = {r["arch"] for r in records}
+    if isinstance(archs, int):
+        corners = list(space.extremes().values()) if extremes and hasattr(space, "extremes") else []
+        target = corners + sample_archs_spread(space, archs, np.random.default_rng(seed))
+    else:
+        target = [space.validate(a) for a in archs]
+    todo = list({str(a): a for a in target if str(a) not in done}.values())
+    return todo[:max(0, archs - len(records))] if isinstance(archs, int) else todo
+
+
 def build_accuracy_dataset(supernet: torch.nn.Module, space: SearchSpace, archs: Sequence[Arch] | int,
                            calib_batches: Batches, eval_batches: Batches, out_path: str | Path, *,
                            checkpoint_hash: str, dataset: str, split: str = "val", num_calib_batches: int = 20,
@@ -154,15 +169,7 @@ def build_accuracy_dataset(supernet: torch.nn.Module, space: SearchSpace, archs:
         existing = AccuracyDataset.load(out_path)
         _check_resumable(existing, data, out_path)
         data.records = existing.records
-    done = {r["arch"] for r in data.records}
-    if isinstance(archs, int):
-        corners = list(space.extremes().values()) if extremes and hasattr(space, "extremes") else []
-        target = corners + sample_archs_spread(space, archs, np.random.default_rng(seed))
-    else:
-        target = [space.validate(a) for a in archs]
-    todo = list({str(a): a for a in target if str(a) not in done}.values())
-    if isinstance(archs, int):
-        todo = todo[:max(0, archs - len(data.records))]
+    todo = archs_to_measure(space, archs, data.records, seed=seed, extremes=extremes)
     if not out_path.exists():
         data.save(out_path)  # the header alone: a file that exists marks the run as started
     start = last_save = time.monotonic()

@@ -72,15 +72,21 @@ def check_address(address: str) -> None:
 def check_resources(objectives: Sequence[Objective]) -> None:
     """Fail before any work, in one line, when an objective needs a resource (``device:NAME``,
     GPU, ...) that no alive node of the cluster has: Ray would leave its task pending for ever."""
-    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
     for o in objectives:
-        for key, amount in o.resources.items():
-            if not any(res.get(key, 0) >= amount for res in nodes):
-                devices = sorted({k[len(DEVICE_PREFIX):] for res in nodes for k in res if k.startswith(DEVICE_PREFIX)})
-                how = (f"ray start --address HEAD --resources='{{\"{key}\": 1}}'" if key.startswith(DEVICE_PREFIX)
-                       else f"ray start --address HEAD on a machine with {key}")
-                raise SearchError(f"objective {o.name!r} needs Ray resource {key!r}: {amount}, which no node of the "
-                                  f"cluster has (devices on nodes: {devices or 'none'}): start a node with {how}")
+        require_resources(f"objective {o.name!r}", o.resources)
+
+
+def require_resources(what: str, resources: dict) -> None:
+    """Raise a one-line :class:`SearchError` (``what`` needs ...) when no alive node of the
+    cluster has each of ``resources`` (``{"device:cpu": 1}``), naming the devices nodes do have."""
+    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
+    for key, amount in resources.items():
+        if not any(res.get(key, 0) >= amount for res in nodes):
+            devices = sorted({k[len(DEVICE_PREFIX):] for res in nodes for k in res if k.startswith(DEVICE_PREFIX)})
+            how = (f"ray start --address HEAD --resources='{{\"{key}\": 1}}'" if key.startswith(DEVICE_PREFIX)
+                   else f"ray start --address HEAD on a machine with {key}")
+            raise SearchError(f"{what} needs Ray resource {key!r}: {amount}, which no node of the "
+                              f"cluster has (devices on nodes: {devices or 'none'}): start a node with {how}")
 
 
 def cluster_devices() -> set[str]:
@@ -94,7 +100,8 @@ def node_count() -> int:
     return sum(1 for n in _ray().nodes() if n.get("Alive"))
 
 
-def _task_options(resources: dict) -> dict:
+def task_options(resources: dict) -> dict:
+    """Ray ``.options()`` of a task that needs ``resources`` (``CPU``/``GPU`` counts, custom keys)."""
     res = dict(resources)
     return dict(num_cpus=res.pop("CPU", 1), num_gpus=res.pop("GPU", 0), resources=res)
 
@@ -110,5 +117,5 @@ def _remote_score():
 
 def submit_score(objective: Objective, archs: Sequence[Any]):
     """Score ``archs`` as a Ray task on a node with ``objective.resources``; returns an ObjectRef."""
-    return (_remote_score().options(**_task_options(objective.resources), name=f"hwnas score {objective.name}")
+    return (_remote_score().options(**task_options(objective.resources), name=f"hwnas score {objective.name}")
             .remote(objective, list(archs)))  # named for the Ray dashboard

@@ -212,11 +212,12 @@ def cluster():
 
 
 class Nodes(dict):
-    """Device name -> node id of the cluster's device nodes; ``cluster`` is the Cluster."""
+    """Device name -> node id of the cluster's device nodes; ``cluster`` is the Cluster, ``address``
+    its head's."""
 
     def __init__(self, cluster, ids):
         super().__init__(ids)
-        self.cluster = cluster
+        self.cluster, self.address = cluster, cluster.address
 
 
 class NodeLog:
@@ -317,3 +318,92 @@ def test_a_ray_address_with_nothing_there_fails_in_seconds(address, needle, caps
     err = capsys.readouterr().err
     assert time.monotonic() - start < 15  # checked before anything is loaded, and without waiting on Ray
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- the whole pipeline on the cluster ------------------------------------------------------------
+
+def cluster_run_config(tmp_path, storage=None, devices=("a", "b")):
+    """The tests' tiny digits run, one CPU device per device node, searched by 2 workers."""
+    import yaml
+
+    from test_pipeline import TINY_RUN
+
+    run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": [
+               {"name": d, "backend": "onnxruntime", "threads": 1} for d in devices]},
+           "search": {**TINY_RUN["search"], "trials": 120, "budgets": {}},
+           "final": {**TINY_RUN["final"], "epochs": 1, "ranking": 0},
+           "cluster": {"workers": 2, "storage": storage, "shards": 2}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def test_pipeline_on_the_cluster_builds_tables_on_their_nodes(cluster, pg_env, tmp_path, capsys):
+    """hwnas run --ray-address: each device's table is built and validated on the node that owns
+    it, the accuracy datasets are measured in shards, the search runs 2 workers on PostgreSQL;
+    everything lands in the driver's run folder, with the report of a local run."""
+    from hwnas.cli import main
+    from hwnas.cluster import measure_accuracy_on_cluster
+    from hwnas.pipeline import Pipeline
+    from predictors import AccuracyDataset
+
+    out = tmp_path / "run"
+    config = cluster_run_config(tmp_path, storage=pg_env.url)
+    assert main(["run", "--config", str(config), "--out", str(out), "--ray-address", cluster.address]) == 0, \
+        capsys.readouterr().err
+    printed = capsys.readouterr()
+    summary = json.loads((out / "manifest.json").read_text())["latency"]["summary"]
+    for d in ("a", "b"):  # measured where the device is, recorded in the table and the manifest
+        table = json.loads((out / "tables" / f"{d}.json").read_text())
+        assert table["build"]["node"]["node_id"] == cluster[d] == summary[d]["node"]["node_id"]
+        assert table["validation"]["n"] == 6 and (out / "tables" / f"{d}_validation.md").exists()
+    fit = AccuracyDataset.load(out / "predictor" / "accuracy_fit.jsonl")
+    assert len(fit) == 30 and len({r["arch"] for r in fit.records}) == 30
+    assert len(AccuracyDataset.load(out / "predictor" / "accuracy_holdout.jsonl")) == 10
+    storage = open_storage(pg_env.url)
+    studies = [s for s in optuna.get_all_study_names(storage) if s.startswith("hwnas-tiny-")]
+    assert len(studies) == 1
+    completed(optuna.load_study(study_name=studies[0], storage=storage), 120)
+    final = json.loads((out / "final" / "results.json").read_text())  # models timed on both device nodes
+    assert all(set(m["latency"]) == {"a", "b"} for m in final["models"].values())
+    report = (out / "report.md").read_text()
+    assert "## Device `a`" in report and "## Device `b`" in report and "Built and validated on Ray nodes" in report
+    for path in out.rglob("*"):  # the database password reaches no output
+        if path.is_file() and path.suffix in (".json", ".md", ".jsonl", ".csv"):
+            assert pg_env.password not in path.read_text(), path
+    assert pg_env.password not in printed.out + printed.err
+    # a device reusing a table (the driver's file, sent to the node) is validated on its node; a device
+    # finished by an earlier call with the same settings is not redone
+    from hwnas.cluster import build_tables_on_cluster
+    from hwnas.run_config import load_run_config
+
+    lat, reuse = load_run_config(config)["latency"], tmp_path / "reuse"
+    device = {**lat["devices"][1], "table": str(out / "tables" / "b.json")}
+    first = build_tables_on_cluster(Pipeline(config, out).space, [device], lat, 0, reuse, run_id="reuse")["b"]
+    assert first["reused"] == device["table"] and first["node"]["node_id"] == cluster["b"]
+    assert json.loads((reuse / "b.json").read_text())["blocks"] == json.loads((out / "tables" / "b.json").read_text())["blocks"]
+    mtime = (reuse / "b.json").stat().st_mtime_ns
+    assert build_tables_on_cluster(Pipeline(config, out).space, [device], lat, 0, reuse, run_id="reuse")["b"] == first
+    assert (reuse / "b.json").stat().st_mtime_ns == mtime
+    # resumable accuracy: records of finished shards are kept, only the missing ones measured again
+    path = out / "predictor" / "accuracy_fit.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-5]) + "\n")
+    pipeline = Pipeline(config, out)
+    settings = {k: pipeline.cfg["predictor"][k] for k in ("calib_batches", "calib_batch_size", "eval_batch_size")}
+    assert measure_accuracy_on_cluster(pipeline.space, out / "supernet" / "supernet.pt", 30, path, seed=0,
+                                       extremes=True, gpu=False, settings=settings, shards=2) == 5
+    again = AccuracyDataset.load(path)
+    assert again.records[:25] == fit.records[:25] and {r["arch"] for r in again.records} == {r["arch"] for r in fit.records}
+
+
+def test_pipeline_refuses_a_device_no_node_owns_before_training(cluster, tmp_path, capsys):
+    from hwnas.cli import main
+
+    start = time.monotonic()
+    rc = main(["run", "--config", str(cluster_run_config(tmp_path, devices=("a", "c"))), "--out", str(tmp_path / "run"),
+               "--ray-address", cluster.address])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "latency device 'c' needs Ray resource 'device:c': 1, which no node of the cluster has" in err
+    assert not (tmp_path / "run" / "supernet").exists() and time.monotonic() - start < 20

@@ -128,6 +128,10 @@ def test_example_configs_in_experiments_load(path):
     ({"train": {"label_smoothing": 1}}, "'train.label_smoothing': expected a number in [0, 1), got 1"),
     ({"train": {"logit_scale": 0}}, "'train.logit_scale': expected a positive number, got 0"),
     ({"latency": {"devices": [{"name": "x", "table": "no_such_table"}]}}, "'latency.devices[0].table': 'no_such_table' not found"),
+    ({"cluster": {"workers": 0}}, "'cluster.workers': expected a positive integer, got 0"),
+    ({"cluster": {"shards": 0}}, "'cluster.shards': expected null or a positive integer, got 0"),
+    ({"cluster": {"ray_address": 6379}}, "'cluster.ray_address': expected str or null, got 6379"),
+    ({"cluster": {"nodes": 3}}, "'cluster.nodes': unknown key"),
 ])
 def test_run_config_errors_name_the_key(patch, needle):
     with pytest.raises(RunConfigError) as e:
@@ -327,3 +331,16 @@ def test_latency_stage_resumes_without_redoing_work(tmp_path, monkeypatch, capsy
     assert latency(None) == summary and calls == []  # finished: nothing measured again
     err = capsys.readouterr().err
     assert "cpu: validation nets, pass 2/3: 6/6" in err and "finished earlier" in err
+
+
+def test_run_with_a_ray_address_with_nothing_there_fails_in_seconds(tmp_path, capsys):
+    import time
+
+    cfg, out = tmp_path / "run.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump({**TINY_RUN, "cluster": {"ray_address": "127.0.0.1:1"}}))
+    start = time.monotonic()
+    for extra in ([], ["--ray-address", "127.0.0.1:1"]):  # the config's address, or the option's
+        assert main(["run", "--config", str(cfg), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "cannot reach a Ray cluster at '127.0.0.1:1'" in err and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - start < 20 and not out.exists()  # refused before the run folder is made

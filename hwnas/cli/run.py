@@ -24,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     p.add_argument("--from", dest="redo_from", choices=STAGES, help="redo this stage and every later one")
     p.add_argument("--until", choices=STAGES, help="stop after this stage (split a run over several sessions)")
+    p.add_argument("--ray-address", default=None,
+                   help="run on this Ray cluster (HOST:6379, ray://HOST:10001 or auto; default: the config's "
+                        "cluster.ray_address): each device's table is built on the node started with "
+                        "--resources='{\"device:NAME\": 1}', the accuracy datasets in shards, the search with "
+                        "cluster.workers workers on cluster.storage")
     p.set_defaults(func=_run)
 
 
@@ -34,7 +39,7 @@ def _run(args) -> int:
     # (Pipeline writes an inline space to OUT/space.json); a new folder is locked once made.
     check_out_dir(args.out)  # a file in the way, a read-only folder: its own one-line error, before the lock file
     with lock_run_dir(Path(args.out)) if Path(args.out).is_dir() else nullcontext():
-        pipeline = Pipeline(args.config, args.out, args.redo_from, args.until)
+        pipeline = Pipeline(args.config, args.out, args.redo_from, args.until, args.ray_address)
         with pipeline.runner.locked():
             result = pipeline.run()
     print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")

@@ -8,6 +8,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from hwnas.cli._group import add_command
 from hwnas.cli.space import add_space_arg
@@ -209,56 +210,82 @@ def _search(args) -> int:
         from hwnas.cli.search_rounds import search_in_rounds
 
         return search_in_rounds(args, space, tables, budgets, out, start)
+    return search_and_verify(space, tables, budgets, out, predictor=args.predictor, trials=args.trials,
+                             sampler=args.sampler, seed=args.seed, population=args.population,
+                             batch_size=args.batch_size, workers=args.workers, ray_address=args.ray_address,
+                             storage=args.storage, study=args.study, objectives=args.objective,
+                             verify=not args.no_verify, verify_top=args.verify_top, checkpoint=args.checkpoint,
+                             dataset=args.dataset, data=args.data, eval_device=args.eval_device,
+                             eval_limit=args.eval_limit, calib_batches=args.calib_batches,
+                             calib_batch_size=args.calib_batch_size, progress=not args.quiet, start=start,
+                             stall_timeout=args.stall_timeout)
+
+
+def search_and_verify(space: SearchSpace, tables: dict, budgets: list, out: Path, *, predictor: str, trials: int,
+                      sampler: str = "nsga2", seed: int = 0, population: int | None = None,
+                      batch_size: int | None = None, workers: int = 1, ray_address: str | None = None,
+                      storage: str | None = None, study: str | None = None, objectives: Sequence[str] = (),
+                      verify: bool = True, verify_top: int = 12, checkpoint: str | None = None,
+                      dataset: str | None = None, data: str | None = None, eval_device: str = "auto",
+                      eval_limit: int | None = None, calib_batches: int = 20, calib_batch_size: int = 256,
+                      progress: bool = True, start: float | None = None,
+                      stall_timeout: float | None = None) -> int:
+    """``hwnas search`` without --rounds, its options as arguments (``tables``: device -> table,
+    from :func:`load_tables`): search the predictor against every table, with ``workers`` Ray
+    workers (or on the cluster at ``ray_address``) on ``storage``, write the fronts to ``out``,
+    re-measure them on the devices that are reachable (and their accuracy on ``checkpoint``);
+    prints the fronts. Returns 0."""
     from predictors import load_predictor
 
-    predictor = load_predictor(args.predictor, space)
-    if args.checkpoint:
+    start = time.time() if start is None else start
+    accuracy = load_predictor(predictor, space)
+    if checkpoint:
         from search_space import load_supernet
 
-        load_supernet(args.checkpoint, space)  # missing, corrupt or another space's checkpoint: fail now
-    objectives = ([predicted_accuracy(predictor, space)] + [table_latency(t, d) for d, t in tables.items()]
-                  + [EXTRA_OBJECTIVES[name](space) for name in dict.fromkeys(args.objective)])
+        load_supernet(checkpoint, space)  # missing, corrupt or another space's checkpoint: fail now
+    objs = ([predicted_accuracy(accuracy, space)] + [table_latency(t, d) for d, t in tables.items()]
+            + [EXTRA_OBJECTIVES[name](space) for name in dict.fromkeys(objectives)])
 
     here = local_devices(tables)
-    use_ray = args.workers > 1 or bool(args.ray_address)
+    use_ray = workers > 1 or bool(ray_address)
     if use_ray:
         from search import init_ray
 
-        init_ray(args.ray_address, local_devices=here)
+        init_ray(ray_address, local_devices=here)
     out.mkdir(parents=True, exist_ok=True)
     if use_ray:  # for `hwnas status`: the dashboard link and the nodes
         from hwnas.run_status import record_cluster
 
         record_cluster(out)
-    if args.workers > 1 and args.storage is None:
-        args.storage = str(out / "study.journal")  # workers need a storage they can all open
-        print(f"storage: {args.storage}")
-    study = run_search(space, objectives, args.trials, budgets=budgets, sampler=args.sampler, seed=args.seed,
-                       population_size=args.population, storage=args.storage, study_name=args.study,
-                       workers=args.workers, ray_address=args.ray_address, batch_size=args.batch_size,
-                       progress=not args.quiet, seed_archs=list(space.extremes().values()),
-                       **({} if args.stall_timeout is None else {"stall_timeout": args.stall_timeout}))
+    if workers > 1 and storage is None:
+        storage = str(out / "study.journal")  # workers need a storage they can all open
+        print(f"storage: {storage}")
+    found = run_search(space, objs, trials, budgets=budgets, sampler=sampler, seed=seed, population_size=population,
+                       storage=storage, study_name=study, workers=workers, ray_address=ray_address,
+                       batch_size=batch_size, progress=progress, seed_archs=list(space.extremes().values()),
+                       **({} if stall_timeout is None else {"stall_timeout": stall_timeout}))
     search_s = time.time() - start
-    trials = Trials.from_study(study)
-    fronts = device_fronts(trials, space)
-    run = _run_info(args, space, tables, budgets, trials, study, search_s)
-    write_report(out, trials, fronts, run)  # the search's result is safe before the (slow) verification
-    if not args.no_verify:
+    done = Trials.from_study(found)
+    fronts = device_fronts(done, space)
+    run = _run_info(space, tables, budgets, done, found, search_s, predictor=predictor, sampler=sampler, seed=seed,
+                    storage=storage, workers=workers)
+    write_report(out, done, fronts, run)  # the search's result is safe before the (slow) verification
+    if verify:
         reachable = _reachable(tables, here, use_ray)
         measure = {d: measured_latency(tables[d], space, d) for d in reachable}
         evaluate = None
-        if args.checkpoint:
-            resources = {"GPU": 1} if use_ray and args.eval_device.startswith("cuda") else {"CPU": 1}
-            evaluate = measured_accuracy(CheckpointAccuracy(args.checkpoint, str(out / "verified_accuracy.jsonl"),
-                                                            args.dataset, args.data, args.eval_device, args.eval_limit,
-                                                            args.calib_batches, args.calib_batch_size),
+        if checkpoint:
+            resources = {"GPU": 1} if use_ray and eval_device.startswith("cuda") else {"CPU": 1}
+            evaluate = measured_accuracy(CheckpointAccuracy(checkpoint, str(out / "verified_accuracy.jsonl"),
+                                                            dataset, data, eval_device, eval_limit,
+                                                            calib_batches, calib_batch_size),
                                          resources=resources if use_ray else None)
-        verify_fronts(fronts, measure=measure, evaluate=evaluate, max_candidates=args.verify_top, use_ray=use_ray)
+        verify_fronts(fronts, measure=measure, evaluate=evaluate, max_candidates=verify_top, use_ray=use_ray)
         run["total_seconds"] = round(time.time() - start, 1)
-        write_report(out, trials, fronts, run)
+        write_report(out, done, fronts, run)
     print(format_fronts(fronts))
     print(f"wrote {out}/pareto_<device>.json, front_<device>.png, hypervolume.png, summary.md "
-          f"({len(trials)} trials, {time.time() - start:.1f} s)")
+          f"({len(done)} trials, {time.time() - start:.1f} s)")
     return 0
 
 
@@ -273,11 +300,12 @@ def _reachable(tables: dict, here: list[str], use_ray: bool) -> list[str]:
     return [d for d in tables if d in on_cluster]
 
 
-def _run_info(args, space, tables, budgets, trials, study, search_s: float) -> dict:
+def _run_info(space, tables, budgets, trials, study, search_s: float, *, predictor, sampler, seed, storage,
+              workers) -> dict:
     """The settings and provenance recorded in every output of the run."""
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "space": f"{space.name} ({space.fingerprint})", "predictor": args.predictor,
+            "space": f"{space.name} ({space.fingerprint})", "predictor": predictor,
             "tables": {d: f"{t.path} ({t.backend_spec}, batch {t.batch_size}, {t.dtype})" for d, t in tables.items()},
-            "budgets_ms": {b.objective: b.limit for b in budgets}, "trials": len(trials), "sampler": args.sampler,
-            "seed": args.seed, "storage": redact_url(storage_url(args.storage)), "study": study.study_name,
-            "workers": args.workers, "search_seconds": round(search_s, 1)}
+            "budgets_ms": {b.objective: b.limit for b in budgets}, "trials": len(trials), "sampler": sampler,
+            "seed": seed, "storage": redact_url(storage_url(storage)), "study": study.study_name,
+            "workers": workers, "search_seconds": round(search_s, 1)}
