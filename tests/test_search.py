@@ -332,7 +332,7 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
 
     def interrupting(archs):
         calls["n"] += 1
-        if calls["n"] == 4:  # the 1st call is the preflight; interrupt the 3rd batch
+        if calls["n"] == 4:  # the 1st call is the preflight (trial 0); interrupt the 3rd batch
             raise KeyboardInterrupt
         return toy_latency_a(archs)
 
@@ -342,7 +342,7 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
         run_search(SPACE, objs, 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 12 and states.count(TrialState.RUNNING) == 0
+    assert states.count(TrialState.COMPLETE) == 13 and states.count(TrialState.RUNNING) == 0
     run_search(SPACE, toy_objectives()[:2], 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 24
@@ -712,12 +712,12 @@ def test_single_process_search_needs_no_ray():
 class CountingAccuracy:
     """The toy accuracy as an expensive measurement: counts every arch it is asked to measure."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, fn=toy_accuracy):
+        self.calls, self.fn = [], fn
 
     def __call__(self, archs):
         self.calls += list(archs)
-        return toy_accuracy(archs)
+        return self.fn(archs)
 
 
 def small_gbt(space):
@@ -863,3 +863,68 @@ def test_an_arch_failed_by_one_objective_is_not_scored_by_the_next():
     values = score_batch([first, Objective("accuracy", "maximize", acc, measured=True)], [(0,) * 6, (1,) * 6])
     assert acc.calls == [(1,) * 6] and np.isnan(values[0]).all() and np.isfinite(values[1]).all()
 
+
+
+def test_each_distinct_arch_is_evaluated_once_and_the_sampler_told_from_the_cache(tmp_path):
+    """A GA re-proposes archs: they are answered from the cache (marked), not scored again; a
+    resumed study rebuilds the cache from the storage and spends no extra evaluation."""
+    from search._loop import CACHED_ATTR, evaluation_count
+
+    small = ToySpace(n=3, k=3)  # 27 archs
+    acc = CountingAccuracy(lambda a: small.encode_many(a) @ [0.3, 0.2, 0.1])
+    objs = [Objective("accuracy", "maximize", acc), Objective("latency:a", "minimize", lambda a: small.encode_many(a).sum(1))]
+    storage = str(tmp_path / "s.journal")
+    study = run_search(small, objs, 150, seed=0, storage=storage, study_name="c", progress=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 150 and len(acc.calls) == len(set(acc.calls)) <= 27  # one call per distinct arch
+    assert sum(not t.user_attrs.get(CACHED_ATTR) for t in done) == len(acc.calls) == evaluation_count(study)
+    again = CountingAccuracy(acc.fn)
+    objs[0] = Objective("accuracy", "maximize", again)
+    run_search(small, objs, 200, seed=0, storage=storage, study_name="c", progress=False)
+    assert not set(again.calls) & set(acc.calls) and len(again.calls) == len(set(again.calls))
+
+
+def test_max_evaluations_counts_distinct_archs_and_resumes(tmp_path):
+    from search._loop import evaluation_count
+
+    acc = CountingAccuracy()
+    objs = [Objective("accuracy", "maximize", acc)] + toy_objectives()[1:]
+    storage = str(tmp_path / "s.journal")
+    study = run_search(SPACE, objs, max_evaluations=40, seed=0, storage=storage, study_name="e", progress=False)
+    assert len(acc.calls) == len(set(acc.calls)) == 40 == evaluation_count(study)
+    assert study.sampler.population_size == 10  # sized to the 40 evaluations, not to the trial cap
+    acc.calls.clear()
+    study = run_search(SPACE, objs, max_evaluations=55, seed=0, storage=storage, study_name="e", progress=False)
+    assert len(acc.calls) == len(set(acc.calls)) == 15 and evaluation_count(study) == 55  # no pre-flight query
+    # n_trials and max_evaluations together: whichever comes first
+    few = run_search(SPACE, objs, 12, max_evaluations=1000, seed=0, progress=False)
+    assert len(few.get_trials(states=(TrialState.COMPLETE,))) == 12
+    with pytest.raises(SearchError, match="no budget: expected a number of trials"):
+        run_search(SPACE, objs, progress=False)
+    with pytest.raises(SearchError, match="number of evaluations 0 is invalid"):
+        run_search(SPACE, objs, max_evaluations=0, progress=False)
+    with pytest.raises(SearchError, match="max_evaluations is counted by one process, but 2 workers"):
+        run_search(SPACE, objs, max_evaluations=10, workers=2, storage=storage, progress=False)
+
+
+def test_preflight_is_the_first_trial_and_a_nan_stops_the_later_objectives():
+    """An expensive objective the user did not mark as measured: the pre-flight arch is the
+    study's first trial (no extra call); an arch whose first objective is NaN is not scored
+    by the later ones."""
+    acc, lat = CountingAccuracy(), CountingAccuracy()
+
+    def nan_for_zero(archs):
+        return np.where(np.asarray([a[0] for a in archs]) == 0, np.nan, acc(archs))
+
+    objs = [Objective("accuracy", "maximize", nan_for_zero), Objective("latency:a", "minimize", lat)]
+    study = run_search(SPACE, objs, 40, seed=0, progress=False)
+    first = study.trials[0]
+    assert acc.calls[0] == SPACE.from_params(first.params) and len(acc.calls) == len(set(acc.calls))
+    assert any(a[0] == 0 for a in acc.calls) and not any(a[0] == 0 for a in lat.calls)
+    assert set(lat.calls) == {a for a in acc.calls if a[0] != 0}
+
+    def broken(archs):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(SearchError, match=r"objective 'latency:a' fails on \(.*\): ZeroDivisionError: boom"):
+        run_search(SPACE, [objs[0], Objective("latency:a", "minimize", broken)], 5, progress=False)
