@@ -202,6 +202,9 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--long-queries", type=int, default=500, help="a second, longer budget for direct NSGA-II")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (to split a run)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="write the union of these result files of split runs (same settings) instead of running")
     p.add_argument("--inner-trials", type=int, default=DEFAULT_INNER_TRIALS)
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     p.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%%)")
@@ -214,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
     p.add_argument("--out", default="search_rounds", help="result name under experiments/results")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     predictor = args.predictor
     if args.no_bootstrap:
         from functools import partial
@@ -234,7 +239,7 @@ def main(argv=None) -> int:
     wanted = args.strategies.split(",")
     runs: dict[str, list] = {}
     logs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         todo = {}
         if "random" in wanted:
             todo["random"] = lambda: run_random(space, args.queries, seed)
@@ -263,6 +268,34 @@ def main(argv=None) -> int:
                   + ", ".join(f"{d}: hv {v['hv_ratio']:.3f} recall {v['recall']:.2f}" for d, v in row["devices"].items())
                   + f" ({row['cpu_s']} s CPU)", flush=True)
         _write(args, argv, space, keys, tables, truth, runs, logs, start)  # after every seed: a cut run keeps its seeds
+    return 0
+
+
+def merge(paths: list[Path], out_name: str) -> int:
+    """Write one result of split runs' json files (same dataset, tables and settings but the seeds)."""
+    import json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = docs[0]
+    for other in docs[1:]:
+        if other["true_front"] != doc["true_front"] or {k: v for k, v in other["settings"].items() if "seed" not in k
+                                                         and k != "out"} != {k: v for k, v in doc["settings"].items()
+                                                                             if "seed" not in k and k != "out"}:
+            raise SystemExit(f"{other['command']!r} differs from {doc['command']!r} in more than its seeds: not merged")
+        for name, rows in other["runs"].items():
+            doc["runs"].setdefault(name, []).extend(rows)
+        doc["rounds_logs"] += other["rounds_logs"]
+    seeds = sorted({r["seed"] for rows in doc["runs"].values() for r in rows})
+    doc["settings"]["seeds"], doc["settings"]["first_seed"] = len(seeds), seeds[0]
+    doc["command"] = " + ".join(d["command"] for d in docs)
+    doc["wall_s"] = round(sum(d["wall_s"] for d in docs), 1)
+    devices = list(doc["true_front"])
+    doc["summary"] = _summary(doc["runs"], devices)
+    out = RESULTS / out_name
+    atomic_write_json(out.with_suffix(".json"), doc)
+    atomic_write_text(out.with_suffix(".md"), _markdown(doc))
+    _plot(out.with_suffix(".png"), doc["summary"], doc["runs"], devices)
+    print(f"merged {len(docs)} runs, seeds {seeds}: wrote {out}.json/.md/.png")
     return 0
 
 
