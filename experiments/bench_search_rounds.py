@@ -183,13 +183,13 @@ def run_nsga2(space, accuracy, tables, queries, seed, population, kind="nsga2"):
 
 
 def run_rounds(space, accuracy, tables, queries, seed, inner_trials, rounds, explore, predictor, seed_size,
-               improve_share=0.5):
+               improve_share=0.0, bootstrap=False):
     """``search_rounds`` on the true accuracy; returns the measured subnets and its log."""
     lookup = Lookup(accuracy)
     measure = [Objective("accuracy", "maximize", lookup, measured=True, cache=True)]
     result = search_rounds(space, measure, [table_latency(t, d) for d, t in tables.items()], queries, seed=seed,
                            inner_trials=inner_trials, rounds=rounds, explore=explore, predictor=predictor,
-                           seed_size=seed_size, improve_share=improve_share)
+                           seed_size=seed_size, improve_share=improve_share, bootstrap=bootstrap)
     assert len(lookup.seen) == len(result) <= queries
     return [str(a) for a in result.archs], result.log
 
@@ -210,9 +210,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%%)")
     p.add_argument("--explore", type=float, default=1.0)
     p.add_argument("--predictor", default="gbt")
-    p.add_argument("--no-bootstrap", action="store_true",
-                   help="the GBT's members all fitted on every measured subnet (std ~0), as before 2026-12-06")
-    p.add_argument("--improve-share", type=float, default=0.5,
+    p.add_argument("--bootstrap", action="store_true",
+                   help="the GBT's members fitted on bootstrap resamples, a real std (search_rounds' bootstrap)")
+    p.add_argument("--improve-share", type=float, default=0.0,
                    help="share of each batch picked by optimistic hypervolume improvement (search_rounds' improve_share)")
     p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
     p.add_argument("--out", default="search_rounds", help="result name under experiments/results")
@@ -220,12 +220,6 @@ def main(argv=None) -> int:
     if args.merge:
         return merge(args.merge, args.out)
     predictor = args.predictor
-    if args.no_bootstrap:
-        from functools import partial
-
-        from predictors import make_predictor
-
-        predictor = partial(make_predictor, args.predictor, bootstrap=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.time()
     space, accuracy, tables = load_universe(args.dataset, args.table or DEFAULT_TABLES)
@@ -254,7 +248,7 @@ def main(argv=None) -> int:
         if "rounds" in wanted:
             def rounds():
                 measured, log = run_rounds(space, accuracy, tables, args.queries, seed, args.inner_trials, args.rounds,
-                                           args.explore, predictor, args.seed_size, args.improve_share)
+                                           args.explore, predictor, args.seed_size, args.improve_share, args.bootstrap)
                 logs.append({"seed": seed, "rounds": log})
                 return measured
             todo["rounds"] = rounds
@@ -342,7 +336,9 @@ def _markdown(doc: dict) -> str:
              f"(`{doc['dataset']['path']}`), latency from " + ", ".join(f"`{Path(t).name}` ({d})" for d, t in doc["tables"].items())
              + ". True front: " + ", ".join(f"{d}: {t['size']} subnets" for d, t in doc["true_front"].items()) + ".",
              "", f"Seeds: {min(len(r) for r in doc['runs'].values())} of {s['seeds']} run. Rounds: {s['rounds']} rounds after a seed of {s['seed_size'] or '30% of the budget'}, "
-             f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`, explore {s['explore']}.", "",
+             f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`"
+             f"{' with bootstrap members' if s.get('bootstrap', 'no_bootstrap' in s and not s['no_bootstrap']) else ''}, "
+             f"explore {s['explore']}, improve share {s.get('improve_share', 0.0)}.", "",
              "| strategy | queries (mean) | " + " | ".join(f"{d}: HV ratio mean ± sd (min) | {d}: HV ratio, loose ref. | "
                                                           f"{d}: front recall" for d in devices)
              + " | CPU s |", "|" + " --- |" * (2 + 3 * len(devices) + 1)]

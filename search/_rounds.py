@@ -102,15 +102,15 @@ def predicted_objective(objective: Objective, predictor, space, explore: float =
     return Objective(objective.name, objective.direction, score, device=objective.device, unit=objective.unit, cache=True)
 
 
-def _make_predictor(predictor, space, seed: int):
-    """An unfitted predictor: ``predictor(space)``, or the named kind, its members fitted on
-    bootstrap resamples where the kind has them (the GBT), so that its std is an uncertainty."""
+def _make_predictor(predictor, space, seed: int, bootstrap: bool = False):
+    """An unfitted predictor: ``predictor(space)``, or the named kind; with ``bootstrap`` its
+    members are fitted on bootstrap resamples where the kind has them (the GBT)."""
     if callable(predictor):
         return predictor(space)
     from predictors import make_predictor, predictor_kinds
 
     kind = predictor_kinds().get(predictor)
-    extra = {"bootstrap": True} if kind is not None and "bootstrap" in kind.default_hparams() else {}
+    extra = {"bootstrap": True} if bootstrap and kind is not None and "bootstrap" in kind.default_hparams() else {}
     return make_predictor(predictor, space, seed=seed, **extra)
 
 
@@ -143,7 +143,7 @@ class _Measured:
 def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective], queries: int, *,
                   budgets: Sequence[Budget] = (), predictor: str | Callable = "gbt", seed_size: int | None = None,
                   rounds: int = DEFAULT_ROUNDS, inner_trials: int = DEFAULT_INNER_TRIALS, sampler: str = "nsga2",
-                  explore: float = 1.0, improve_share: float = 0.5, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
+                  explore: float = 1.0, improve_share: float = 0.0, bootstrap: bool = False, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
                   progress: bool = False, on_round: Callable[[RoundsResult], None] | None = None) -> RoundsResult:
     """Measure at most ``queries`` distinct architectures, chosen in rounds; returns all of them.
 
@@ -154,7 +154,11 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     in ``rounds`` equal batches; each round's inner search runs ``inner_trials`` trials with
     ``sampler`` (sized to them, see :func:`make_sampler`) on the optimistic predictions
     (mean + ``explore`` x std). Each batch: ``improve_share`` of it by optimistic hypervolume
-    improvement of the measured fronts, the rest spread along the predicted fronts' layers. ``known``: arch -> values of the
+    improvement of the measured fronts, the rest spread along the predicted fronts' layers.
+    ``bootstrap``: a named predictor's members are fitted on bootstrap resamples (the GBT), so
+    that its std is a real uncertainty. Both are off by default: on the ``cifar_pool`` benchmark
+    the exploration they bring measured fewer true-front subnets in 200 queries
+    (``experiments/results/search_rounds_explore.md``). ``known``: arch -> values of the
     ``measure`` objectives already measured (reused, not counted). ``on_round`` gets the result
     so far after every round (e.g. to save it).
     """
@@ -209,12 +213,13 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
             break
         info: dict = {}
         pick = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
-                           inner_trials, sampler, explore, improve_share, seed + round_no, rng, info, result)
+                           inner_trials, sampler, explore, improve_share, seed + round_no, rng, info, result,
+                           bootstrap)
         run_round(round_no, pick, info)
     return result
 
 
-def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int) -> dict:
+def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int, bootstrap: bool = False) -> dict:
     values = cache.values()
     X = np.asarray(space.encode_many(cache.archs), float)
     fitted = {}
@@ -223,15 +228,16 @@ def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int) -> d
         if ok.sum() < 4:
             raise SearchError(f"objective {o.name!r} has {int(ok.sum())} finite measurements: a predictor needs "
                               "at least 4 (a larger seed size, or fix the measurement)")
-        fitted[o.name] = _make_predictor(predictor, space, seed).fit(X[ok], values[ok, j])
+        fitted[o.name] = _make_predictor(predictor, space, seed, bootstrap).fit(X[ok], values[ok, j])
     return fitted
 
 
 def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predictor, inner_trials: int, sampler: str,
-                explore: float, improve_share: float, seed: int, rng, info: dict, result: RoundsResult) -> list:
+                explore: float, improve_share: float, seed: int, rng, info: dict, result: RoundsResult,
+                bootstrap: bool = False) -> list:
     """Fit, search the predictions, and choose ``k`` unmeasured archs."""
     t0 = time.perf_counter()
-    fitted = _fit_predictors(space, measure, cache, predictor, seed)
+    fitted = _fit_predictors(space, measure, cache, predictor, seed, bootstrap)
     result.predictors = fitted
     t1 = time.perf_counter()
     predicted = [predicted_objective(o, fitted[o.name], space, explore) for o in measure]

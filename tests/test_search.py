@@ -957,3 +957,14 @@ def test_preflight_is_the_first_trial_and_a_nan_stops_the_later_objectives():
 
     with pytest.raises(SearchError, match=r"objective 'latency:a' fails on \(.*\): ZeroDivisionError: boom"):
         run_search(SPACE, [objs[0], Objective("latency:a", "minimize", broken)], 5, progress=False)
+
+
+def test_search_rounds_explores_with_bootstrap_members_and_improvement_picks():
+    from search import search_rounds
+
+    acc = CountingAccuracy()
+    result = search_rounds(SPACE, [Objective("accuracy", "maximize", acc, measured=True)], toy_objectives()[1:], 16,
+                           seed_size=10, rounds=1, inner_trials=30, bootstrap=True, improve_share=0.5, seed=0)
+    assert len(acc.calls) == len(set(acc.calls)) == 16 == len(result)
+    model = result.predictors["accuracy"]
+    assert model.hparams["bootstrap"] and model.predict(SPACE.encode_many(result.archs))[1].mean() > 1e-4
