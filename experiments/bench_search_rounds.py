@@ -271,10 +271,12 @@ def merge(paths: list[Path], out_name: str) -> int:
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     doc = docs[0]
+    def same(a: dict, b: dict) -> bool:  # the settings both name, but the seeds and file names
+        keys = (set(a) & set(b)) - {"seeds", "first_seed", "out", "merge"}
+        return all(a[k] == b[k] for k in keys)
+
     for other in docs[1:]:
-        if other["true_front"] != doc["true_front"] or {k: v for k, v in other["settings"].items() if "seed" not in k
-                                                         and k != "out"} != {k: v for k, v in doc["settings"].items()
-                                                                             if "seed" not in k and k != "out"}:
+        if other["true_front"] != doc["true_front"] or not same(other["settings"], doc["settings"]):
             raise SystemExit(f"{other['command']!r} differs from {doc['command']!r} in more than its seeds: not merged")
         for name, rows in other["runs"].items():
             doc["runs"].setdefault(name, []).extend(rows)
