@@ -18,6 +18,7 @@ import math
 import threading
 import time
 import warnings
+import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
@@ -83,6 +84,18 @@ def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
     for t in study._get_trials(deepcopy=False):
         counts[t.state] += 1
     return counts
+
+
+_ASKERS: "weakref.WeakKeyDictionary[optuna.Study, BatchAsker]" = weakref.WeakKeyDictionary()
+
+
+def batch_asker(study: optuna.Study, space) -> BatchAsker:
+    """The one :class:`BatchAsker` of a study kept in a database, shared by the pre-flight trial
+    and the loop: a sampler must see a single study (TPE ties its search space to one)."""
+    asker = _ASKERS.get(study)
+    if asker is None or asker.space is not space or asker.local.sampler is not study.sampler:
+        asker = _ASKERS[study] = BatchAsker(study, space)
+    return asker
 
 
 class ScoreCache:
@@ -269,7 +282,7 @@ def optimize_batches(study: optuna.Study, space, objectives: Sequence[Objective]
 def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch,
                       max_evaluations=None) -> int:
     heartbeat = has_heartbeat(study._storage)
-    asker = BatchAsker(study, space) if is_database(study._storage) else None
+    asker = batch_asker(study, space) if is_database(study._storage) else None
     cache = ScoreCache(space, len(objectives))
     done = 0
     while True:

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ._errors import SearchError
-from ._loop import _tell_batch, budget_violations, evaluation_count, optimize_batches, score_batch, trial_counts
+from ._batch_ask import is_database
+from ._loop import (_tell_batch, batch_asker, budget_violations, evaluation_count, optimize_batches, score_batch,
+                    trial_counts)
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
@@ -74,9 +76,16 @@ def _preflight(study: optuna.Study, space, objectives: Sequence[Objective], budg
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        trial = None if done else study.ask()  # a queued seed arch first, else the sampler's first proposal
+        trial, drawn = None, {}
+        if not done:  # a queued seed arch first, else the sampler's first proposal
+            if is_database(study._storage):
+                batch: list = []
+                batch_asker(study, space).ask(1, batch, drawn, heartbeat=False)
+                trial = batch[0]
+            else:
+                trial = study.ask()
     try:
-        arch = space.from_params(done[0].params) if done else space.suggest(trial)
+        arch = space.from_params(done[0].params) if done else drawn[trial.number] if trial.number in drawn else space.suggest(trial)
         for o in objectives:
             if o.cache and not o.resources:
                 try:
