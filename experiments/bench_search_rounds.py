@@ -15,9 +15,13 @@ Strategies, each with ``--queries`` (200) and ``--seeds`` (10) seeds:
 - ``random_space``: random search through the space (``run_search`` with a random sampler,
   each proposal mapped to its nearest measured subnet), as a user would run it;
 - ``nsga2_old`` / ``nsga2_new``: ``run_search`` on the true objectives with the old fixed
-  population of 100 / the population sized to the trial count (``search.make_sampler``), at
-  the budget and at ``--long-queries`` (500) trials (repeats cost no query: the objective caches);
+  population of 100 / the population sized to the budget (``search.make_sampler``), until
+  ``--queries`` and ``--long-queries`` (500) distinct subnets are measured
+  (``max_evaluations``: a re-proposed subnet is answered from the study's cache, no query);
 - ``rounds``: ``search.search_rounds`` with ``--inner-trials`` predicted trials per round.
+
+The markdown ends with the checks: rounds against the 0.97 target, and direct NSGA-II against
+both random baselines at the same number of queries (difference of means and its 2 standard errors).
 
 Scores per device: hypervolume of the measured points' front over the true front's (same
 reference point: the dataset's worst accuracy and largest latency), and front recall (share of
@@ -166,23 +170,26 @@ def run_random(space, queries, seed):
     return [str(space.archs[i]) for i in rng.choice(len(space.archs), queries, replace=False)]
 
 
-def run_nsga2(space, accuracy, tables, trials, seed, population, kind="nsga2"):
-    """Direct search (NSGA-II, or random) on the true objectives; returns the distinct subnets measured."""
+def run_nsga2(space, accuracy, tables, queries, seed, population, kind="nsga2"):
+    """Direct search (NSGA-II, or random) on the true objectives until ``queries`` distinct
+    subnets are measured (``run_search(max_evaluations=...)``); returns them."""
     lookup = Lookup(accuracy)
     objectives = ([Objective("accuracy", "maximize", lookup, measured=True, cache=True)]
                   + [table_latency(t, d) for d, t in tables.items()])
-    sampler = make_sampler(kind, seed=seed, population_size=population, n_trials=trials)
-    run_search(space, objectives, trials, sampler=sampler, seed=seed, progress=False)
+    sampler = make_sampler(kind, seed=seed, population_size=population, n_trials=queries)
+    run_search(space, objectives, max_evaluations=queries, sampler=sampler, seed=seed, progress=False)
+    assert len(lookup.seen) <= queries
     return sorted(lookup.seen)
 
 
-def run_rounds(space, accuracy, tables, queries, seed, inner_trials, rounds, explore, predictor, seed_size):
+def run_rounds(space, accuracy, tables, queries, seed, inner_trials, rounds, explore, predictor, seed_size,
+               improve_share=0.0, bootstrap=False):
     """``search_rounds`` on the true accuracy; returns the measured subnets and its log."""
     lookup = Lookup(accuracy)
     measure = [Objective("accuracy", "maximize", lookup, measured=True, cache=True)]
     result = search_rounds(space, measure, [table_latency(t, d) for d, t in tables.items()], queries, seed=seed,
                            inner_trials=inner_trials, rounds=rounds, explore=explore, predictor=predictor,
-                           seed_size=seed_size)
+                           seed_size=seed_size, improve_share=improve_share, bootstrap=bootstrap)
     assert len(lookup.seen) == len(result) <= queries
     return [str(a) for a in result.archs], result.log
 
@@ -195,14 +202,24 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--long-queries", type=int, default=500, help="a second, longer budget for direct NSGA-II")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (to split a run)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="write the union of these result files of split runs (same settings) instead of running")
     p.add_argument("--inner-trials", type=int, default=DEFAULT_INNER_TRIALS)
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     p.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%%)")
     p.add_argument("--explore", type=float, default=1.0)
     p.add_argument("--predictor", default="gbt")
+    p.add_argument("--bootstrap", action="store_true",
+                   help="the GBT's members fitted on bootstrap resamples, a real std (search_rounds' bootstrap)")
+    p.add_argument("--improve-share", type=float, default=0.0,
+                   help="share of each batch picked by optimistic hypervolume improvement (search_rounds' improve_share)")
     p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
     p.add_argument("--out", default="search_rounds", help="result name under experiments/results")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    predictor = args.predictor
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.time()
     space, accuracy, tables = load_universe(args.dataset, args.table or DEFAULT_TABLES)
@@ -216,7 +233,7 @@ def main(argv=None) -> int:
     wanted = args.strategies.split(",")
     runs: dict[str, list] = {}
     logs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         todo = {}
         if "random" in wanted:
             todo["random"] = lambda: run_random(space, args.queries, seed)
@@ -231,7 +248,7 @@ def main(argv=None) -> int:
         if "rounds" in wanted:
             def rounds():
                 measured, log = run_rounds(space, accuracy, tables, args.queries, seed, args.inner_trials, args.rounds,
-                                           args.explore, args.predictor, args.seed_size)
+                                           args.explore, predictor, args.seed_size, args.improve_share, args.bootstrap)
                 logs.append({"seed": seed, "rounds": log})
                 return measured
             todo["rounds"] = rounds
@@ -245,6 +262,36 @@ def main(argv=None) -> int:
                   + ", ".join(f"{d}: hv {v['hv_ratio']:.3f} recall {v['recall']:.2f}" for d, v in row["devices"].items())
                   + f" ({row['cpu_s']} s CPU)", flush=True)
         _write(args, argv, space, keys, tables, truth, runs, logs, start)  # after every seed: a cut run keeps its seeds
+    return 0
+
+
+def merge(paths: list[Path], out_name: str) -> int:
+    """Write one result of split runs' json files (same dataset, tables and settings but the seeds)."""
+    import json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = docs[0]
+    def same(a: dict, b: dict) -> bool:  # the settings both name, but the seeds and file names
+        keys = (set(a) & set(b)) - {"seeds", "first_seed", "out", "merge"}
+        return all(a[k] == b[k] for k in keys)
+
+    for other in docs[1:]:
+        if other["true_front"] != doc["true_front"] or not same(other["settings"], doc["settings"]):
+            raise SystemExit(f"{other['command']!r} differs from {doc['command']!r} in more than its seeds: not merged")
+        for name, rows in other["runs"].items():
+            doc["runs"].setdefault(name, []).extend(rows)
+        doc["rounds_logs"] += other["rounds_logs"]
+    seeds = sorted({r["seed"] for rows in doc["runs"].values() for r in rows})
+    doc["settings"]["seeds"], doc["settings"]["first_seed"] = len(seeds), seeds[0]
+    doc["command"] = " + ".join(d["command"] for d in docs)
+    doc["wall_s"] = round(sum(d["wall_s"] for d in docs), 1)
+    devices = list(doc["true_front"])
+    doc["summary"] = _summary(doc["runs"], devices)
+    out = RESULTS / out_name
+    atomic_write_json(out.with_suffix(".json"), doc)
+    atomic_write_text(out.with_suffix(".md"), _markdown(doc))
+    _plot(out.with_suffix(".png"), doc["summary"], doc["runs"], devices)
+    print(f"merged {len(docs)} runs, seeds {seeds}: wrote {out}.json/.md/.png")
     return 0
 
 
@@ -291,7 +338,9 @@ def _markdown(doc: dict) -> str:
              f"(`{doc['dataset']['path']}`), latency from " + ", ".join(f"`{Path(t).name}` ({d})" for d, t in doc["tables"].items())
              + ". True front: " + ", ".join(f"{d}: {t['size']} subnets" for d, t in doc["true_front"].items()) + ".",
              "", f"Seeds: {min(len(r) for r in doc['runs'].values())} of {s['seeds']} run. Rounds: {s['rounds']} rounds after a seed of {s['seed_size'] or '30% of the budget'}, "
-             f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`, explore {s['explore']}.", "",
+             f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`"
+             f"{' with bootstrap members' if s.get('bootstrap', 'no_bootstrap' in s and not s['no_bootstrap']) else ''}, "
+             f"explore {s['explore']}, improve share {s.get('improve_share', 0.0)}.", "",
              "| strategy | queries (mean) | " + " | ".join(f"{d}: HV ratio mean ± sd (min) | {d}: HV ratio, loose ref. | "
                                                           f"{d}: front recall" for d in devices)
              + " | CPU s |", "|" + " --- |" * (2 + 3 * len(devices) + 1)]
@@ -302,10 +351,38 @@ def _markdown(doc: dict) -> str:
     lines += ["", "HV ratio: hypervolume of the measured subnets' front over the true front's, from the true front's "
               "nadir moved out by 10% of its range on each axis; loose ref.: from the dataset's worst accuracy and "
               "largest latency instead (most of that area is covered by any sample). Front recall: share of the true front's subnets among the measured. "
-              "`nsga2_old_N`: population 100 (the old default); `nsga2_new_N`: population sized to N trials "
-              "(`search.budget_population`); their query count is distinct subnets (repeats are cached). "
+              "`nsga2_old_N`: population 100 (the old default); `nsga2_new_N`: population sized to N "
+              "(`search.budget_population`); both run until N distinct subnets are measured (`max_evaluations`; repeats are "
+              "answered from the study's cache). "
               "CPU s: per seed, including the predictor fits and inner searches of `rounds`.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _checks(doc, devices))
+
+
+def _checks(doc: dict, devices: list[str]) -> list[str]:
+    """Lines stating the targets: rounds >= 0.97 on every device; direct NSGA-II (new defaults)
+    against random at the same query counts (clearly above: the difference of the means is
+    more than two standard errors)."""
+    runs, s = doc["runs"], doc["settings"]
+    lines = ["## Checks (computed)", ""]
+    if "rounds" in runs:
+        for d in devices:
+            m = doc["summary"]["rounds"][d]["hv_mean"]
+            lines.append(f"- rounds, {d}: HV ratio {m:.3f} at {s['queries']} queries: "
+                         + ("met" if m >= 0.97 else "**missed**") + " (target >= 0.97)")
+    for n in (s["queries"], s["long_queries"]):
+        ours = runs.get(f"nsga2_new_{n}")
+        for base in ((f"random_{n}" if n != s["queries"] else "random"), f"random_space_{n}"):
+            if ours is None or base not in runs:
+                continue
+            for d in devices:
+                a = np.asarray([r["devices"][d]["hv_ratio"] for r in ours])
+                b = np.asarray([r["devices"][d]["hv_ratio"] for r in runs[base]])
+                diff = a.mean() - b.mean()
+                se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))) if min(len(a), len(b)) > 1 else float("nan")
+                verdict = "clearly above" if diff > 2 * se else "not clearly above"
+                lines.append(f"- nsga2_new_{n} vs {base}, {d}: {a.mean():.3f} vs {b.mean():.3f} "
+                             f"(difference {diff:+.3f}, 2 SE {2 * se:.3f}): {verdict}")
+    return lines + [""]
 
 
 def _plot(path: Path, summary: dict, runs: dict, devices: list[str]) -> None:

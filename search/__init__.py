@@ -10,7 +10,9 @@ Pareto front per device, verifiable by measurement::
     verify_fronts(fronts, measure={"cpu": measured_latency(cpu_table, space)})
     write_report("out", trials, fronts, run={"sampler": "nsga2"})
 
-Where the quality objective is expensive to measure, :func:`search_rounds` spends a budget of
+Each distinct architecture is scored once per study (a re-proposed one is answered from the
+study's cache), so a budget of true evaluations is ``run_search(space, objectives,
+max_evaluations=200)``. Where the quality objective is expensive to measure, :func:`search_rounds` spends a budget of
 measurements in rounds (measure, fit a predictor, search it, measure the most promising)::
 
     result = search_rounds(space, [measured_accuracy(evaluate)], [table_latency(cpu_table)], queries=200)

@@ -1,5 +1,10 @@
 """The worker loop: ask a batch of trials, score it at once, tell, until the study holds exactly
-``n_trials`` completed trials (shared with any number of other workers on the same storage).
+``n_trials`` completed trials (shared with any number of other workers on the same storage), or
+has spent ``max_evaluations`` evaluations.
+
+Each distinct architecture is scored once per study: a trial that proposes an arch the study
+already scored (GA samplers re-propose) is told the stored values and marked ``hwnas:cached``;
+it counts as a trial, not as an evaluation (:class:`ScoreCache`, rebuilt from the storage on resume).
 
 Exactness: a worker only asks for what is still missing; if workers race, the trials beyond
 the first ``n_trials`` live ones (by trial number) are told FAIL and marked ``hwnas:surplus``
@@ -13,6 +18,7 @@ import math
 import threading
 import time
 import warnings
+import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
@@ -22,13 +28,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from ._batch_ask import BatchAsker, is_database, tell_all
-from ._objectives import Budget, Objective
+from ._objectives import Budget, Objective, _key
 from ._ray import submit_score
 from ._storage import has_heartbeat
 
 SURPLUS_ATTR = "hwnas:surplus"
 DUPLICATE_ATTR = "hwnas:duplicate_retry"
 ERROR_ATTR = "hwnas:error"
+CACHED_ATTR = "hwnas:cached"
 _LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -77,6 +84,64 @@ def trial_counts(study: optuna.Study) -> dict[TrialState, int]:
     for t in study._get_trials(deepcopy=False):
         counts[t.state] += 1
     return counts
+
+
+_ASKERS: "weakref.WeakKeyDictionary[optuna.Study, BatchAsker]" = weakref.WeakKeyDictionary()
+
+
+def batch_asker(study: optuna.Study, space) -> BatchAsker:
+    """The one :class:`BatchAsker` of a study kept in a database, shared by the pre-flight trial
+    and the loop: a sampler must see a single study (TPE ties its search space to one)."""
+    asker = _ASKERS.get(study)
+    if asker is None or asker.space is not space or asker.local.sampler is not study.sampler:
+        asker = _ASKERS[study] = BatchAsker(study, space)
+    return asker
+
+
+class ScoreCache:
+    """The values of every arch the study has scored, by arch key, kept up to date from the
+    storage (other workers' trials, an earlier run's), and how many evaluations that took.
+
+    An evaluation is a trial whose objectives were scored (completed, or failed with a
+    non-finite value); trials told from the cache are not evaluations."""
+
+    def __init__(self, space, n_objectives: int):
+        self.space, self.n = space, n_objectives
+        self.rows: dict = {}  # arch key -> values (NaN where an objective failed or was not scored)
+        self.errors: dict = {}  # arch key -> the failure message of an arch that failed
+        self.evaluations = 0
+        self._taken: set[int] = set()  # trial numbers already taken in
+
+    def __contains__(self, key) -> bool:
+        return key in self.rows
+
+    def sync(self, study: optuna.Study) -> None:
+        """Take in the study's finished trials not yet seen."""
+        for t in study._get_trials(deepcopy=False):
+            if t.number in self._taken or not t.state.is_finished():
+                continue
+            self._taken.add(t.number)
+            failed = t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs
+            if t.state != TrialState.COMPLETE and not failed:
+                continue  # surplus, interrupted or pruned: nothing was learnt
+            if not t.user_attrs.get(CACHED_ATTR):
+                self.evaluations += 1
+            key = _key(self.space.from_params(t.params))
+            if key not in self.rows:
+                self.rows[key] = np.asarray(t.values if not failed else [np.nan] * self.n, float)
+                if failed:
+                    self.errors[key] = t.user_attrs[ERROR_ATTR]
+
+    def add(self, key, row: np.ndarray) -> None:
+        """Remember the values of an arch this process has just scored (counted once told, by :meth:`sync`)."""
+        self.rows.setdefault(key, np.asarray(row, float))
+
+
+def evaluation_count(study: optuna.Study) -> int:
+    """How many evaluations the study's trials took (trials told from the cache excluded)."""
+    return sum(1 for t in study._get_trials(deepcopy=False)
+               if (t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs))
+               and not t.user_attrs.get(CACHED_ATTR))
 
 
 class _Heartbeat:
@@ -145,11 +210,17 @@ def _drop_surplus(study: optuna.Study, batch: list, n_trials: int) -> list:
     return kept
 
 
-def _tell_batch(study, batch, values, violations, objectives, budgets) -> int:
+def _tell_batch(study, batch, values, violations, objectives, budgets, cached=None, errors=None) -> int:
+    """Tell every trial of ``batch`` its values (FAIL where one is not finite). ``cached[i]``
+    marks a trial answered from the cache; ``errors`` (arch key -> message) overrides the
+    message of a cached failure."""
     outcomes = []  # (trial, values or None when failed, constraints, user attributes)
-    for t, v, c in zip(batch, values, violations):
+    cached = [False] * len(batch) if cached is None else cached
+    for t, v, c, (from_cache, message) in zip(batch, values, violations, zip(cached, errors or [None] * len(batch))):
         bad = [o.name for o, x in zip(objectives, v) if not math.isfinite(x)]
-        attrs = {ERROR_ATTR: f"objective(s) {bad} returned a non-finite value"} if bad else {}
+        attrs = {ERROR_ATTR: message or f"objective(s) {bad} returned a non-finite value"} if bad else {}
+        if from_cache:
+            attrs[CACHED_ATTR] = True
         outcomes.append((t, None if bad else v.tolist(), {b.objective: x for b, x in zip(budgets, c.tolist())}, attrs))
     if is_database(study._storage):
         return tell_all(study, outcomes)  # one transaction for the batch
@@ -171,27 +242,59 @@ def _tell_batch(study, batch, values, violations, objectives, budgets) -> int:
     return completed
 
 
+def score_cached(cache: ScoreCache, objectives: Sequence[Objective], archs: Sequence[Any], use_ray: bool = False,
+                 allowance: int | None = None) -> tuple[np.ndarray, list[bool], list, list[bool]]:
+    """Values of ``archs``, scoring only those the cache lacks (each once), at most ``allowance``
+    of them (None: all). Returns (values, answered from the cache, cached failure messages,
+    within the allowance) per arch; an arch beyond the allowance gets NaN values."""
+    keys = [_key(a) for a in archs]
+    fresh: dict = {}
+    for k, a in zip(keys, archs):
+        if k not in cache and k not in fresh and (allowance is None or len(fresh) < allowance):
+            fresh[k] = a
+    if fresh:
+        for k, row in zip(fresh, score_batch(objectives, list(fresh.values()), use_ray)):
+            cache.add(k, row)
+    nan = np.full(len(objectives), np.nan)
+    values = np.stack([cache.rows.get(k, nan) for k in keys]) if archs else np.zeros((0, len(objectives)))
+    first: set = set()
+    from_cache = []
+    for k in keys:
+        from_cache.append(k not in fresh or k in first)  # a repeat within the batch: scored once, for the first
+        first.add(k)
+    return values, from_cache, [cache.errors.get(k) for k in keys], [k in cache.rows for k in keys]
+
+
 def optimize_batches(study: optuna.Study, space, objectives: Sequence[Objective], budgets: Sequence[Budget],
                      n_trials: int, batch_size: int, *, n_workers: int = 1, use_ray: bool = False,
-                     on_batch: Callable[[int], None] | None = None) -> int:
+                     on_batch: Callable[[int], None] | None = None, max_evaluations: int | None = None) -> int:
     """Run the ask-score-tell loop until the study holds ``n_trials`` completed trials (or the
-    rest is in other workers' hands). Returns the trials this call completed; ``on_batch``
-    gets that number after every batch."""
+    rest is in other workers' hands), or has taken ``max_evaluations`` evaluations (one process:
+    the count is exact only without other workers). Each distinct arch is scored once (see
+    :class:`ScoreCache`). Returns the trials this call completed; ``on_batch`` gets that number
+    after every batch."""
     with warnings.catch_warnings():
         # This loop records heartbeats itself (Optuna warns that only Study.optimize does) and
         # uses fail_stale_trials, "experimental" in Optuna since 2.9.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch)
+        return _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch,
+                                 max_evaluations)
 
 
-def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch) -> int:
+def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch,
+                      max_evaluations=None) -> int:
     heartbeat = has_heartbeat(study._storage)
-    asker = BatchAsker(study, space) if is_database(study._storage) else None
+    asker = batch_asker(study, space) if is_database(study._storage) else None
+    cache = ScoreCache(space, len(objectives))
     done = 0
     while True:
         if heartbeat:
             _fail_stale_once(study)  # a dead worker's trials: failed, then re-queued as WAITING
+        cache.sync(study)
+        allowance = None if max_evaluations is None else max_evaluations - cache.evaluations
+        if allowance is not None and allowance <= 0:
+            return done
         counts = trial_counts(study)
         missing = n_trials - counts[TrialState.COMPLETE] - counts[TrialState.RUNNING]
         if missing <= 0:
@@ -220,9 +323,19 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
                     beat.dropped = frozenset(t.number for t in batch) - {t.number for t in kept}
                 if kept:
                     archs = [drawn[t.number] if t.number in drawn else space.suggest(t) for t in kept]
-                    values = score_batch(objectives, archs, use_ray)
+                    values, cached, errors, within = score_cached(cache, objectives, archs, use_ray, allowance)
+                    if not all(within):  # beyond the evaluation budget: failed unscored, as surplus
+                        over = [t for t, ok in zip(kept, within) if not ok]
+                        if heartbeat:
+                            beat.dropped |= {t.number for t in over}
+                        for t in over:
+                            t.set_user_attr(SURPLUS_ATTR, True)
+                            study.tell(t, state=TrialState.FAIL)
+                        keep = [i for i, ok in enumerate(within) if ok]
+                        kept, values = [kept[i] for i in keep], values[keep]
+                        cached, errors = [cached[i] for i in keep], [errors[i] for i in keep]
                     done += _tell_batch(study, kept, values, budget_violations(values, objectives, budgets),
-                                         objectives, budgets)
+                                         objectives, budgets, cached, errors)
         except BaseException:
             # Ctrl-C or a failing objective: no half-scored trial stays RUNNING.
             for t in batch:
@@ -232,4 +345,3 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
             continue
         if on_batch is not None:
             on_batch(done)
-

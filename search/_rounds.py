@@ -25,9 +25,10 @@ from optuna.trial import TrialState
 from ._errors import SearchError
 from ._fronts import DeviceFront, Trials, device_fronts
 from ._loop import budget_violations, score_batch
-from ._objectives import Budget, Objective, _key, _PredictedAccuracy, check_budgets, check_objectives
+from ._objectives import (Budget, Objective, _key, _PredictedAccuracy, check_budgets, check_objectives,
+                          limit_native_threads)
 from ._run import _positive_int, run_search
-from ._select import distinct, random_archs, seed_archs, select_batch
+from ._select import distinct, random_archs, seed_archs, select_batch, select_by_improvement
 
 DEFAULT_ROUNDS = 8  # small batches: each refit sees what the last batch taught
 SEED_SHARE = 0.3  # of the budget measured before the first fit
@@ -80,18 +81,37 @@ def _unused(archs):  # an Objective needs a score function; Trials only reads na
     raise SearchError("internal: a RoundsResult objective was scored")
 
 
-def predicted_objective(objective: Objective, predictor, space) -> Objective:
-    """``objective`` predicted (mean of ``predictor``) instead of measured, for the inner search."""
-    return Objective(objective.name, objective.direction, _PredictedAccuracy(predictor, space, 1),
-                     device=objective.device, unit=objective.unit, cache=True)
+class _Optimistic:
+    """Predicted mean raised by ``explore`` x the predictor's std on the side that helps
+    (a class, not a closure, so Ray can ship it)."""
+
+    def __init__(self, predictor, space, explore: float, sign: float):
+        self.predictor, self.space, self.explore, self.sign = predictor, space, explore, sign
+
+    def __call__(self, archs):
+        with limit_native_threads(1):
+            mean, std = self.predictor.predict(self.space.encode_many(archs))
+        return mean + self.sign * self.explore * np.nan_to_num(std)
 
 
-def _make_predictor(predictor, space, seed: int):
+def predicted_objective(objective: Objective, predictor, space, explore: float = 0.0) -> Objective:
+    """``objective`` predicted by ``predictor`` instead of measured, for the inner search: its
+    mean, made optimistic by ``explore`` x its std (0: the mean alone)."""
+    sign = 1.0 if objective.direction == "maximize" else -1.0
+    score = _Optimistic(predictor, space, explore, sign) if explore else _PredictedAccuracy(predictor, space, 1)
+    return Objective(objective.name, objective.direction, score, device=objective.device, unit=objective.unit, cache=True)
+
+
+def _make_predictor(predictor, space, seed: int, bootstrap: bool = False):
+    """An unfitted predictor: ``predictor(space)``, or the named kind; with ``bootstrap`` its
+    members are fitted on bootstrap resamples where the kind has them (the GBT)."""
     if callable(predictor):
         return predictor(space)
-    from predictors import make_predictor
+    from predictors import make_predictor, predictor_kinds
 
-    return make_predictor(predictor, space, seed=seed)
+    kind = predictor_kinds().get(predictor)
+    extra = {"bootstrap": True} if bootstrap and kind is not None and "bootstrap" in kind.default_hparams() else {}
+    return make_predictor(predictor, space, seed=seed, **extra)
 
 
 class _Measured:
@@ -123,7 +143,7 @@ class _Measured:
 def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective], queries: int, *,
                   budgets: Sequence[Budget] = (), predictor: str | Callable = "gbt", seed_size: int | None = None,
                   rounds: int = DEFAULT_ROUNDS, inner_trials: int = DEFAULT_INNER_TRIALS, sampler: str = "nsga2",
-                  explore: float = 1.0, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
+                  explore: float = 1.0, improve_share: float = 0.0, bootstrap: bool = False, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
                   progress: bool = False, on_round: Callable[[RoundsResult], None] | None = None) -> RoundsResult:
     """Measure at most ``queries`` distinct architectures, chosen in rounds; returns all of them.
 
@@ -132,7 +152,13 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     unfitted predictor``) between rounds. ``costs``: cheap objectives scored exactly (latency
     tables, FLOPs). ``seed_size`` archs are measured first (default: 30% of the budget), the rest
     in ``rounds`` equal batches; each round's inner search runs ``inner_trials`` trials with
-    ``sampler`` (sized to them, see :func:`make_sampler`). ``known``: arch -> values of the
+    ``sampler`` (sized to them, see :func:`make_sampler`) on the optimistic predictions
+    (mean + ``explore`` x std). Each batch: ``improve_share`` of it by optimistic hypervolume
+    improvement of the measured fronts, the rest spread along the predicted fronts' layers.
+    ``bootstrap``: a named predictor's members are fitted on bootstrap resamples (the GBT), so
+    that its std is a real uncertainty. Both are off by default: on the ``cifar_pool`` benchmark
+    the exploration they bring measured fewer true-front subnets in 200 queries
+    (``experiments/results/search_rounds_explore.md``). ``known``: arch -> values of the
     ``measure`` objectives already measured (reused, not counted). ``on_round`` gets the result
     so far after every round (e.g. to save it).
     """
@@ -142,6 +168,8 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     queries = _positive_int(queries, "query budget")
     rounds = _positive_int(rounds, "number of rounds")
     inner_trials = _positive_int(inner_trials, "number of inner trials")
+    if isinstance(improve_share, bool) or not isinstance(improve_share, (int, float)) or not 0 <= improve_share <= 1:
+        raise SearchError(f"improve share {improve_share!r} is invalid: expected a number in [0, 1]")
     if not measure:
         raise SearchError("no objective to measure: expected at least one in measure= (e.g. measured_accuracy)")
     if not any(o.direction == "maximize" for o in objectives):
@@ -167,7 +195,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
         t0 = time.perf_counter()
         archs = distinct(archs, set(cache.index))[:queries - spent()]
         if archs:
-            values = np.hstack([score_batch(measure, archs), score_batch(costs, archs)])
+            values = score_batch(measure + costs, archs)  # an arch whose measurement failed is not costed
             cache.add(archs, values, round_no)
         info.update(round=round_no, measured=len(archs), total=spent(), measure_s=round(time.perf_counter() - t0, 2))
         result.archs, result.values = list(cache.archs), cache.values()
@@ -185,12 +213,13 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
             break
         info: dict = {}
         pick = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
-                           inner_trials, sampler, explore, seed + round_no, rng, info, result)
+                           inner_trials, sampler, explore, improve_share, seed + round_no, rng, info, result,
+                           bootstrap)
         run_round(round_no, pick, info)
     return result
 
 
-def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int) -> dict:
+def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int, bootstrap: bool = False) -> dict:
     values = cache.values()
     X = np.asarray(space.encode_many(cache.archs), float)
     fitted = {}
@@ -199,18 +228,19 @@ def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int) -> d
         if ok.sum() < 4:
             raise SearchError(f"objective {o.name!r} has {int(ok.sum())} finite measurements: a predictor needs "
                               "at least 4 (a larger seed size, or fix the measurement)")
-        fitted[o.name] = _make_predictor(predictor, space, seed).fit(X[ok], values[ok, j])
+        fitted[o.name] = _make_predictor(predictor, space, seed, bootstrap).fit(X[ok], values[ok, j])
     return fitted
 
 
 def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predictor, inner_trials: int, sampler: str,
-                explore: float, seed: int, rng, info: dict, result: RoundsResult) -> list:
+                explore: float, improve_share: float, seed: int, rng, info: dict, result: RoundsResult,
+                bootstrap: bool = False) -> list:
     """Fit, search the predictions, and choose ``k`` unmeasured archs."""
     t0 = time.perf_counter()
-    fitted = _fit_predictors(space, measure, cache, predictor, seed)
+    fitted = _fit_predictors(space, measure, cache, predictor, seed, bootstrap)
     result.predictors = fitted
     t1 = time.perf_counter()
-    predicted = [predicted_objective(o, fitted[o.name], space) for o in measure]
+    predicted = [predicted_objective(o, fitted[o.name], space, explore) for o in measure]
     study = run_search(space, predicted + list(costs), inner_trials, budgets=budgets, sampler=sampler, seed=seed,
                        progress=False, seed_archs=_measured_front(space, cache, list(measure) + list(costs), budgets))
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -218,7 +248,7 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     if len(candidates) < k:  # the predictions agree on few archs: fill up at random
         candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
     t2 = time.perf_counter()
-    picked = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore)
+    picked = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore, improve_share)
     info.update(fit_s=round(t1 - t0, 2), search_s=round(t2 - t1, 2), candidates=len(candidates))
     return picked
 
@@ -231,35 +261,40 @@ def _measured_front(space, cache: _Measured, objectives, budgets, share: float =
 
     if not cache.archs or not hasattr(space, "to_params"):
         return []
-    values = cache.values()
-    ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
-    trials = Trials(np.arange(len(values)), [], values, [o.name for o in objectives], [o.direction for o in objectives],
-                    ok, {})
-    quality = np.where(ok, trials.column(trials.quality), -np.inf)
-    costs = np.stack([trials.column(c) for c in trials.costs()], axis=1)
-    picked = select_batch(quality, costs, np.zeros(len(values), bool), int(share * budget_population(None)))
+    quality, costs, _ = _planes(cache.values(), objectives, budgets)
+    picked = select_batch(quality, costs, np.zeros(len(quality), bool), int(share * budget_population(None)))
     return [cache.archs[i] for i in picked]
 
 
 def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,
-            explore: float) -> list:
-    """The batch: measured points with their values and candidates with predicted ones, walked
-    by :func:`select_batch` on each device's (quality, cost) plane."""
+            explore: float, improve_share: float) -> list:
+    """The batch: measured points with their values and candidates with predicted ones. First
+    up to ``improve_share`` of ``k`` by optimistic hypervolume improvement of each device's
+    measured front (:func:`select_by_improvement`), the rest walked by :func:`select_batch`
+    on each device's (quality, cost) plane; optimistic: raised by ``explore`` x the std."""
     objectives = list(measure) + list(costs)
     X = np.asarray(space.encode_many(candidates), float) if candidates else np.zeros((0, 0))
-    pred = np.zeros((len(candidates), len(objectives)))
+    mean, hopeful = np.zeros((len(candidates), len(objectives))), np.zeros((len(candidates), len(objectives)))
     for j, o in enumerate(measure):
-        mean, std = fitted[o.name].predict(X) if candidates else (np.zeros(0), np.zeros(0))
+        mu, std = fitted[o.name].predict(X) if candidates else (np.zeros(0), np.zeros(0))
         sign = 1.0 if o.direction == "maximize" else -1.0
-        pred[:, j] = mean + sign * explore * np.nan_to_num(std)  # optimistic: the side that would help
-    pred[:, len(measure):] = score_batch(costs, candidates)
-    values = np.vstack([cache.values(), pred])
+        mean[:, j], hopeful[:, j] = mu, mu + sign * explore * np.nan_to_num(std)  # the side that would help
+    mean[:, len(measure):] = hopeful[:, len(measure):] = score_batch(costs, candidates)
     measured = np.r_[np.ones(len(cache.archs), bool), np.zeros(len(candidates), bool)]
+    planes = [_planes(np.vstack([cache.values(), v]), objectives, budgets) for v in (mean, hopeful)]
+    (believed, cost_cols, ok), (optimistic, _, _) = planes
+    picked = select_by_improvement(optimistic, believed, cost_cols, measured | ~ok, int(round(improve_share * k)))
+    taken = measured | ~ok
+    taken[picked] = True
+    picked += select_batch(optimistic, cost_cols, taken, k - len(picked))
+    return [candidates[i - len(cache.archs)] for i in picked]
+
+
+def _planes(values: np.ndarray, objectives, budgets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quality, cost per device, feasible) of ``values``; infeasible points get quality -inf, cost inf."""
     ok = np.isfinite(values).all(axis=1) & (budget_violations(values, objectives, budgets) <= 0).all(axis=1)
     trials = Trials(np.arange(len(values)), [], values, [o.name for o in objectives],
                     [o.direction for o in objectives], ok, {})
     quality = np.where(ok, trials.column(trials.quality), -np.inf)
     cost_cols = np.stack([trials.column(c) for c in trials.costs()], axis=1)
-    cost_cols = np.where(ok[:, None], cost_cols, np.inf)
-    picked = select_batch(quality, cost_cols, measured | ~ok, k)
-    return [candidates[i - len(cache.archs)] for i in picked]
+    return quality, np.where(ok[:, None], cost_cols, np.inf), ok

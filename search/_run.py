@@ -8,14 +8,17 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from ._errors import SearchError
+from ._batch_ask import is_database
 from ._lock import study_lock
-from ._loop import SURPLUS_ATTR, optimize_batches, trial_counts
+from ._loop import (SURPLUS_ATTR, _tell_batch, batch_asker, budget_violations, evaluation_count, optimize_batches,
+                    score_batch, trial_counts)
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
 from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
@@ -29,6 +32,7 @@ MAX_TOP_UP_ROUNDS = 3
 # that never returns and never stops beating): stop it rather than wait for ever. Long enough for
 # one batch of slow real measurements.
 STALL_TIMEOUT_S = 1800
+TRIALS_PER_EVALUATION = 20  # the trial cap of a run bounded by evaluations only (a converged GA re-proposes)
 
 
 def _positive_int(value, what: str) -> int:
@@ -60,21 +64,63 @@ def _check_resume(study: optuna.Study, meta: dict, name: str, url: str) -> None:
                               f"{meta[key]!r}: resume with the same settings or pass a new --study name")
 
 
-def _preflight(space, objectives: Sequence[Objective], seed: int | None) -> None:
-    """Score one random arch with every local objective, so that a predictor for another
-    encoding or a broken table fails now, in one line, not inside a worker."""
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
-    arch = space.suggest(probe)
-    for o in objectives:
-        if o.resources or o.measured:
-            continue  # a device node's, or a real measurement: checked when it runs, not spent here
-        try:
-            o([arch])
-        except SearchError:
-            raise
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise SearchError(f"objective {o.name!r} fails on {arch}: {type(e).__name__}: {first}") from None
+def _objective_error(o: Objective, arch, e: Exception) -> SearchError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return SearchError(f"objective {o.name!r} fails on {arch}: {type(e).__name__}: {first}")
+
+
+def _preflight(study: optuna.Study, space, objectives: Sequence[Objective], budgets: Sequence[Budget],
+               use_ray: bool) -> None:
+    """Check the objectives on the study's first arch, so that a predictor for another encoding
+    or a broken table fails now, in one line, not inside a worker; nothing is spent twice.
+
+    The cheap objectives (``cache=True``: tables, predictors) are scored first. In a new study
+    the probe is its first trial, which the other objectives then score and which is told like
+    any trial (the check costs no extra evaluation). A resumed study's probe is its first
+    completed arch, and only the cheap objectives are run (no extra measurement on resume)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        trial, drawn = None, {}
+        if not done:  # a queued seed arch first, else the sampler's first proposal
+            if is_database(study._storage):
+                batch: list = []
+                batch_asker(study, space).ask(1, batch, drawn, heartbeat=False)
+                trial = batch[0]
+            else:
+                trial = study.ask()
+    try:
+        arch = space.from_params(done[0].params) if done else drawn[trial.number] if trial.number in drawn else space.suggest(trial)
+        for o in objectives:
+            if o.cache and not o.resources:
+                try:
+                    o([arch])
+                except SearchError:
+                    raise
+                except Exception as e:
+                    raise _objective_error(o, arch, e) from None
+        if trial is None:
+            return
+        values = np.full((1, len(objectives)), np.nan)
+        remote = [j for j, o in enumerate(objectives) if o.resources and use_ray]
+        if remote:  # on the nodes that have the resources
+            values[0, remote] = score_batch([objectives[j] for j in remote], [arch], use_ray)[0]
+        for j, o in enumerate(objectives):
+            if j in remote:
+                continue
+            try:
+                values[0, j] = o([arch])[0]
+            except SearchError:
+                raise
+            except Exception as e:
+                raise _objective_error(o, arch, e) from None
+            if not np.isfinite(values[0, j]):
+                break  # as in every batch: an arch that failed one objective is not scored by the next
+        _tell_batch(study, [trial], values, budget_violations(values, objectives, budgets), objectives, budgets)
+    except BaseException:
+        if trial is not None:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
 
 
 def _fail_leftovers(study: optuna.Study) -> int:
@@ -101,13 +147,19 @@ def _fail_surplus_copies(study: optuna.Study) -> int:
     return len(copies)
 
 
-def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets: Sequence[Budget] = (),
+def run_search(space, objectives: Sequence[Objective], n_trials: int | None = None, *,
+               max_evaluations: int | None = None, budgets: Sequence[Budget] = (),
                sampler: str | BaseSampler = "nsga2", seed: int | None = None, population_size: int | None = None,
                storage: str | BaseStorage | None = None, study_name: str | None = None, workers: int = 1,
                ray_address: str | None = None, batch_size: int | None = None, progress: bool = True,
                heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S, grace_period: int | None = None,
                seed_archs: Sequence = (), stall_timeout: float | None = STALL_TIMEOUT_S) -> optuna.Study:
-    """Search ``space`` until the study holds exactly ``n_trials`` completed trials; returns the study.
+    """Search ``space`` until the study holds exactly ``n_trials`` completed trials, or has
+    taken ``max_evaluations`` evaluations (distinct archs scored), whichever comes first; returns the study.
+
+    Each distinct arch is scored once per study: a re-proposed arch is told its stored values
+    (trial attribute ``hwnas:cached``), so a budget of true measurements is ``max_evaluations``
+    (with ``n_trials`` None, trials are capped at 20 x ``max_evaluations``; one process only).
 
     ``sampler``: a name (see :func:`make_sampler`; ``seed`` and ``population_size`` configure
     it) or any Optuna sampler instance, used as it is (Ray workers each get a reseeded copy).
@@ -120,7 +172,8 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     trials it finds at start belong to an interrupted run and are failed. Ctrl-C fails the in-flight batches; the storage stays resumable.
     A named GA sampler's population is sized to ``n_trials`` (:func:`budget_population`) unless
     ``population_size`` is given; a resumed study keeps the population it started with.
-    Objectives marked ``measured`` are not pre-flight checked (that would spend a measurement).
+    The objectives are checked on the first arch before the run (a failure is one line); the
+    check is the study's first trial, and a resumed study checks only the cheap (``cache``) objectives.
     ``seed_archs`` (e.g. ``space.extremes()``) open a new study's first population, so corners a
     random start rarely draws, such as the largest subnet, are scored; the space needs ``to_params``.
     With Ray workers, a study whose completed and running trials do not change for ``stall_timeout``
@@ -128,8 +181,16 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     """
     objectives = check_objectives(objectives)
     budgets = check_budgets(budgets, objectives)
-    n_trials = _positive_int(n_trials, "number of trials")
     workers = _positive_int(workers, "number of workers")
+    if max_evaluations is not None:
+        max_evaluations = _positive_int(max_evaluations, "number of evaluations")
+        if workers > 1 or ray_address:
+            raise SearchError(f"max_evaluations is counted by one process, but {workers} workers"
+                              f"{' on ' + ray_address if ray_address else ''} were asked: expected workers=1 without a Ray address")
+    elif n_trials is None:
+        raise SearchError("no budget: expected a number of trials, a number of evaluations (max_evaluations), or both")
+    n_trials = _positive_int(n_trials, "number of trials") if n_trials is not None else \
+        TRIALS_PER_EVALUATION * max_evaluations
     if batch_size is not None:
         _positive_int(batch_size, "batch size")
     if stall_timeout is not None and (isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float))
@@ -139,7 +200,7 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int, *, budgets
     with quiet_optuna():
         return _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name,
                            workers, ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs,
-                           stall_timeout)
+                           stall_timeout, max_evaluations)
 
 
 def _enqueue_seeds(study: optuna.Study, space, archs: Sequence) -> None:
@@ -165,7 +226,7 @@ def quiet_optuna():
 
 def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_size, storage, study_name, workers,
                 ray_address, batch_size, progress, heartbeat_interval, grace_period, seed_archs=(),
-                stall_timeout=STALL_TIMEOUT_S) -> optuna.Study:
+                stall_timeout=STALL_TIMEOUT_S, max_evaluations=None) -> optuna.Study:
     use_ray = workers > 1 or bool(ray_address)
     url = storage_url(storage) if not isinstance(storage, BaseStorage) else type(storage).__name__
     shown = redact_url(url)  # the URL as messages show it: no password
@@ -174,7 +235,6 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
     if use_ray and (isinstance(storage, BaseStorage) or not is_shared(store)):
         raise SearchError(f"Ray workers need a storage they can open themselves, got {shown!r}: "
                           "pass a journal file, an SQLite file or an RDB URL")
-    _preflight(space, objectives, seed)
 
     study_name = study_name or f"hwnas-{getattr(space, 'name', 'search')}"
     # One driver per study: at start a driver fails the RUNNING trials it finds (an interrupted
@@ -189,7 +249,8 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             population_size = population_size or study.user_attrs.get(POPULATION_ATTR)
             if population_size is None and study.trials:  # started before the population was recorded
                 population_size = DEFAULT_POPULATION
-        the_sampler = make_sampler(sampler, seed=seed, population_size=population_size, n_trials=n_trials)
+        the_sampler = make_sampler(sampler, seed=seed, population_size=population_size,
+                                   n_trials=min(n_trials, max_evaluations or n_trials))
         if isinstance(sampler, str) and isinstance(the_sampler, optuna.samplers.BaseGASampler):
             population_size = the_sampler.population_size  # the Ray workers' samplers get the same
             study.set_user_attr(POPULATION_ATTR, population_size)
@@ -207,14 +268,25 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             if is_single_host(url) and node_count() > 1:
                 raise SearchError(f"storage {shown!r} is a file, which only processes of one host can share, but the Ray "
                                   f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
+        _preflight(study, space, objectives, budgets, use_ray)
 
-        bar = tqdm(total=n_trials, initial=min(n_trials, trial_counts(study)[TrialState.COMPLETE]),
-                   desc=f"search {study_name}", unit="trial", disable=not progress, dynamic_ncols=True)
+        def progress_now() -> int:
+            """Completed trials, or evaluations when those are the budget."""
+            if max_evaluations is not None:
+                return min(max_evaluations, evaluation_count(study))
+            return min(n_trials, trial_counts(study)[TrialState.COMPLETE])
+
+        def finished() -> bool:
+            return trial_counts(study)[TrialState.COMPLETE] >= n_trials or (
+                max_evaluations is not None and evaluation_count(study) >= max_evaluations)
+
+        bar = tqdm(total=max_evaluations or n_trials, initial=progress_now(), desc=f"search {study_name}",
+                   unit="trial" if max_evaluations is None else "evaluation", disable=not progress, dynamic_ncols=True)
 
         def refresh(*_) -> str:
             """Progress from the storage: counts every worker's completed trials."""
             counts = trial_counts(study)
-            bar.n = min(n_trials, counts[TrialState.COMPLETE])
+            bar.n = progress_now()
             bar.refresh()
             return (f"{counts[TrialState.COMPLETE]} of {n_trials} trials completed, {counts[TrialState.RUNNING]} running, "
                     f"{counts[TrialState.WAITING]} waiting")
@@ -222,7 +294,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
         try:
             for _ in range(MAX_TOP_UP_ROUNDS):
                 before = trial_counts(study)[TrialState.COMPLETE]
-                if before >= n_trials:
+                if finished():
                     break
                 if use_ray:
                     from ._workers import WorkerSpec, run_workers
@@ -233,7 +305,8 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
                     run_workers(spec, on_poll=refresh, stall_s=stall_timeout)
                 else:
                     optimize_batches(study, space, objectives, budgets, n_trials,
-                                     batch_size or default_batch_size(the_sampler), on_batch=refresh)
+                                     batch_size or default_batch_size(the_sampler), on_batch=refresh,
+                                     max_evaluations=max_evaluations)
                 refresh()
                 # All workers have returned: RUNNING trials are a dead worker's (no heartbeat to fail them).
                 _fail_leftovers(study)
@@ -245,7 +318,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
         done = trial_counts(study)[TrialState.COMPLETE]
         if done >= n_trials:
             _fail_surplus_copies(study)
-        if done < n_trials:
+        if not finished():
             raise SearchError(f"study {study_name!r} has {done} completed trials after {MAX_TOP_UP_ROUNDS} rounds, "
                               f"expected {n_trials}: see the failed trials' 'hwnas:error' attribute")
         return study

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 
 from ._objectives import _key
-from ._pareto import pareto_layers_2d
+from ._pareto import pareto_front_2d, pareto_layers_2d
 
 
 def _is_search_space(space) -> bool:
@@ -127,3 +127,56 @@ def distinct(archs: Sequence[Any], skip: set) -> list:
         if k not in skip:
             out.setdefault(k, a)
     return list(out.values())
+
+
+def front_improvement(quality: np.ndarray, cost: np.ndarray, front_q: np.ndarray, front_c: np.ndarray,
+                      ref_quality: float, ref_cost: float) -> np.ndarray:
+    """Hypervolume each point (quality, cost) alone would add to the front of the points
+    (front_q, front_c), up to the reference point (maximise quality, minimise cost)."""
+    order = pareto_front_2d(front_q, front_c) if len(front_q) else np.zeros(0, np.int64)
+    fq, fc = np.asarray(front_q, float)[order], np.asarray(front_c, float)[order]
+    inside = fc < ref_cost
+    fq, fc = fq[inside], fc[inside]
+    # the front's best quality is a step function of cost: ref_quality before its first point
+    starts = np.r_[-np.inf, fc]
+    ends = np.r_[fc, ref_cost]
+    level = np.r_[ref_quality, np.maximum(fq, ref_quality)]
+    q, c = np.asarray(quality, float)[:, None], np.asarray(cost, float)[:, None]
+    width = np.clip(ends[None, :] - np.maximum(starts[None, :], c), 0, None)
+    gain = (width * np.clip(q - level[None, :], 0, None)).sum(1)
+    return np.where(np.isfinite(gain), gain, 0.0)
+
+
+def select_by_improvement(optimistic: np.ndarray, believed: np.ndarray, costs: np.ndarray, measured: np.ndarray,
+                          k: int) -> list[int]:
+    """Up to ``k`` unmeasured points that would add the most hypervolume to each device's front.
+
+    Devices take turns; each turn picks the point whose ``optimistic`` quality (the prediction
+    raised by its uncertainty) adds the most to the device's front of the measured points and
+    of the points picked so far, those at their ``believed`` (mean) quality, so that later
+    picks go to other gaps of the front. A device stops when no point adds anything. The
+    reference point is the measured points' worst quality and largest cost on that device."""
+    free = ~measured & np.isfinite(optimistic)
+    known = measured & np.isfinite(believed)
+    if not known.any() or not free.any():
+        return []
+    picked: list[int] = []
+    d = costs.shape[1]
+    done = np.zeros(d, bool)
+    members = [list(np.flatnonzero(known))] * d
+    refs = [(float(np.min(believed[known])), float(np.max(costs[known, j]))) for j in range(d)]
+    while len(picked) < k and not done.all():
+        for j in range(d):
+            if done[j] or len(picked) >= k:
+                continue
+            m = np.asarray(members[j], np.int64)
+            gain = front_improvement(optimistic, costs[:, j], believed[m], costs[m, j], *refs[j])
+            gain[~free] = 0.0
+            best = int(np.argmax(gain))
+            if gain[best] <= 0:
+                done[j] = True
+                continue
+            picked.append(best)
+            free[best] = False
+            members = [list(ms) + [best] for ms in members]
+    return picked

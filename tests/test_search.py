@@ -334,7 +334,7 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
 
     def interrupting(archs):
         calls["n"] += 1
-        if calls["n"] == 4:  # the 1st call is the preflight; interrupt the 3rd batch
+        if calls["n"] == 4:  # the 1st call is the preflight (trial 0); interrupt the 3rd batch
             raise KeyboardInterrupt
         return toy_latency_a(archs)
 
@@ -344,7 +344,7 @@ def test_ctrl_c_leaves_a_resumable_storage(tmp_path, name):
         run_search(SPACE, objs, 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 12 and states.count(TrialState.RUNNING) == 0
+    assert states.count(TrialState.COMPLETE) == 13 and states.count(TrialState.RUNNING) == 0
     run_search(SPACE, toy_objectives()[:2], 24, storage=storage, study_name="c", batch_size=6, progress=False)
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 24
@@ -797,12 +797,12 @@ def test_single_process_search_needs_no_ray():
 class CountingAccuracy:
     """The toy accuracy as an expensive measurement: counts every arch it is asked to measure."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, fn=toy_accuracy):
+        self.calls, self.fn = [], fn
 
     def __call__(self, archs):
         self.calls += list(archs)
-        return toy_accuracy(archs)
+        return self.fn(archs)
 
 
 def small_gbt(space):
@@ -851,6 +851,35 @@ def test_search_rounds_rejects_bad_budgets():
         search_rounds(SPACE, measure, toy_objectives()[1:], 0)
     with pytest.raises(SearchError, match="no objective to measure"):
         search_rounds(SPACE, [], toy_objectives(), 10)
+    with pytest.raises(SearchError, match=r"improve share 1.5 is invalid: expected a number in \[0, 1\]"):
+        search_rounds(SPACE, measure, toy_objectives()[1:], 10, improve_share=1.5)
+
+
+def test_select_by_improvement_fills_the_fronts_gaps_first():
+    from search._select import front_improvement, select_by_improvement
+
+    # measured front: (0.5, 1), (0.9, 10); reference (0.5, 10)
+    fq, fc = np.array([0.5, 0.9]), np.array([1.0, 10.0])
+    gain = front_improvement(np.array([0.8, 0.8, 0.4, 0.95]), np.array([2.0, 9.0, 0.5, 11.0]), fq, fc, 0.5, 10.0)
+    assert gain == pytest.approx([8 * 0.3, 1 * 0.3, 0.0, 0.0])  # the last is beyond the reference cost
+    q = np.array([0.5, 0.9, 0.8, 0.79, 0.6, 0.4])
+    c = np.array([1.0, 10.0, 2.0, 2.1, 1.5, 0.5])
+    measured = np.array([True, True, False, False, False, False])
+    # the second pick is believed at 0.7, below its hope: the believed front makes 0.79 @ 2.1 add little
+    believed = np.array([0.5, 0.9, 0.7, 0.7, 0.6, 0.4])
+    picked = select_by_improvement(q, believed, c[:, None], measured, 4)
+    assert picked[0] == 2 and 5 not in picked and len(picked) == 3
+
+
+def test_bootstrap_gbt_members_disagree_where_data_is_thin():
+    from predictors import make_predictor
+
+    rng = np.random.default_rng(0)
+    X = SPACE.encode_many([tuple(rng.integers(0, 5, 6)) for _ in range(60)])
+    y = toy_accuracy([tuple(x) for x in X.astype(int)])
+    plain = make_predictor("gbt", SPACE, members=3, n_estimators=40).fit(X, y)
+    boot = make_predictor("gbt", SPACE, members=3, n_estimators=40, bootstrap=True).fit(X, y)
+    assert boot.predict(X)[1].mean() > 3 * plain.predict(X)[1].mean()
 
 
 def test_select_batch_walks_layers_and_spreads_along_each_device():
@@ -948,3 +977,79 @@ def test_an_arch_failed_by_one_objective_is_not_scored_by_the_next():
     values = score_batch([first, Objective("accuracy", "maximize", acc, measured=True)], [(0,) * 6, (1,) * 6])
     assert acc.calls == [(1,) * 6] and np.isnan(values[0]).all() and np.isfinite(values[1]).all()
 
+
+
+def test_each_distinct_arch_is_evaluated_once_and_the_sampler_told_from_the_cache(tmp_path):
+    """A GA re-proposes archs: they are answered from the cache (marked), not scored again; a
+    resumed study rebuilds the cache from the storage and spends no extra evaluation."""
+    from search._loop import CACHED_ATTR, evaluation_count
+
+    small = ToySpace(n=3, k=3)  # 27 archs
+    acc = CountingAccuracy(lambda a: small.encode_many(a) @ [0.3, 0.2, 0.1])
+    objs = [Objective("accuracy", "maximize", acc), Objective("latency:a", "minimize", lambda a: small.encode_many(a).sum(1))]
+    storage = str(tmp_path / "s.journal")
+    study = run_search(small, objs, 150, seed=0, storage=storage, study_name="c", progress=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 150 and len(acc.calls) == len(set(acc.calls)) <= 27  # one call per distinct arch
+    assert sum(not t.user_attrs.get(CACHED_ATTR) for t in done) == len(acc.calls) == evaluation_count(study)
+    again = CountingAccuracy(acc.fn)
+    objs[0] = Objective("accuracy", "maximize", again)
+    run_search(small, objs, 200, seed=0, storage=storage, study_name="c", progress=False)
+    assert not set(again.calls) & set(acc.calls) and len(again.calls) == len(set(again.calls))
+
+
+def test_max_evaluations_counts_distinct_archs_and_resumes(tmp_path):
+    from search._loop import evaluation_count
+
+    acc = CountingAccuracy()
+    objs = [Objective("accuracy", "maximize", acc)] + toy_objectives()[1:]
+    storage = str(tmp_path / "s.journal")
+    study = run_search(SPACE, objs, max_evaluations=40, seed=0, storage=storage, study_name="e", progress=False)
+    assert len(acc.calls) == len(set(acc.calls)) == 40 == evaluation_count(study)
+    assert study.sampler.population_size == 10  # sized to the 40 evaluations, not to the trial cap
+    acc.calls.clear()
+    study = run_search(SPACE, objs, max_evaluations=55, seed=0, storage=storage, study_name="e", progress=False)
+    assert len(acc.calls) == len(set(acc.calls)) == 15 and evaluation_count(study) == 55  # no pre-flight query
+    # n_trials and max_evaluations together: whichever comes first
+    few = run_search(SPACE, objs, 12, max_evaluations=1000, seed=0, progress=False)
+    assert len(few.get_trials(states=(TrialState.COMPLETE,))) == 12
+    with pytest.raises(SearchError, match="no budget: expected a number of trials"):
+        run_search(SPACE, objs, progress=False)
+    with pytest.raises(SearchError, match="number of evaluations 0 is invalid"):
+        run_search(SPACE, objs, max_evaluations=0, progress=False)
+    with pytest.raises(SearchError, match="max_evaluations is counted by one process, but 2 workers"):
+        run_search(SPACE, objs, max_evaluations=10, workers=2, storage=storage, progress=False)
+
+
+def test_preflight_is_the_first_trial_and_a_nan_stops_the_later_objectives():
+    """An expensive objective the user did not mark as measured: the pre-flight arch is the
+    study's first trial (no extra call); an arch whose first objective is NaN is not scored
+    by the later ones."""
+    acc, lat = CountingAccuracy(), CountingAccuracy()
+
+    def nan_for_zero(archs):
+        return np.where(np.asarray([a[0] for a in archs]) == 0, np.nan, acc(archs))
+
+    objs = [Objective("accuracy", "maximize", nan_for_zero), Objective("latency:a", "minimize", lat)]
+    study = run_search(SPACE, objs, 40, seed=0, progress=False)
+    first = study.trials[0]
+    assert acc.calls[0] == SPACE.from_params(first.params) and len(acc.calls) == len(set(acc.calls))
+    assert any(a[0] == 0 for a in acc.calls) and not any(a[0] == 0 for a in lat.calls)
+    assert set(lat.calls) == {a for a in acc.calls if a[0] != 0}
+
+    def broken(archs):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(SearchError, match=r"objective 'latency:a' fails on \(.*\): ZeroDivisionError: boom"):
+        run_search(SPACE, [toy_objectives()[0], Objective("latency:a", "minimize", broken)], 5, seed=0, progress=False)
+
+
+def test_search_rounds_explores_with_bootstrap_members_and_improvement_picks():
+    from search import search_rounds
+
+    acc = CountingAccuracy()
+    result = search_rounds(SPACE, [Objective("accuracy", "maximize", acc, measured=True)], toy_objectives()[1:], 16,
+                           seed_size=10, rounds=1, inner_trials=30, bootstrap=True, improve_share=0.5, seed=0)
+    assert len(acc.calls) == len(set(acc.calls)) == 16 == len(result)
+    model = result.predictors["accuracy"]
+    assert model.hparams["bootstrap"] and model.predict(SPACE.encode_many(result.archs))[1].mean() > 1e-4
