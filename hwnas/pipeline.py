@@ -252,7 +252,7 @@ class Pipeline:
     def final(self) -> dict:
         """Stage final: the `export.top` archs of each front and the baselines trained alone with one
         recipe, timed on every device; the ranking check (``hwnas.final_stage``)."""
-        from hwnas.cli.supernet import load_for_space
+        from hwnas.data_wiring import load_for_space
         from hwnas.final_stage import FinalStage, run_final
         from hwnas.final_training import plain_config
         from predictors import AccuracyDataset

@@ -271,7 +271,7 @@ def search_and_verify(space: SearchSpace, tables: dict, budgets: list, out: Path
                     storage=storage, workers=workers)
     write_report(out, done, fronts, run)  # the search's result is safe before the (slow) verification
     if verify:
-        reachable = _reachable(tables, here, use_ray)
+        reachable = reachable_devices(tables, here, use_ray)
         measure = {d: measured_latency(tables[d], space, d) for d in reachable}
         evaluate = None
         if checkpoint:
@@ -289,7 +289,7 @@ def search_and_verify(space: SearchSpace, tables: dict, budgets: list, out: Path
     return 0
 
 
-def _reachable(tables: dict, here: list[str], use_ray: bool) -> list[str]:
+def reachable_devices(tables: dict, here: list[str], use_ray: bool) -> list[str]:
     """Devices whose latency can be measured: with Ray, those with a ``device:NAME`` node;
     without, those whose table was measured on this machine."""
     if not use_ray:

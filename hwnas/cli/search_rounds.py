@@ -31,7 +31,7 @@ def _known(path: str | None, space, checkpoint: str) -> dict:
 def search_in_rounds(args, space, tables: dict, budgets: list, out: Path, start: float) -> int:
     """Run the rounds, write the report (fronts, every measured subnet in measured.json) and
     re-measure the fronts' latency on the devices reachable from here."""
-    from hwnas.cli.search import CheckpointAccuracy, EXTRA_OBJECTIVES, local_devices
+    from hwnas.cli.search import CheckpointAccuracy, EXTRA_OBJECTIVES, local_devices, reachable_devices
     from search_space import load_supernet
 
     load_supernet(args.checkpoint, space)  # missing, corrupt or another space's checkpoint: fail now
@@ -62,8 +62,8 @@ def search_in_rounds(args, space, tables: dict, budgets: list, out: Path, start:
     fronts = result.fronts(space)
     write_report(out, trials, fronts, run)
     if not args.no_verify:
-        here = set(local_devices(tables))
-        measure = {d: measured_latency(tables[d], space, d) for d in tables if d in here}
+        measure = {d: measured_latency(tables[d], space, d)
+                   for d in reachable_devices(tables, local_devices(tables), use_ray=False)}
         if measure:
             verify_fronts(fronts, measure=measure, max_candidates=args.verify_top)
             run["total_seconds"] = round(time.time() - start, 1)
