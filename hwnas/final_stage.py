@@ -288,7 +288,7 @@ def plot_device(records: list[dict], front: list[dict], device: str, path: Path)
     return save_png(fig, path)
 
 
-CHOICE_RULES = ("auto", "top", "spread", "measured")
+CHOICE_RULES = ("auto", "top", "spread", "measured", "capacity")
 
 
 def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict]:
@@ -311,29 +311,43 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
 
 
 def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, float]] = (), table=None,
-                 budget: float | None = None) -> list[str]:
+                 budget: float | None = None, space: SearchSpace | None = None) -> list[str]:
     """The archs to train alone for one device: ``top`` / ``spread`` pick front entries
-    (:func:`choose_entries`); ``auto`` (the default) is ``measured`` where the device has a budget,
-    a table and measured accuracies, else ``spread``; ``measured`` takes the ``n`` archs of highest *measured* supernet
+    (:func:`choose_entries`); ``measured`` takes the ``n`` archs of highest *measured* supernet
     accuracy (``pool``, e.g. the accuracy dataset, and the front's verified points) whose latency on
-    ``table`` is within ``budget``. ``measured`` exists because a predictor fitted on a flat region
-    makes a flat front: on cifar_pool the measured top within budget trained alone to ResNet-18's
-    accuracy where the predicted front's points fell 3 points short, and inherited, above it
-    (experiments/results/final_cifar_pool.md)."""
+    ``table`` is within ``budget``; ``capacity`` the ``n`` of most FLOPs within ``budget``
+    (:func:`search.most_flops_within`, needs ``space``). ``auto`` (the default) is ``measured`` (or
+    ``spread`` without measured accuracies) plus one ``capacity`` arch where the device has a budget
+    and a table, else ``spread``: training both and deploying the better on validation data is
+    what the measurements asked for. On cifar_pool the measured top within the budget trained alone
+    to ResNet-18's accuracy at GPU batch 256 and on the CPU where the predicted front fell 3 points
+    short; at GPU batch 1 the supernet scored the whole budget alike and the arch of most FLOPs
+    won by 1 point (experiments/results/final_cifar_pool.md)."""
     measured = dict(pool)
     for e in front:
         acc = e.get("accuracy")
         if isinstance(acc, dict) and "measured" in acc:
             measured[e["arch"]] = float(acc["measured"])
-    if rule == "auto":  # a budget asks "most accurate within it": measured answers that where it can
-        rule = "measured" if measured and table is not None and budget is not None else "spread"
+    has_budget = table is not None and budget is not None
+    if rule == "auto":
+        if not has_budget or space is None:
+            return choose_archs(front, n, "measured" if measured and has_budget else "spread", pool, table, budget)
+        first = choose_archs(front, n, "measured" if measured else "spread", pool, table, budget)
+        return list(dict.fromkeys(first + choose_archs(front, 1, "capacity", pool, table, budget, space)))
+    if rule == "capacity":
+        if not has_budget or space is None:
+            raise UserError("choice rule 'capacity' needs a latency budget and a table for the device "
+                            "(--budget DEVICE=MS and --table DEVICE=TABLE)")
+        from search import most_flops_within
+
+        return [str(a) for a in most_flops_within(space, table, budget, n)]
     if rule != "measured":
         return [e["arch"] for e in choose_entries(front, n, rule)]
     if not measured:
         raise UserError("choice rule 'measured' needs measured supernet accuracies: expected an accuracy dataset "
                         "(--accuracy-data) or a verified front")
     archs = sorted(measured, key=lambda a: -measured[a])
-    if table is not None and budget is not None:
+    if has_budget:
         archs = [a for a, ms in zip(archs, table.predict_many(archs)) if ms <= budget]
     return archs[:n]
 
@@ -352,7 +366,7 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
     if choose not in CHOICE_RULES:
         raise UserError(f"choice rule {choose!r} is unknown; expected one of {list(CHOICE_RULES)}")
     chosen: dict[str, list[str]] = {}
-    per_device = {d: choose_archs(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d))
+    per_device = {d: choose_archs(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d), stage.space)
                   for d, entries in fronts.items()}
     for device, archs in per_device.items():
         for a in archs:

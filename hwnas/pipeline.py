@@ -278,7 +278,8 @@ class Pipeline:
         tables = {d["name"]: LatencyTable.load(self.table_path(d), space=self.space, check_machine=False)
                   for d in self.devices()}
         budgets = {d: ms for d, ms in self.cfg["search"]["budgets"].items() if d in tables}
-        return run_final(stage, self.fronts(), self.devices(), top=self.cfg["export"]["top"], choose=f["choose"],
+        top = self.cfg["export"]["top"] if f["top"] is None else f["top"]
+        return run_final(stage, self.fronts(), self.devices(), top=top, choose=f["choose"],
                          budgets=budgets, tables=tables, baselines=f["baselines"], inits=f["init"],
                          ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool, measure_settings=measure)
 

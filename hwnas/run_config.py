@@ -55,7 +55,9 @@ SCHEMA = {
               "weight_decay": ((float, int), 5e-4), "label_smoothing": ((float, int), 0.1),
               "logit_scale": ((float, int), 1.0), "augment": ((str, type(None)), None),
               "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
-              "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "auto")},
+              "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "auto"),
+              # archs per device the choice rule takes (auto adds one of most FLOPs); null: export.top
+              "top": ((int, type(None)), None)},
     # where the work runs (not what it computes: changing it redoes no stage). ray_address: join this
     # Ray cluster (hwnas run --ray-address overrides); tables are built on the node owning
     # device:NAME, the accuracy datasets are measured in `shards` Ray tasks (null: two per CPU, or
@@ -209,6 +211,8 @@ def _check_final(final: dict) -> None:
     if final["ranking"] and final["ranking_epochs"] < 1:
         raise RunConfigError(f"config key 'final.ranking_epochs': expected >= 1 when final.ranking is on, "
                              f"got {final['ranking_epochs']!r}")
+    if final["top"] is not None and final["top"] < 1:
+        raise RunConfigError(f"config key 'final.top': expected >= 1 or null (export.top), got {final['top']!r}")
     if final["epochs"] and final["batch_size"] < 1:
         raise RunConfigError(f"config key 'final.batch_size': expected >= 1, got {final['batch_size']!r}")
     if final["lr"] is not None and not final["lr"] > 0:

@@ -27,6 +27,7 @@ storages, Ray only when used, and nothing here imports torch.
 from search_space._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "_capacity": ["most_flops_within"],
     "_errors": ["SearchError"],
     "_fronts": ["DeviceFront", "FrontPoint", "Trials", "device_fronts"],
     "_loop": ["score_batch"],

@@ -60,6 +60,41 @@ class _FlopsTable:
         return [SPACE.flops(SPACE.parse(a) if isinstance(a, str) else a) / 1e6 for a in archs]
 
 
+class _DepthTable:
+    """A latency table stand-in where only depth costs time (width is free, as at GPU batch 1)."""
+
+    def predict_many(self, archs):
+        return [float(sum(len(st.layers) for st in (SPACE.parse(a) if isinstance(a, str) else a).stages))
+                for a in archs]
+
+
+def test_most_flops_within_matches_brute_force():
+    import itertools
+
+    from search import most_flops_within
+
+    every = [SPACE.from_genes(g) for g in itertools.product(*(range(len(c)) for _, c in SPACE.gene_choices))]
+    table = _DepthTable()
+    for budget in sorted(set(table.predict_many(every))):
+        fits = [a for a, ms in zip(every, table.predict_many(every)) if ms <= budget]
+        best = max(SPACE.flops(a) for a in fits)
+        found = most_flops_within(SPACE, table, budget, 2, samples=20, generations=5)
+        assert SPACE.flops(found[0]) == best and all(ms <= budget for ms in table.predict_many(found))
+    assert most_flops_within(SPACE, table, 0.5) == []  # nothing fits
+
+
+def test_most_flops_within_finds_the_batch1_capacity_pick():
+    """The shipped H100 batch-1 table: within 0.16 ms the search reaches the 2.4-GFLOP arch that beat
+    the supernet's favourites trained alone (experiments/results/final_cifar_pool.md)."""
+    from latency_tables import LatencyTable
+    from search import most_flops_within
+
+    space = SearchSpace.from_config("cifar_pool")
+    table = LatencyTable.load("cifar_pool_h100_cuda_b1_bf16", space=space, check_machine=False)
+    (arch,) = most_flops_within(space, table, 0.16)
+    assert table.predict(arch) <= 0.16 and space.flops(arch) >= 2.4e9
+
+
 def test_choice_rules_measured_within_budget_and_auto():
     rng = np.random.default_rng(0)
     archs = list(dict.fromkeys(str(SPACE.sample(rng)) for _ in range(40)))
@@ -71,8 +106,14 @@ def test_choice_rules_measured_within_budget_and_auto():
     picked = choose_archs(front, 3, "measured", pool, table, budget)
     within = sorted((a for a, _ in pool if ms[a] <= budget), key=lambda a: -dict(pool)[a])
     assert picked == within[:3] and all(ms[a] <= budget for a in picked)
-    # auto: measured where the device has a budget, the front spread by latency where it has none
+    # auto: measured where the device has a budget, the front spread by latency where it has none;
+    # with the space known, one arch of most FLOPs within the budget joins the measured ones
     assert choose_archs(front, 3, "auto", pool, table, budget) == picked
+    capacity = choose_archs(front, 1, "capacity", pool, table, budget, SPACE)
+    assert len(capacity) == 1 and ms.get(capacity[0], table.predict_many(capacity)[0]) <= budget
+    assert choose_archs(front, 3, "auto", pool, table, budget, SPACE) == list(dict.fromkeys(picked + capacity))
+    with pytest.raises(Exception, match="'capacity' needs a latency budget"):
+        choose_archs(front, 1, "capacity", pool, table, None, SPACE)
     assert choose_archs(front, 3, "auto", pool, table, None) == choose_archs(front, 3, "spread")
     with pytest.raises(Exception, match="needs measured supernet accuracies"):
         choose_archs([{"arch": archs[0], "accuracy": 0.9, "latency_ms": 1.0}], 1, "measured", (), table, budget)
@@ -159,6 +200,10 @@ def test_final_config_errors():
         parse_run_config({**TINY_RUN, "final": {"epochs": 2, "init": ["pretrained"]}})
     with pytest.raises(RunConfigError, match="final.ranking_epochs"):
         parse_run_config({**TINY_RUN, "final": {"epochs": 2, "ranking": 4}})
+    with pytest.raises(RunConfigError, match=r"final.top': expected >= 1 or null \(export.top\), got 0"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "top": 0}})
+    with pytest.raises(RunConfigError, match="final.choose"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "choose": "flops"}})
 
 
 def test_bad_baseline_in_run_config_exits_2(tmp_path, capsys):

@@ -27,13 +27,14 @@ def register(sub) -> None:
                    help="time DEVICE with this latency table's backend settings (file or shipped name); "
                         "devices without one are not timed")
     p.add_argument("--top", type=int, default=3, help="architectures per front (default 3)")
-    p.add_argument("--choose", choices=("auto", "spread", "top", "measured"), default="auto", help="which TOP: "
-                   "measured, the highest measured supernet accuracy (--accuracy-data or a verified front) within "
-                   "the device's --budget; spread along the front by latency, fastest and slowest included; the "
-                   "front's most accurate by the supernet; auto (default): measured for devices with a --budget, "
-                   "spread for the others")
+    p.add_argument("--choose", choices=("auto", "spread", "top", "measured", "capacity"), default="auto",
+                   help="which TOP: measured, the highest measured supernet accuracy (--accuracy-data or a verified "
+                   "front) within the device's --budget; capacity, the most FLOPs within it (searched on its "
+                   "--table); spread along the front by latency, fastest and slowest included; top, the front's "
+                   "most accurate by the supernet; auto (default): measured plus one capacity arch for devices "
+                   "with a --budget, spread for the others")
     p.add_argument("--budget", action="append", default=[], metavar="DEVICE=MS",
-                   help="latency budget in ms of a device (with --choose auto or measured, judged by its --table)")
+                   help="latency budget in ms of a device (with --choose auto, measured or capacity, judged by its --table)")
     p.add_argument("--baseline", action="append", default=[], help="baseline: largest, resnet18, timm:<model> or "
                    "module:callable (repeatable; default: largest and resnet18)")
     p.add_argument("--init", action="append", choices=("scratch", "inherited"), default=[],
