@@ -81,3 +81,25 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
             split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
             dataset=dataset, split=split, num_calib_batches=calib_batches, autocast_dtype=autocast,
             settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress, extremes=extremes)
+
+
+def update_accuracy_dataset(checkpoint: str | Path, n: int, out: str | Path, **measure) -> AccuracyDataset:
+    """``hwnas predictor dataset``: measure ``out`` up to ``n`` subnets (resuming the file) with
+    :func:`measure_accuracy_dataset`'s keyword arguments ``measure``, then print what it holds."""
+    import sys
+    import time
+
+    from search_space.io import check_out_file
+
+    start = time.monotonic()
+    check_out_file(out)  # before any subnet is measured
+    before = len(AccuracyDataset.load(out)) if Path(out).exists() else 0
+    data = measure_accuracy_dataset(checkpoint, n, out, **measure)
+    acc = data.accuracies()
+    added, secs = len(data) - before, time.monotonic() - start
+    summary = f"accuracy {acc.min():.4f}..{acc.max():.4f}" if len(acc) else "no records"
+    print(f"{out}: {len(data)} subnets ({added} new in {secs:.0f} s), {summary}, "
+          f"{data.header['dataset']}/{data.header['split']}, checkpoint {data.header['checkpoint_hash']}")
+    if len(data) < n:
+        print(f"stopped before {n}: re-run the same command to measure the rest", file=sys.stderr)
+    return data

@@ -166,12 +166,13 @@ class Pipeline:
         holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
         if self.ray_address:
             return self._accuracy_on_cluster(holdout)
-        common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet",
-                  "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
-                  "--eval-batch-size", p["eval_batch_size"]]
-        _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
-        _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--no-extremes",
-                       "--out", out / "accuracy_holdout.jsonl"])
+        from hwnas.accuracy import update_accuracy_dataset
+
+        common = dict(device=_device(self.cfg), progress=False, calib_batches=p["calib_batches"],
+                      calib_batch_size=p["calib_batch_size"], eval_batch_size=p["eval_batch_size"])
+        update_accuracy_dataset(self.checkpoint, p["archs"], out / "accuracy_fit.jsonl", seed=self.cfg["seed"], **common)
+        update_accuracy_dataset(self.checkpoint, holdout, out / "accuracy_holdout.jsonl", seed=self.cfg["seed"] + 1,
+                                extremes=False, **common)
         return {"fit": p["archs"], "holdout": holdout}
 
     def _accuracy_on_cluster(self, holdout: int) -> dict:
@@ -195,12 +196,15 @@ class Pipeline:
 
     def fit_predictor(self) -> dict:
         """Stage predictor: fit the accuracy predictor and score it on the held-out subnets."""
+        from hwnas.predictor_fit import evaluate_predictor, fit_predictor
+        from predictors import AccuracyDataset
+
         out = self.out / "predictor"
-        _cli(["predictor", "fit", "--data", out / "accuracy_fit.jsonl", "--model", self.cfg["predictor"]["model"],
-              "--seed", self.cfg["seed"], "--out", self.predictor], capture=True)
-        metrics = _cli(["predictor", "eval", "--predictor", self.predictor, "--data", out / "accuracy_holdout.jsonl",
-                        "--plot", out / "predicted_vs_measured.png", "--json"], capture=True)
-        return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
+        fit = out / "accuracy_fit.jsonl"
+        predictor, _ = fit_predictor(AccuracyDataset.load(fit), self.cfg["predictor"]["model"], seed=self.cfg["seed"])
+        predictor.save(self.predictor, {"data": str(fit)})
+        metrics, _ = evaluate_predictor(self.predictor, out / "accuracy_holdout.jsonl", out / "predicted_vs_measured.png")
+        return metrics
 
     def search(self) -> dict:
         """Stage search: multi-objective search over every device with its budget (on a cluster:

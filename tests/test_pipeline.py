@@ -166,17 +166,18 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     p = pipeline.Pipeline(cfg, tmp_path / "run")
     (p.out / "search").mkdir(parents=True)
     (p.out / "search" / "pareto_cpu.json").write_text(json.dumps({"front": [{"arch": "a", "accuracy": 0.5}]}))
-    calls = []
+    calls, measured = [], []
     monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
+    monkeypatch.setattr("hwnas.accuracy.update_accuracy_dataset", lambda *a, **kw: measured.append(kw))
     p.export()
     (tmp_path / "run" / "supernet").mkdir()
     (tmp_path / "run" / "supernet" / "metrics.jsonl").write_text("")
     p.train()
     p.accuracy()
-    assert [c[0] for c in calls] == ["export", "supernet", "predictor", "predictor"]
-    for args in calls[2:]:  # the measurement settings of the config
-        assert args[args.index("--calib-batches") + 1] == "5" and args[args.index("--calib-batch-size") + 1] == "1024"
-    for args in calls[:2]:
+    assert [c[0] for c in calls] == ["export", "supernet"] and len(measured) == 2
+    for kw in measured:  # the measurement settings of the config
+        assert kw["calib_batches"] == 5 and kw["calib_batch_size"] == 1024
+    for args in calls:
         assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
         assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
 
