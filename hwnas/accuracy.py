@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hwnas.arguments import check_positive
 from hwnas.data_wiring import calibration_batches, load_for_space, split_batches
 from hwnas.datasets import DatasetBundle, Split
 from predictors import AccuracyDataset, build_accuracy_dataset
@@ -16,11 +17,6 @@ from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
 
 SPLITS = ("val", "test")
-
-
-def _positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
 
 
 def random_subset(split: Split, limit: int | None, seed: int) -> Split:
@@ -50,7 +46,7 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
     for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
                           (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
                           (eval_limit, "--eval-limit")):
-        _positive(value, option)
+        check_positive(value, option)
     if split not in SPLITS:
         raise UserError(f"split {split!r} is invalid; expected one of {list(SPLITS)}")
     device = resolve_device(device)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_train_args
+from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_training
 from hwnas.stages import STAGES, StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
@@ -135,12 +135,13 @@ class Pipeline:
 
     # ---- stages --------------------------------------------------------------------------
     def train(self) -> dict:
-        """Stage train: the supernet (`hwnas supernet train`), resumed if interrupted."""
+        """Stage train: the supernet (as `hwnas supernet train`), resumed if interrupted."""
+        from hwnas.supernet_training import train_supernet_folder
+
         c, run_dir = self.cfg["train"], self.checkpoint.parent
-        args = supernet_train_args(self.cfg, self.space_arg, run_dir, _device(self.cfg))
-        if self.checkpoint.exists():
-            args.append("--resume")  # an interrupted training continues exactly
-        _cli(args)
+        # an interrupted training continues exactly
+        config, run = supernet_training(self.cfg, _device(self.cfg), resume=self.checkpoint.exists())
+        train_supernet_folder(self.space, run_dir, config, run)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
