@@ -210,36 +210,31 @@ class Pipeline:
     def search(self) -> dict:
         """Stage search: multi-objective search over every device with its budget (on a cluster:
         ``cluster.workers`` Ray workers on ``cluster.storage``), the fronts verified on the devices."""
-        s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
-        paths = {d["name"]: str(self.table_path(d)) for d in self.devices()}
-        names = list(paths)
-        budgets = [f"{dev}={ms}ms" for dev, ms in s["budgets"].items() if dev in names]
-        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
-            model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
-            args = ["search", "--space", self.space_arg, "--trials", s["trials"], "--sampler", s["sampler"],
-                    "--seed", self.cfg["seed"], "--out", out, "--quiet", "--verify-top", self.cfg["verify"]["top"],
-                    "--checkpoint", self.checkpoint, "--eval-device", _device(self.cfg),
-                    "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
-                    "--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
-                    "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
-            args += [a for d, path in paths.items() for a in ("--table", f"{d}={path}")]
-            print(_cli(args + [a for b in budgets for a in ("--budget", b)], capture=True))
-        else:
-            from hwnas.cli.search import load_tables, search_and_verify
-            from search import parse_budget
+        from hwnas.searching import load_tables
+        from search import parse_budget
 
-            tables = load_tables(list(paths.items()), self.space)
+        s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
+        tables = load_tables([(d["name"], str(self.table_path(d))) for d in self.devices()], self.space)
+        names = list(tables)
+        budgets = [parse_budget(f"{dev}={ms}ms", names) for dev, ms in s["budgets"].items() if dev in names]
+        common = dict(trials=s["trials"], sampler=s["sampler"], seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
+                      checkpoint=str(self.checkpoint), eval_device=_device(self.cfg), calib_batches=p["calib_batches"],
+                      calib_batch_size=p["calib_batch_size"], progress=False)
+        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
+            from hwnas.search_rounds import search_in_rounds
+
+            model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
+            search_in_rounds(self.space, tables, budgets, out, rounds=s["rounds"], queries=s["queries"], model=model,
+                             accuracy_dataset=str(self.out / "predictor" / "accuracy_fit.jsonl"), **common)
+        else:
+            from hwnas.searching import search_and_verify
+
             c = self.cfg["cluster"]
             where = (dict(ray_address=self.ray_address, workers=c["workers"], study=self.study_name(),
                           storage=c["storage"] or str(out / "study.journal")) if self.ray_address  # across the nodes
                      else dict(storage=str(out / "study.journal")))
             out.mkdir(parents=True, exist_ok=True)
-            search_and_verify(self.space, tables, [parse_budget(b, names) for b in budgets], out,
-                              predictor=str(self.predictor), trials=s["trials"], sampler=s["sampler"],
-                              seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
-                              checkpoint=str(self.checkpoint), eval_device=_device(self.cfg),
-                              calib_batches=p["calib_batches"], calib_batch_size=p["calib_batch_size"],
-                              progress=False, **where)
+            search_and_verify(self.space, tables, budgets, out, predictor=str(self.predictor), **common, **where)
         return {d: str(out / f"pareto_{d}.json") for d in names}
 
     def study_name(self) -> str:
