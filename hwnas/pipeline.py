@@ -1,13 +1,13 @@
 """``hwnas run``: config -> trained supernet -> latency tables -> predictor -> search ->
-verified fronts -> final training beside baselines -> ONNX models -> report. Each stage reuses the command that does it alone
-(``hwnas supernet train``, ``hwnas predictor ...``, ``hwnas search``, ``hwnas export``), so
-there is one implementation of every step; :class:`hwnas.stages.StageRunner` makes the
-whole run resumable."""
+verified fronts -> final training beside baselines -> ONNX models -> report. Each stage calls the
+library function that the command doing it alone parses its options into
+(:mod:`hwnas.supernet_training`, :mod:`hwnas.accuracy`, :mod:`hwnas.predictor_fit`,
+:mod:`hwnas.searching`, :mod:`hwnas.search_rounds`, :mod:`hwnas.export`), so there is one
+implementation of every step and no command line in between; :class:`hwnas.stages.StageRunner`
+makes the whole run resumable."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 import time
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_training
+from hwnas.run_config import SCHEMA, load_run_config, supernet_training
 from hwnas.stages import STAGES, StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
@@ -55,25 +55,6 @@ def build_and_validate(space: SearchSpace, device: dict, latency: dict, seed: in
     return {"table": str(path), "reused": device["table"], "blocks": len(table.data["blocks"]),
             "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
             "report": str(folder / s["files"]["md"]), "files": s["files"]}
-
-
-class StageFailed(UserError):
-    """A stage's command exited with an error (its own message was printed above)."""
-
-
-def _cli(args: list[str], capture: bool = False) -> str:
-    """Run one ``hwnas`` command in-process; raise if it fails."""
-    from hwnas.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
-        rc = main([str(a) for a in args])
-    if rc == 130:  # the stage was interrupted (Ctrl-C): so is the run, with the same exit code
-        raise KeyboardInterrupt
-    if rc != 0:
-        raise StageFailed(f"'hwnas {' '.join(str(a) for a in args[:2])}' failed with exit code {rc}; "
-                          f"fix the cause and re-run: finished stages are kept")
-    return out.getvalue()
 
 
 def _device(cfg: dict) -> str:
@@ -304,15 +285,19 @@ class Pipeline:
     def export(self) -> dict:
         """Stage export: ONNX models of the `export.top` most accurate points of each device's front,
         with their final-trained weights and measured accuracy where the final stage ran."""
+        from hwnas.export import export_one, front_requests
+
         e, out, exported = self.cfg["export"], self.out / "models", {}
         for d in self.devices():
             front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
             entries = self.export_entries(d["name"], front["front"])
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
-            args = ["export", "--checkpoint", self.checkpoint, *dataset_args(self.cfg), "--pareto", top, "--out", out, "--force",
-                    "--table", f"{d['name']}={self.table_path(d)}"]
-            _cli(args + (["--dynamic-batch"] if e["dynamic_batch"] else []), capture=True)
+            common = dict(checkpoint=str(self.checkpoint), dataset=self.cfg["dataset"]["name"],
+                          data=self.cfg["dataset"]["path"], tables=[f"{d['name']}={self.table_path(d)}"],
+                          dynamic_batch=e["dynamic_batch"], force=True)
+            for request in front_requests(top, out, common):
+                export_one(request)
             exported[d["name"]] = [str(out / f"{d['name']}_rank{i:02d}.onnx") for i in range(len(entries))]
         return exported
 

@@ -243,11 +243,6 @@ def load_run_config(path: str | Path | None = None) -> dict:
     return cfg
 
 
-def dataset_args(cfg: dict) -> list[str]:
-    """The ``--dataset``/``--data`` arguments of a parsed config."""
-    return ["--dataset", cfg["dataset"]["name"]] + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
-
-
 def supernet_training(cfg: dict, device: str, resume: bool = False) -> tuple[TrainConfig, RunSettings]:
     """The supernet training of a parsed config on ``device``: its recipe (a ``TrainConfig`` of the
     ``train`` section and the seed) and its ``hwnas.supernet_training.RunSettings``."""

@@ -33,7 +33,17 @@ TINY_RUN = {
 }
 
 
-def test_run_end_to_end_then_resume(tmp_path, capsys):
+@pytest.fixture
+def no_command_line(monkeypatch):
+    """Stages call the library, never the command line: ``hwnas.cli.main`` raises when called (this
+    module's own ``main``, bound at import, still runs ``hwnas run``)."""
+    def refuse(argv=None):
+        raise AssertionError(f"a stage ran 'hwnas {' '.join(map(str, argv or []))}' through hwnas.cli.main")
+
+    monkeypatch.setattr("hwnas.cli.main", refuse)
+
+
+def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(TINY_RUN))
     out = tmp_path / "run"
@@ -166,8 +176,8 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     p = pipeline.Pipeline(cfg, tmp_path / "run")
     (p.out / "search").mkdir(parents=True)
     (p.out / "search" / "pareto_cpu.json").write_text(json.dumps({"front": [{"arch": "a", "accuracy": 0.5}]}))
-    calls, measured, trained = [], [], []
-    monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
+    exported, measured, trained = [], [], []
+    monkeypatch.setattr("hwnas.export.export_one", exported.append)
     monkeypatch.setattr("hwnas.accuracy.update_accuracy_dataset", lambda *a, **kw: measured.append(kw))
     monkeypatch.setattr("hwnas.supernet_training.train_supernet_folder", lambda *a: trained.append(a[-1]))
     p.export()
@@ -175,13 +185,12 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     (tmp_path / "run" / "supernet" / "metrics.jsonl").write_text("")
     p.train()
     p.accuracy()
-    assert [c[0] for c in calls] == ["export"] and len(measured) == 2
-    for kw in measured:  # the measurement settings of the config
+    assert len(exported) == 1 and len(trained) == 1 and len(measured) == 2
+    for kw in measured:  # the measurement settings of the config; the dataset is the checkpoint's
         assert kw["calib_batches"] == 5 and kw["calib_batch_size"] == 1024
-    assert (trained[0].dataset, trained[0].data) == ("cifar10-jpeg", "/data/cifar10_jpeg.npz")
-    for args in calls:
-        assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
-        assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
+    for settings in (exported[0], trained[0]):
+        assert (settings.dataset, settings.data) == ("cifar10-jpeg", "/data/cifar10_jpeg.npz")
+    assert exported[0].arch == "a" and exported[0].out == p.out / "models" / "cpu_rank00.onnx" and exported[0].force
 
 
 BUDGETED_TRAIN = {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3, "teacher_cutout": True,
@@ -278,7 +287,7 @@ def test_later_train_keys_at_default_keep_old_runs_fingerprint():
     assert not _later_key_at_default("epochs", 10)  # an original key always counts
 
 
-def test_run_with_search_rounds_makes_measured_fronts(tmp_path):
+def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line):
     """`search.rounds`: the accuracy dataset is known, `queries` more subnets are measured on the
     supernet in rounds, and the fronts hold measured subnets only."""
     run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": TINY_RUN["latency"]["devices"][:1]},
