@@ -252,6 +252,8 @@ def supernet_training(cfg: dict, device: str, resume: bool = False) -> tuple[Tra
     c = cfg["train"]
     # numbers as the command's float options parse them (lr: 1 is 1.0), recorded alike in the checkpoint
     number = {k: float(v) if v is not None and float in SCHEMA["train"][k][0] else v for k, v in c.items()}
+    if c["time_budget_min"] is not None:  # the budget plans the epochs: any valid count stands in (a config may say 0)
+        number["epochs"] = max(1, c["epochs"])
     config = TrainConfig(**{k: number[k] for k in _RECIPE_KEYS}, seed=cfg["seed"])
     return config, RunSettings(dataset=cfg["dataset"]["name"], data=cfg["dataset"]["path"], device=device,
                                time_budget_min=number["time_budget_min"], eval_every=max(1, c["epochs"] // 10),
