@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hwnas.arguments import check_positive
 from hwnas.data_wiring import calibration_batches, load_for_space, split_batches
 from hwnas.datasets import DatasetBundle, Split
 from predictors import AccuracyDataset, build_accuracy_dataset
@@ -16,11 +17,6 @@ from search_space import Arch, UserError, checkpoint_hash, load_supernet
 from search_space.train_dist import resolve_device
 
 SPLITS = ("val", "test")
-
-
-def _positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
 
 
 def random_subset(split: Split, limit: int | None, seed: int) -> Split:
@@ -50,7 +46,7 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
     for value, option in ((n if isinstance(n, int) else None, "--n"), (calib_batches, "--calib-batches"),
                           (calib_batch_size, "--calib-batch-size"), (eval_batch_size, "--eval-batch-size"),
                           (eval_limit, "--eval-limit")):
-        _positive(value, option)
+        check_positive(value, option)
     if split not in SPLITS:
         raise UserError(f"split {split!r} is invalid; expected one of {list(SPLITS)}")
     device = resolve_device(device)
@@ -81,3 +77,25 @@ def measure_accuracy_dataset(checkpoint: str | Path, n: int | Sequence[Arch], ou
             split_batches(eval_split, bundle, eval_batch_size), out, checkpoint_hash=checkpoint_hash(checkpoint),
             dataset=dataset, split=split, num_calib_batches=calib_batches, autocast_dtype=autocast,
             settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress, extremes=extremes)
+
+
+def update_accuracy_dataset(checkpoint: str | Path, n: int, out: str | Path, **measure) -> AccuracyDataset:
+    """``hwnas predictor dataset``: measure ``out`` up to ``n`` subnets (resuming the file) with
+    :func:`measure_accuracy_dataset`'s keyword arguments ``measure``, then print what it holds."""
+    import sys
+    import time
+
+    from search_space.io import check_out_file
+
+    start = time.monotonic()
+    check_out_file(out)  # before any subnet is measured
+    before = len(AccuracyDataset.load(out)) if Path(out).exists() else 0
+    data = measure_accuracy_dataset(checkpoint, n, out, **measure)
+    acc = data.accuracies()
+    added, secs = len(data) - before, time.monotonic() - start
+    summary = f"accuracy {acc.min():.4f}..{acc.max():.4f}" if len(acc) else "no records"
+    print(f"{out}: {len(data)} subnets ({added} new in {secs:.0f} s), {summary}, "
+          f"{data.header['dataset']}/{data.header['split']}, checkpoint {data.header['checkpoint_hash']}")
+    if len(data) < n:
+        print(f"stopped before {n}: re-run the same command to measure the rest", file=sys.stderr)
+    return data

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from search_space.errors import UserError
+
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """Loss and schedule options, shared with experiments/train_cifar_gpu.py (see :func:`recipe_kwargs`)."""
@@ -36,3 +38,9 @@ def add_measurement_args(p, calib_batches: int = 20, calib_batch_size: int = 256
                    help=f"batch size of evaluation (default {eval_batch_size})")
     p.add_argument("--eval-limit", type=int, default=None,
                    help="measure on a fixed random subset of this many images of the split (default: all)")
+
+
+def check_positive(value: int | None, option: str) -> None:
+    """Reject a non-positive integer option (None: unset, allowed) in one line."""
+    if value is not None and value < 1:
+        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")

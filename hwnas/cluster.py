@@ -148,7 +148,7 @@ def _shard_task(space, checkpoint: bytes, checkpoint_hash: str, archs: list[str]
                 settings: dict) -> tuple[dict, list[dict]]:
     """Ray task: measure ``archs`` on the checkpoint (sent as bytes); returns the dataset
     header and the records."""
-    from hwnas.cli.predictor import measure_accuracy_dataset
+    from hwnas.accuracy import measure_accuracy_dataset
 
     folder = _scratch("checkpoints")
     path = folder / f"{checkpoint_hash}.pt"

@@ -1,13 +1,13 @@
 """``hwnas run``: config -> trained supernet -> latency tables -> predictor -> search ->
-verified fronts -> final training beside baselines -> ONNX models -> report. Each stage reuses the command that does it alone
-(``hwnas supernet train``, ``hwnas predictor ...``, ``hwnas search``, ``hwnas export``), so
-there is one implementation of every step; :class:`hwnas.stages.StageRunner` makes the
-whole run resumable."""
+verified fronts -> final training beside baselines -> ONNX models -> report. Each stage calls the
+library function that the command doing it alone parses its options into
+(:mod:`hwnas.supernet_training`, :mod:`hwnas.accuracy`, :mod:`hwnas.predictor_fit`,
+:mod:`hwnas.searching`, :mod:`hwnas.search_rounds`, :mod:`hwnas.export`), so there is one
+implementation of every step and no command line in between; :class:`hwnas.stages.StageRunner`
+makes the whole run resumable."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 import time
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.run_config import SCHEMA, dataset_args, load_run_config, supernet_train_args
+from hwnas.run_config import SCHEMA, load_run_config, supernet_training
 from hwnas.stages import STAGES, StageRunner
 from search_space import SearchSpace
 from search_space.errors import UserError
@@ -55,25 +55,6 @@ def build_and_validate(space: SearchSpace, device: dict, latency: dict, seed: in
     return {"table": str(path), "reused": device["table"], "blocks": len(table.data["blocks"]),
             "scores": s["scores"], "repeatability": s["repeatability"], "advice": s["advice"],
             "report": str(folder / s["files"]["md"]), "files": s["files"]}
-
-
-class StageFailed(UserError):
-    """A stage's command exited with an error (its own message was printed above)."""
-
-
-def _cli(args: list[str], capture: bool = False) -> str:
-    """Run one ``hwnas`` command in-process; raise if it fails."""
-    from hwnas.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
-        rc = main([str(a) for a in args])
-    if rc == 130:  # the stage was interrupted (Ctrl-C): so is the run, with the same exit code
-        raise KeyboardInterrupt
-    if rc != 0:
-        raise StageFailed(f"'hwnas {' '.join(str(a) for a in args[:2])}' failed with exit code {rc}; "
-                          f"fix the cause and re-run: finished stages are kept")
-    return out.getvalue()
 
 
 def _device(cfg: dict) -> str:
@@ -135,12 +116,13 @@ class Pipeline:
 
     # ---- stages --------------------------------------------------------------------------
     def train(self) -> dict:
-        """Stage train: the supernet (`hwnas supernet train`), resumed if interrupted."""
+        """Stage train: the supernet (as `hwnas supernet train`), resumed if interrupted."""
+        from hwnas.supernet_training import train_supernet_folder
+
         c, run_dir = self.cfg["train"], self.checkpoint.parent
-        args = supernet_train_args(self.cfg, self.space_arg, run_dir, _device(self.cfg))
-        if self.checkpoint.exists():
-            args.append("--resume")  # an interrupted training continues exactly
-        _cli(args)
+        # an interrupted training continues exactly
+        config, run = supernet_training(self.cfg, _device(self.cfg), resume=self.checkpoint.exists())
+        train_supernet_folder(self.space, run_dir, config, run)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         return {"epochs": last.get("epoch", c["epochs"]), "time_budget_min": c["time_budget_min"], "last_epoch": last}
@@ -166,12 +148,13 @@ class Pipeline:
         holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
         if self.ray_address:
             return self._accuracy_on_cluster(holdout)
-        common = ["predictor", "dataset", "--checkpoint", self.checkpoint, "--device", _device(self.cfg), "--quiet",
-                  "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
-                  "--eval-batch-size", p["eval_batch_size"]]
-        _cli(common + ["--n", p["archs"], "--seed", self.cfg["seed"], "--out", out / "accuracy_fit.jsonl"])
-        _cli(common + ["--n", holdout, "--seed", self.cfg["seed"] + 1, "--no-extremes",
-                       "--out", out / "accuracy_holdout.jsonl"])
+        from hwnas.accuracy import update_accuracy_dataset
+
+        common = dict(device=_device(self.cfg), progress=False, calib_batches=p["calib_batches"],
+                      calib_batch_size=p["calib_batch_size"], eval_batch_size=p["eval_batch_size"])
+        update_accuracy_dataset(self.checkpoint, p["archs"], out / "accuracy_fit.jsonl", seed=self.cfg["seed"], **common)
+        update_accuracy_dataset(self.checkpoint, holdout, out / "accuracy_holdout.jsonl", seed=self.cfg["seed"] + 1,
+                                extremes=False, **common)
         return {"fit": p["archs"], "holdout": holdout}
 
     def _accuracy_on_cluster(self, holdout: int) -> dict:
@@ -195,46 +178,44 @@ class Pipeline:
 
     def fit_predictor(self) -> dict:
         """Stage predictor: fit the accuracy predictor and score it on the held-out subnets."""
+        from hwnas.predictor_fit import evaluate_predictor, fit_predictor
+        from predictors import AccuracyDataset
+
         out = self.out / "predictor"
-        _cli(["predictor", "fit", "--data", out / "accuracy_fit.jsonl", "--model", self.cfg["predictor"]["model"],
-              "--seed", self.cfg["seed"], "--out", self.predictor], capture=True)
-        metrics = _cli(["predictor", "eval", "--predictor", self.predictor, "--data", out / "accuracy_holdout.jsonl",
-                        "--plot", out / "predicted_vs_measured.png", "--json"], capture=True)
-        return json.loads(next(l for l in metrics.splitlines() if l.startswith("{")))
+        fit = out / "accuracy_fit.jsonl"
+        predictor, _ = fit_predictor(AccuracyDataset.load(fit), self.cfg["predictor"]["model"], seed=self.cfg["seed"])
+        predictor.save(self.predictor, {"data": str(fit)})
+        metrics, _ = evaluate_predictor(self.predictor, out / "accuracy_holdout.jsonl", out / "predicted_vs_measured.png")
+        return metrics
 
     def search(self) -> dict:
         """Stage search: multi-objective search over every device with its budget (on a cluster:
         ``cluster.workers`` Ray workers on ``cluster.storage``), the fronts verified on the devices."""
-        s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
-        paths = {d["name"]: str(self.table_path(d)) for d in self.devices()}
-        names = list(paths)
-        budgets = [f"{dev}={ms}ms" for dev, ms in s["budgets"].items() if dev in names]
-        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
-            model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
-            args = ["search", "--space", self.space_arg, "--trials", s["trials"], "--sampler", s["sampler"],
-                    "--seed", self.cfg["seed"], "--out", out, "--quiet", "--verify-top", self.cfg["verify"]["top"],
-                    "--checkpoint", self.checkpoint, "--eval-device", _device(self.cfg),
-                    "--calib-batches", p["calib_batches"], "--calib-batch-size", p["calib_batch_size"],
-                    "--rounds", s["rounds"], "--queries", s["queries"], "--model", model,
-                    "--accuracy-dataset", self.out / "predictor" / "accuracy_fit.jsonl"]
-            args += [a for d, path in paths.items() for a in ("--table", f"{d}={path}")]
-            print(_cli(args + [a for b in budgets for a in ("--budget", b)], capture=True))
-        else:
-            from hwnas.cli.search import load_tables, search_and_verify
-            from search import parse_budget
+        from hwnas.searching import load_tables
+        from search import parse_budget
 
-            tables = load_tables(list(paths.items()), self.space)
+        s, p, out = self.cfg["search"], self.cfg["predictor"], self.out / "search"
+        tables = load_tables([(d["name"], str(self.table_path(d))) for d in self.devices()], self.space)
+        names = list(tables)
+        budgets = [parse_budget(f"{dev}={ms}ms", names) for dev, ms in s["budgets"].items() if dev in names]
+        common = dict(trials=s["trials"], sampler=s["sampler"], seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
+                      checkpoint=str(self.checkpoint), eval_device=_device(self.cfg), calib_batches=p["calib_batches"],
+                      calib_batch_size=p["calib_batch_size"], progress=False)
+        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
+            from hwnas.search_rounds import search_in_rounds
+
+            model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
+            search_in_rounds(self.space, tables, budgets, out, rounds=s["rounds"], queries=s["queries"], model=model,
+                             accuracy_dataset=str(self.out / "predictor" / "accuracy_fit.jsonl"), **common)
+        else:
+            from hwnas.searching import search_and_verify
+
             c = self.cfg["cluster"]
             where = (dict(ray_address=self.ray_address, workers=c["workers"], study=self.study_name(),
                           storage=c["storage"] or str(out / "study.journal")) if self.ray_address  # across the nodes
                      else dict(storage=str(out / "study.journal")))
             out.mkdir(parents=True, exist_ok=True)
-            search_and_verify(self.space, tables, [parse_budget(b, names) for b in budgets], out,
-                              predictor=str(self.predictor), trials=s["trials"], sampler=s["sampler"],
-                              seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
-                              checkpoint=str(self.checkpoint), eval_device=_device(self.cfg),
-                              calib_batches=p["calib_batches"], calib_batch_size=p["calib_batch_size"],
-                              progress=False, **where)
+            search_and_verify(self.space, tables, budgets, out, predictor=str(self.predictor), **common, **where)
         return {d: str(out / f"pareto_{d}.json") for d in names}
 
     def study_name(self) -> str:
@@ -305,15 +286,19 @@ class Pipeline:
     def export(self) -> dict:
         """Stage export: ONNX models of the `export.top` most accurate points of each device's front,
         with their final-trained weights and measured accuracy where the final stage ran."""
+        from hwnas.export import export_one, front_requests
+
         e, out, exported = self.cfg["export"], self.out / "models", {}
         for d in self.devices():
             front = json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())
             entries = self.export_entries(d["name"], front["front"])
             top = self.out / "models" / f"top_{d['name']}.json"
             atomic_write_json(top, {**front, "device": d["name"], "front": entries})
-            args = ["export", "--checkpoint", self.checkpoint, *dataset_args(self.cfg), "--pareto", top, "--out", out, "--force",
-                    "--table", f"{d['name']}={self.table_path(d)}"]
-            _cli(args + (["--dynamic-batch"] if e["dynamic_batch"] else []), capture=True)
+            common = dict(checkpoint=str(self.checkpoint), dataset=self.cfg["dataset"]["name"],
+                          data=self.cfg["dataset"]["path"], tables=[f"{d['name']}={self.table_path(d)}"],
+                          dynamic_batch=e["dynamic_batch"], force=True)
+            for request in front_requests(top, out, common):
+                export_one(request)
             exported[d["name"]] = [str(out / f"{d['name']}_rank{i:02d}.onnx") for i in range(len(entries))]
         return exported
 

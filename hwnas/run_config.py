@@ -7,11 +7,16 @@ Unknown keys, missing keys and wrong types are errors naming the key path
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from search_space.errors import UserError
 from search_space.io import read_text
+
+if TYPE_CHECKING:  # run_config stays torch-free: these are imported where a training is built
+    from hwnas.supernet_training import RunSettings
+    from search_space.training import TrainConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
@@ -242,27 +247,34 @@ def load_run_config(path: str | Path | None = None) -> dict:
     return cfg
 
 
-def dataset_args(cfg: dict) -> list[str]:
-    """The ``--dataset``/``--data`` arguments of a parsed config."""
-    return ["--dataset", cfg["dataset"]["name"]] + (["--data", cfg["dataset"]["path"]] if cfg["dataset"]["path"] else [])
+def supernet_training(cfg: dict, device: str, resume: bool = False) -> tuple[TrainConfig, RunSettings]:
+    """The supernet training of a parsed config on ``device``: its recipe (a ``TrainConfig`` of the
+    ``train`` section and the seed) and its ``hwnas.supernet_training.RunSettings``."""
+    from hwnas.supernet_training import RunSettings
+    from search_space.training import TrainConfig
+
+    c = cfg["train"]
+    # numbers as the command's float options parse them (lr: 1 is 1.0), recorded alike in the checkpoint
+    number = {k: float(v) if v is not None and float in SCHEMA["train"][k][0] else v for k, v in c.items()}
+    if c["time_budget_min"] is not None:  # the budget plans the epochs: any valid count stands in (a config may say 0)
+        number["epochs"] = max(1, c["epochs"])
+    config = TrainConfig(**{k: number[k] for k in _RECIPE_KEYS}, seed=cfg["seed"])
+    return config, RunSettings(dataset=cfg["dataset"]["name"], data=cfg["dataset"]["path"], device=device,
+                               time_budget_min=number["time_budget_min"], eval_every=max(1, c["epochs"] // 10),
+                               resume=resume)
+
+
+_RECIPE_KEYS = [k for k in SCHEMA["train"] if k != "time_budget_min"]  # the train keys that are TrainConfig fields
 
 
 def supernet_train_args(cfg: dict, space_arg: str, out: str | Path, device: str) -> list[str]:
-    """The ``hwnas supernet train`` arguments of a parsed config's ``train`` section (the recipe),
-    writing to ``out`` on ``device``; shared by ``hwnas run`` and experiments/bench_ddp.py."""
-    c = cfg["train"]
-    length = ["--epochs", c["epochs"]] if c["time_budget_min"] is None else ["--time-budget-min", c["time_budget_min"]]
-    args = ["supernet", "train", "--space", space_arg, *dataset_args(cfg), *length,
-            "--batch-size", c["batch_size"], "--lr", c["lr"], "--weight-decay", c["weight_decay"],
-            "--num-random", c["num_random"], "--students", c["students"],
-            "--eval-every", max(1, c["epochs"] // 10),
-            "--seed", cfg["seed"], "--device", device, "--out", out]
-    if c["augment"] is not None:
-        args += ["--augment", c["augment"]]
-    if c["teacher_dropout"] is not None:
-        args += ["--teacher-dropout", c["teacher_dropout"]]
-    if c["teacher_cutout"]:
-        args.append("--teacher-cutout")
-    if c["ema_decay"] is not None:
-        args += ["--ema-decay", c["ema_decay"]]
-    return [str(a) for a in args + ["--label-smoothing", c["label_smoothing"], "--logit-scale", c["logit_scale"]]]
+    """:func:`supernet_training` as ``hwnas supernet train`` arguments writing to ``out`` (each
+    setting is the option of the same name), for experiments/bench_ddp.py, which launches the
+    command under torchrun."""
+    config, run = supernet_training(cfg, device)
+    options = {"space": space_arg, "out": out, "seed": config.seed, **{k: getattr(config, k) for k in _RECIPE_KEYS},
+               **{k: getattr(run, k) for k in ("dataset", "data", "device", "time_budget_min", "eval_every")}}
+    if run.time_budget_min is not None:
+        del options["epochs"]  # the budget plans them
+    return ["supernet", "train"] + [a for k, v in options.items() if v is not None and v is not False
+                                    for a in (f"--{k.replace('_', '-')}", *([] if v is True else [str(v)]))]

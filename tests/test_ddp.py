@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from hwnas.cli import main
-from hwnas.cli.supernet import epoch_batches, load_for_space
+from hwnas.data_wiring import epoch_batches, load_for_space
 from search_space import SearchSpace, Supernet
 from search_space.checkpoint import read_checkpoint
 from search_space.train_dist import (TORCHRUN_ENV, DeviceError, DistContext, DistSetupError, init_distributed,
@@ -100,10 +100,10 @@ def test_ddp_ranks_stay_identical_and_every_subnet_trains(tmp_path):
 def _cli_rank(rank: int, argv: list[str], out: str) -> None:
     """``hwnas supernet train`` on one rank, recording every atomic write and what it trained."""
     import search_space.io as sio
-    import hwnas.cli.supernet as cli
+    import hwnas.supernet_training as lib
 
     writes, trained = [], {}
-    real_write, real_train = sio.atomic_write, cli.train_supernet
+    real_write, real_train = sio.atomic_write, lib.train_supernet
 
     def write(path, *a, **kw):
         writes.append(str(path))
@@ -114,7 +114,7 @@ def _cli_rank(rank: int, argv: list[str], out: str) -> None:
         trained.update(epochs=config.epochs, time_limit_s=kw["time_limit_s"], history=len(history))
         return history
 
-    sio.atomic_write, cli.train_supernet = write, train
+    sio.atomic_write, lib.train_supernet = write, train
     rc = main(argv)
     with open(f"{out}/rank{rank}.json", "w") as f:  # the test's own record, beside the run's folder
         json.dump({"rc": rc, "writes": writes, "trained": trained}, f)

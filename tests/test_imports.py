@@ -105,3 +105,16 @@ def test_search_modules_import_no_cycle():
 
     for m in graph:
         visit(m)
+
+
+def test_library_modules_do_not_import_the_command_line():
+    """hwnas's library (the pipeline included) is what the commands parse their options into: no
+    module outside hwnas/cli imports hwnas.cli (hwnas/__main__.py, the entry point, aside)."""
+    offenders = []
+    for f in sorted((ROOT / "hwnas").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{f.name}:{node.lineno} {n}" for n in names
+                          if (n == "hwnas.cli" or n.startswith("hwnas.cli.")) and f.name != "__main__.py"]
+    assert offenders == []

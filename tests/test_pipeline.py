@@ -33,7 +33,17 @@ TINY_RUN = {
 }
 
 
-def test_run_end_to_end_then_resume(tmp_path, capsys):
+@pytest.fixture
+def no_command_line(monkeypatch):
+    """Stages call the library, never the command line: ``hwnas.cli.main`` raises when called (this
+    module's own ``main``, bound at import, still runs ``hwnas run``)."""
+    def refuse(argv=None):
+        raise AssertionError(f"a stage ran 'hwnas {' '.join(map(str, argv or []))}' through hwnas.cli.main")
+
+    monkeypatch.setattr("hwnas.cli.main", refuse)
+
+
+def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(TINY_RUN))
     out = tmp_path / "run"
@@ -166,39 +176,67 @@ def test_stages_pass_the_dataset(tmp_path, monkeypatch):
     p = pipeline.Pipeline(cfg, tmp_path / "run")
     (p.out / "search").mkdir(parents=True)
     (p.out / "search" / "pareto_cpu.json").write_text(json.dumps({"front": [{"arch": "a", "accuracy": 0.5}]}))
-    calls = []
-    monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
+    exported, measured, trained = [], [], []
+    monkeypatch.setattr("hwnas.export.export_one", exported.append)
+    monkeypatch.setattr("hwnas.accuracy.update_accuracy_dataset", lambda *a, **kw: measured.append(kw))
+    monkeypatch.setattr("hwnas.supernet_training.train_supernet_folder", lambda *a: trained.append(a[-1]))
     p.export()
     (tmp_path / "run" / "supernet").mkdir()
     (tmp_path / "run" / "supernet" / "metrics.jsonl").write_text("")
     p.train()
     p.accuracy()
-    assert [c[0] for c in calls] == ["export", "supernet", "predictor", "predictor"]
-    for args in calls[2:]:  # the measurement settings of the config
-        assert args[args.index("--calib-batches") + 1] == "5" and args[args.index("--calib-batch-size") + 1] == "1024"
-    for args in calls[:2]:
-        assert args[args.index("--dataset") + 1] == "cifar10-jpeg"
-        assert args[args.index("--data") + 1] == "/data/cifar10_jpeg.npz"
+    assert len(exported) == 1 and len(trained) == 1 and len(measured) == 2
+    for kw in measured:  # the measurement settings of the config; the dataset is the checkpoint's
+        assert kw["calib_batches"] == 5 and kw["calib_batch_size"] == 1024
+    for settings in (exported[0], trained[0]):
+        assert (settings.dataset, settings.data) == ("cifar10-jpeg", "/data/cifar10_jpeg.npz")
+    assert exported[0].arch == "a" and exported[0].out == p.out / "models" / "cpu_rank00.onnx" and exported[0].force
+
+
+BUDGETED_TRAIN = {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3, "teacher_cutout": True,
+                  "weight_decay": 2e-3, "ema_decay": 0.999, "label_smoothing": 0.2, "logit_scale": 0.125}
 
 
 def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
-    """train.time_budget_min replaces --epochs, train.augment, train.teacher_dropout,
+    """train.time_budget_min replaces the epochs, train.augment, train.teacher_dropout,
     train.teacher_cutout and train.ema_decay are passed on; unset, none is. train.weight_decay,
     train.label_smoothing and train.logit_scale are always passed."""
     import hwnas.pipeline as pipeline
 
     calls = []
-    monkeypatch.setattr(pipeline, "_cli", lambda args, capture=False: calls.append([str(a) for a in args]) or "")
-    for extra in ({}, {"time_budget_min": 2.5, "augment": "crop_flip_cutout", "teacher_dropout": 0.3,
-                                 "teacher_cutout": True, "weight_decay": 2e-3, "ema_decay": 0.999,
-                                 "label_smoothing": 0.2, "logit_scale": 0.125}):
+    monkeypatch.setattr("hwnas.supernet_training.train_supernet_folder",
+                        lambda space, out, config, run: calls.append((config, run)))
+    for extra in ({}, BUDGETED_TRAIN):
         cfg = tmp_path / f"run{len(calls)}.yaml"
         cfg.write_text(yaml.safe_dump({**TINY_RUN, "train": {**TINY_RUN["train"], **extra}}))
         p = pipeline.Pipeline(cfg, tmp_path / f"run{len(calls)}")
         (p.checkpoint.parent).mkdir(parents=True)
         (p.checkpoint.parent / "metrics.jsonl").write_text(json.dumps({"epoch": 7}) + "\n")
         assert p.train()["epochs"] == 7  # what was trained, also when a budget chose it
-    plain, budget = calls
+    (plain, plain_run), (budget, budget_run) = calls
+    assert plain_run.time_budget_min is None and budget_run.time_budget_min == 2.5
+    assert plain.epochs == 2 and plain_run.eval_every == 1 and plain_run.dataset == "digits" and not plain_run.resume
+    assert plain.augment is None and budget.augment == "crop_flip_cutout"
+    assert plain.teacher_dropout is None and budget.teacher_dropout == 0.3
+    assert not plain.teacher_cutout and budget.teacher_cutout
+    assert plain.ema_decay is None and budget.ema_decay == 0.999
+    assert (plain.weight_decay, budget.weight_decay) == (0.0005, 0.002)
+    assert (plain.label_smoothing, budget.label_smoothing) == (0.1, 0.2)
+    assert (plain.logit_scale, budget.logit_scale) == (1.0, 0.125)
+    p.checkpoint.write_bytes(b"")
+    p.train()
+    assert calls[-1][1].resume  # an interrupted training continues
+
+
+def test_supernet_train_args_are_the_commands_options():
+    """The config's training as `hwnas supernet train` arguments (experiments/bench_ddp.py launches
+    them under torchrun): the options the train stage sets, and the command parses them."""
+    from hwnas.cli import build_parser
+    from hwnas.run_config import supernet_train_args
+
+    plain, budget = (supernet_train_args(parse_run_config({**TINY_RUN, "space": "cifar", "train": {
+        **TINY_RUN["train"], **extra}}), "cifar", "out", "cpu") for extra in ({}, BUDGETED_TRAIN))
+    assert plain[:2] == ["supernet", "train"] and plain[plain.index("--dataset") + 1] == "digits"
     assert "--epochs" in plain and "--time-budget-min" not in plain and "--augment" not in plain
     assert "--teacher-dropout" not in plain and budget[budget.index("--teacher-dropout") + 1] == "0.3"
     assert "--epochs" not in budget and budget[budget.index("--time-budget-min") + 1] == "2.5"
@@ -208,6 +246,8 @@ def test_train_stage_passes_budget_and_augment(tmp_path, monkeypatch):
     assert plain[plain.index("--weight-decay") + 1] == "0.0005" and budget[budget.index("--weight-decay") + 1] == "0.002"
     assert plain[plain.index("--label-smoothing") + 1] == "0.1" and budget[budget.index("--label-smoothing") + 1] == "0.2"
     assert plain[plain.index("--logit-scale") + 1] == "1.0" and budget[budget.index("--logit-scale") + 1] == "0.125"
+    args = build_parser(["supernet"]).parse_args(budget)
+    assert (args.time_budget_min, args.teacher_cutout, args.eval_every, args.out) == (2.5, True, 1, "out")
 
 
 def test_changed_config_redoes_stages_without_stale_work(tmp_path, capsys):
@@ -247,7 +287,7 @@ def test_later_train_keys_at_default_keep_old_runs_fingerprint():
     assert not _later_key_at_default("epochs", 10)  # an original key always counts
 
 
-def test_run_with_search_rounds_makes_measured_fronts(tmp_path):
+def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line):
     """`search.rounds`: the accuracy dataset is known, `queries` more subnets are measured on the
     supernet in rounds, and the fronts hold measured subnets only."""
     run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": TINY_RUN["latency"]["devices"][:1]},

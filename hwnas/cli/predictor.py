@@ -1,25 +1,20 @@
 """``hwnas predictor``: measure an accuracy dataset on a supernet, fit a predictor, evaluate it.
 
-``measure_accuracy_dataset`` wires :mod:`hwnas.datasets` into
-:func:`predictors.build_accuracy_dataset` (the ``predictors`` package knows no datasets);
-experiment scripts call it so that they measure exactly as the command does.
+A parser over the library: :mod:`hwnas.accuracy` measures (experiment scripts call it too, so
+that they measure exactly as the command does), :mod:`hwnas.predictor_fit` fits and scores.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-from predictors import (DEFAULT_FEATURES, DEFAULT_TARGET, FEATURE_RECIPES, PREDICTORS, TARGET_TRANSFORMS,
-                        AccuracyDataset, Predictor, load_predictor, make_predictor,
-                        plot_predicted_vs_measured, rank_metrics)
-from predictors.selection import auto_plan, select_kind
-from search_space import UserError
+from predictors import DEFAULT_FEATURES, DEFAULT_TARGET, FEATURE_RECIPES, PREDICTORS, TARGET_TRANSFORMS, AccuracyDataset
 from hwnas.cli._group import command_group
-from hwnas.accuracy import SPLITS, measure_accuracy_dataset, random_subset  # noqa: F401  (experiments use the library)
+from hwnas.accuracy import SPLITS, update_accuracy_dataset
 from hwnas.arguments import add_measurement_args
+from hwnas.predictor_fit import evaluate_predictor, fit_predictor
+
 
 def register(sub) -> None:
     """Add ``hwnas predictor dataset|fit|eval``."""
@@ -83,61 +78,16 @@ def register(sub) -> None:
     ev.set_defaults(func=_eval)
 
 
-# ----------------------------------------------------------------------------- dataset
+# ----------------------------------------------------------------------------- commands
 
 
 def _dataset(args) -> int:
-    from search_space.io import check_out_file
-
-    start = time.monotonic()
-    check_out_file(args.out)  # before any subnet is measured
-    before = len(AccuracyDataset.load(args.out)) if Path(args.out).exists() else 0
-    data = measure_accuracy_dataset(args.checkpoint, args.n, args.out, dataset=args.dataset, data=args.data,
-                                    device=args.device, split=args.split, seed=args.seed,
-                                    measure_seed=args.measure_seed,
-                                    calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
-                                    eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
-                                    time_budget_s=args.time_budget, progress=not args.quiet,
-                                    extremes=args.extremes)
-    acc = data.accuracies()
-    added, secs = len(data) - before, time.monotonic() - start
-    summary = f"accuracy {acc.min():.4f}..{acc.max():.4f}" if len(acc) else "no records"
-    print(f"{args.out}: {len(data)} subnets ({added} new in {secs:.0f} s), {summary}, "
-          f"{data.header['dataset']}/{data.header['split']}, checkpoint {data.header['checkpoint_hash']}")
-    if len(data) < args.n:
-        print(f"stopped before {args.n}: re-run the same command to measure the rest", file=sys.stderr)
+    update_accuracy_dataset(args.checkpoint, args.n, args.out, dataset=args.dataset, data=args.data,
+                            device=args.device, split=args.split, seed=args.seed, measure_seed=args.measure_seed,
+                            calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
+                            eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
+                            time_budget_s=args.time_budget, progress=not args.quiet, extremes=args.extremes)
     return 0
-
-
-# ----------------------------------------------------------------------------- fit
-
-
-def fit_predictor(data: AccuracyDataset, model: str = "auto", *, features: str = DEFAULT_FEATURES,
-                  folds: int | None = None, seed: int = 0, candidates: list[str] | None = None,
-                  target: str = DEFAULT_TARGET) -> tuple[Predictor, dict[str, float] | None]:
-    """Fit a predictor of kind ``model`` on ``data``; ``auto`` first selects among ``candidates``
-    (default: every kind) by k-fold Kendall tau (``folds``, default 5, or 3 from 1,000 samples on,
-    with cheaper stand-ins and early stops: :func:`predictors.selection.select_kind`), and also
-    returns their scores."""
-    space = data.space()
-    X, y = data.arrays(space)
-    scores, hparams, meta = None, {}, {}
-    if model == "auto":
-        kinds = candidates or sorted(PREDICTORS)
-        unknown = [k for k in kinds if k not in PREDICTORS]
-        if unknown:
-            raise UserError(f"candidate kind {unknown[0]!r} is unknown; expected some of {sorted(PREDICTORS)}")
-        folds, plan = auto_plan(len(y), kinds, folds)
-
-        def make(kind: str, hp: dict) -> Predictor:
-            return make_predictor(kind, space, features=features, seed=seed, target=target, **hp)
-
-        model, scores, ran = select_kind(X, y, plan, make, k=folds, seed=seed)
-        hparams, meta = plan[model], {"selection_folds": folds, "selection_folds_run": ran}
-    predictor = make_predictor(model, space, features=features, seed=seed, target=target, **hparams).fit(X, y)
-    predictor.meta.update({"fitted_on": {k: data.header[k] for k in ("checkpoint_hash", "dataset", "split")},
-                           "n_train": len(y), "selection_kendall_tau": scores, **meta})
-    return predictor, scores
 
 
 def _fit(args) -> int:
@@ -157,30 +107,13 @@ def _fit(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- eval
-
-
 def _eval(args) -> int:
-    data = AccuracyDataset.load(args.data)
-    space = data.space()
-    predictor = load_predictor(args.predictor, space)
-    X, y = data.arrays(space)
-    if len(y) < 2:
-        raise UserError(f"accuracy dataset {args.data!r} has {len(y)} subnets; expected at least 2 to score a ranking")
-    mean, std = predictor.predict(X)
-    metrics = rank_metrics(y, mean)
-    fitted_on = predictor.meta.get("fitted_on", {})
-    if fitted_on.get("checkpoint_hash") not in (None, data.header["checkpoint_hash"]):
-        print(f"warning: predictor was fitted on checkpoint {fitted_on['checkpoint_hash']}, these accuracies come "
-              f"from checkpoint {data.header['checkpoint_hash']}", file=sys.stderr)
+    metrics, predictor = evaluate_predictor(args.predictor, args.data, args.plot)
     if args.json:
         print(json.dumps(metrics))
     else:
         print(f"{predictor.kind} on {metrics['n']} subnets: Kendall tau {metrics['kendall_tau']:.4f}  "
               f"Spearman {metrics['spearman']:.4f}  RMSE {100 * metrics['rmse']:.3f} points")
     if args.plot:
-        title = (f"{predictor.kind} on {data.header['dataset']}/{data.header['split']}: tau "
-                 f"{metrics['kendall_tau']:.3f}, RMSE {100 * metrics['rmse']:.2f} pts")
-        plot_predicted_vs_measured(y, mean, std, args.plot, title)
         print(f"plot -> {args.plot}")
     return 0

@@ -1,6 +1,7 @@
 """``hwnas supernet``: train a weight-sharing supernet on a dataset, evaluate one of its subnets.
 
-The helpers that wire :mod:`hwnas.datasets` to :mod:`search_space.training` live in
+Training is :func:`hwnas.supernet_training.train_supernet_folder` (the pipeline's train stage
+calls it too); the helpers that wire :mod:`hwnas.datasets` to :mod:`search_space.training` live in
 :mod:`hwnas.data_wiring`, the shared options in :mod:`hwnas.arguments`, so that experiment
 scripts train exactly as the command does.
 """
@@ -8,27 +9,19 @@ scripts train exactly as the command does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
-from pathlib import Path
 
 import torch
 
 from hwnas.cli.space import add_space_arg
-from hwnas.datasets import AUGMENTATIONS, DatasetBundle
-from search_space import Arch, SearchSpace, Supernet, UserError, load_supernet
+from hwnas.datasets import AUGMENTATIONS
+from search_space import Arch, SearchSpace, UserError, load_supernet
 from search_space.evaluation import evaluate_archs
-from search_space.train_dist import init_distributed, resolve_device, shutdown_distributed
-from search_space.checkpoint import read_checkpoint
-from search_space.train_plan import plan_epochs
-from search_space.training import (STUDENT_RULES, TrainConfig, saved_config, subnet_evaluator,
-                                   train_supernet)
+from search_space.train_dist import resolve_device
+from search_space.training import STUDENT_RULES, TrainConfig
 from hwnas.cli._group import command_group
-from hwnas.arguments import add_recipe_args, recipe_kwargs  # noqa: F401  (the command's options; experiments share them)
-from hwnas.data_wiring import (calibration_batches, epoch_batches, load_for_space, probe_batches,  # noqa: F401
-                               split_batches)
-
-CHECKPOINT_NAME, METRICS_NAME = "supernet.pt", "metrics.jsonl"
+from hwnas.arguments import add_recipe_args, check_positive, recipe_kwargs
+from hwnas.data_wiring import calibration_batches, load_for_space, split_batches
+from hwnas.supernet_training import RunSettings, train_supernet_folder
 
 
 def register(sub) -> None:
@@ -107,97 +100,24 @@ def parse_arch(space: SearchSpace, text: str) -> Arch:
     return named[text]() if text in named else space.parse(text)
 
 
-def _positive(value: int, option: str) -> None:
-    """Reject a non-positive integer option in one line."""
-    if value < 1:
-        raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def _train(args) -> int:
-    for value, option in ((args.eval_every, "--eval-every"), (args.eval_batch_size, "--eval-batch-size"),
-                          (args.calib_batches, "--calib-batches")):
-        _positive(value, option)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          num_random=args.num_random, students=args.students, augment=args.augment,
                          teacher_dropout=args.teacher_dropout, teacher_cutout=args.teacher_cutout,
                          ema_decay=args.ema_decay, seed=args.seed, **recipe_kwargs(args))
-    space = SearchSpace.from_config(args.space)
-    ctx = init_distributed(args.device)
-    try:
-        return _train_ranks(args, config, space, ctx)
-    finally:
-        shutdown_distributed(ctx)
-
-
-def _train_ranks(args, config: TrainConfig, space: SearchSpace, ctx) -> int:
-    """``hwnas supernet train`` on this process (one rank of several under torchrun)."""
-    from search_space.io import check_out_dir
-
-    if ctx.is_main:  # only rank 0 writes, here too: a file in the way or a read-only folder now, not after an epoch
-        check_out_dir(args.out)
-    if config.batch_size % ctx.world_size:
-        raise UserError(f"--batch-size {config.batch_size} cannot be split over {ctx.world_size} processes: "
-                        "expected a global batch size divisible by --nproc_per_node")
-    with ctx.main_first():  # rank 0 decodes and caches the dataset; the others then read its cache
-        bundle = load_for_space(args.dataset, args.data, space, seed=args.seed, device=ctx.device)
-    steps = len(bundle.train) // config.batch_size
-    if steps < 1:
-        raise UserError(f"--batch-size {config.batch_size} exceeds the {len(bundle.train)} training images; "
-                        "expected a smaller batch")
-    torch.manual_seed(config.seed)  # the supernet's initial weights
-    supernet = Supernet(space)
-    autocast = torch.bfloat16 if ctx.device.type == "cuda" else None
-    evaluate = subnet_evaluator({"largest": space.largest(), "smallest": space.smallest()},
-                                calibration_batches(bundle, args.eval_batch_size, ctx.device),
-                                split_batches(bundle.val, bundle, args.eval_batch_size), args.calib_batches, autocast)
-    out = Path(args.out)
-    meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()) if args.data else None,
-            "val_fraction": 0.1, "split_seed": args.seed}
-    intervals = {"eval_every": args.eval_every, "checkpoint_every": 1}
-    time_limit_s = None
-    if args.time_budget_min is not None:
-        config, intervals = _budget_plan(args, config, space, bundle, steps, ctx, evaluate, out / CHECKPOINT_NAME)
-        meta["plan"], time_limit_s = intervals, args.time_budget_min * 60
-    history = train_supernet(supernet, epoch_batches(bundle, config.batch_size, config.seed, ctx.device, config.augment),
-                             steps, config, out / CHECKPOINT_NAME, metrics_path=out / METRICS_NAME, resume=args.resume,
-                             evaluate=evaluate, eval_every=intervals["eval_every"],
-                             checkpoint_every=intervals["checkpoint_every"], meta=meta, dist=ctx,
-                             progress=not args.quiet, time_limit_s=time_limit_s)
-    if ctx.is_main and history:
-        last = history[-1]
-        accs = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_acc"))
-        print(f"trained {last['epoch']} epochs: loss {last['loss']:.4f}  {accs}  -> {out / CHECKPOINT_NAME}")
-        if last.get("stopped") == "time_limit":
-            print(f"stopped at the {args.time_budget_min:g}-minute limit before the planned {config.epochs} epochs; "
-                  "--resume finishes them", file=sys.stderr)
+    run = RunSettings(dataset=args.dataset, data=args.data, device=args.device, time_budget_min=args.time_budget_min,
+                      eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
+                      calib_batches=args.calib_batches, resume=args.resume, progress=not args.quiet)
+    train_supernet_folder(SearchSpace.from_config(args.space), args.out, config, run)
     return 0
 
 
-def _budget_plan(args, config: TrainConfig, space: SearchSpace, bundle: DatasetBundle, steps: int, ctx,
-                 evaluate, checkpoint: Path) -> tuple[TrainConfig, dict]:
-    """--time-budget-min: the epochs and intervals that fit it, measured now (under torchrun with
-    DDP steps on every rank, so all ranks plan alike); a resumed run keeps the ones it was planned
-    with (its schedule depends on them), also on another number of processes."""
-    if not args.time_budget_min > 0:
-        raise UserError(f"--time-budget-min {args.time_budget_min} is invalid; expected a positive number of minutes")
-    if args.resume and checkpoint.exists():
-        blob = read_checkpoint(checkpoint)
-        plan = blob["meta"].get("plan") or {"eval_every": args.eval_every, "checkpoint_every": 1}
-        return dataclasses.replace(config, epochs=saved_config(blob["train_state"])["epochs"]), plan
-    plan = plan_epochs(space, config, probe_batches(bundle, config, ctx.device), steps, args.time_budget_min * 60,
-                       ctx.device, evaluate, dist=ctx)  # under torchrun: timed on all ranks, one plan
-    if not args.quiet and ctx.is_main:
-        print(f"plan for {args.time_budget_min:g} min: {plan['epochs']} epochs of ~{plan['epoch_s_estimate']:.1f} s "
-              f"(step {1000 * plan['step_s']:.1f} ms)", file=sys.stderr)
-    return dataclasses.replace(config, epochs=plan["epochs"]), plan
-
-
 def _eval(args) -> int:
-    _positive(args.eval_batch_size, "--eval-batch-size")
-    _positive(args.calib_batches, "--calib-batches")
+    check_positive(args.eval_batch_size, "--eval-batch-size")
+    check_positive(args.calib_batches, "--calib-batches")
     device = resolve_device(args.device)
     supernet, blob = load_supernet(args.checkpoint)
     meta = blob.get("meta", {})
