@@ -7,7 +7,7 @@ baseline tree is ``git archive BASELINE`` unpacked into a temporary folder (or `
 
     PYTHONPATH=. python experiments/bench_cli_startup.py --repeats 7 --baseline 8815f6b
 
-Writes experiments/results/cli_startup.{json,md}.
+Writes experiments/results/cli/cli_startup.{json,md}.
 """
 
 from __future__ import annotations

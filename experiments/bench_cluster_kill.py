@@ -11,7 +11,7 @@ Setting: the cifar space, a stand-in cpu table and the stand-in accuracy of benc
 
     PYTHONPATH=.:tests python experiments/bench_cluster_kill.py --runs 10 --trials 300
 
-Writes experiments/results/cluster_kill.{json,md}. The CI keeps a short version:
+Writes experiments/results/cluster/cluster_kill.{json,md}. The CI keeps a short version:
 tests/test_cluster.py::test_a_killed_worker_node_loses_no_trial_and_does_not_hang.
 """
 

@@ -16,7 +16,7 @@
 
     PYTHONPATH=.:tests python experiments/bench_cluster_pipeline.py --repeats 3 --runs 2
 
-Writes experiments/results/cluster_pipeline.{json,md}.
+Writes experiments/results/cluster/cluster_pipeline.{json,md}.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ optuna or ray.
     PYTHONPATH=. python experiments/bench_ddp.py --gpus 8 --time-budget-min 8 --include OLD/ddp_budget.json
     # CPU smoke run with gloo (digits recipe), not a scaling measurement
     PYTHONPATH=. python experiments/bench_ddp.py --device cpu --gpus 1,2 --epochs 2 \\
-        --config experiments/configs/quickstart.yaml --out experiments/results --name ddp_cpu_smoke
+        --config experiments/configs/quickstart.yaml --out experiments/results/ddp --name ddp_cpu_smoke
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The choice uses only these fit sets. Afterwards the current ``gbt`` is fitted on
 
     PYTHONPATH=. python experiments/bench_gbt_cv.py      # ~4 min on 2 cores
 
-Writes experiments/results/predictor_gbt_cv.{json,md}.
+Writes experiments/results/predictor/predictor_gbt_cv.{json,md}.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Setting: the tiny digits run of tests/test_pipeline.py (4 epochs, one CPU table,
 
     PYTHONPATH=.:tests python experiments/bench_interrupt_resume.py
 
-Writes experiments/results/interrupt_resume.{json,md}.
+Writes experiments/results/resume/interrupt_resume.{json,md}.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ the held-out Kendall tau is of the selected model on the held-out subnets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/bench_predictor_auto.py --repeats 3
 
-Writes experiments/results/predictor_auto_speed.{json,md}.
+Writes experiments/results/predictor/predictor_auto_speed.{json,md}.
 """
 
 from __future__ import annotations

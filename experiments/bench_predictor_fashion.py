@@ -12,7 +12,7 @@
     PYTHONPATH=. python experiments/bench_predictor_fashion.py          # ~15 min on 2 shared cores
     PYTHONPATH=. python experiments/bench_predictor_fashion.py --smoke  # ~1-2 min, checks the script
 
-Writes experiments/results/predictor_fashion.{json,md,png} and predictor_fashion_dataset.jsonl.
+Writes experiments/results/predictor/predictor_fashion.{json,md,png} and predictor_fashion_dataset.jsonl.
 Work files (checkpoint, accuracy datasets) stay in runs/bench_predictor_fashion/, so a rerun
 resumes where an interrupted one stopped.
 """
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1: in this brief run it "
                    "gave a held-out tau of 0.59 against 0.55 with training's default 0.025 for batch 64, although "
                    "the largest subnet was less accurate, 82%% vs 86%%; see "
-                   "experiments/results/predictor_fashion_pilot_lr*.json)")
+                   "experiments/results/predictor/predictor_fashion_pilot_lr*.json)")
     p.add_argument("--students", default="sandwich", help="student rule of the supernet training (default sandwich, "
                    "the issue's rule; predictor_fashion_mixed/ used mixed)")
     p.add_argument("--n", type=int, default=500, help="subnets to measure (default 500)")

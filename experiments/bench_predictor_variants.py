@@ -12,7 +12,7 @@ information only: choosing by them would tune on the test set.
     PYTHONPATH=. python experiments/bench_predictor_variants.py            # ~35 min on 2 cores
     PYTHONPATH=. python experiments/bench_predictor_variants.py --variant mlp10=mlp:cost:'{"members": 10}'
 
-Writes experiments/results/predictor_variants_cifar.{json,md}.
+Writes experiments/results/predictor/predictor_variants_cifar.{json,md}.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ accuracy of bench_search_common.py, so that the storage dominates.
 
     PYTHONPATH=.:tests python experiments/bench_search_postgres.py --trials 1000 --repeats 3 --kills 10
 
-Writes experiments/results/search_postgres.{json,md}.
+Writes experiments/results/cluster/search_postgres.{json,md}.
 """
 
 from __future__ import annotations

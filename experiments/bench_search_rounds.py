@@ -2,7 +2,7 @@
 ground truth; no GPU needed.
 
 The universe is the committed accuracy dataset (default: the 4,659 ``cifar_pool`` subnets of
-``experiments/results/cifar_pool_recipe/predictor_cifar_dataset.jsonl``), accuracy its measured
+``experiments/results/supernet_cifar/cifar_pool_recipe/predictor_cifar_dataset.jsonl``), accuracy its measured
 value and latency the shipped table of the same space (default ``cifar_pool_cpu_ort_b1_fp32``).
 Every strategy searches the real space through :class:`DatasetSpace`, whose ``suggest`` maps a
 proposed arch to the nearest measured one (by encoding), so a GA or a predictor still works on

@@ -12,7 +12,7 @@ they are close, training is GPU-bound and fewer launches would not pay.
     PYTHONPATH=. python experiments/profile_sandwich_step.py --device cuda        # batch 512, 1024, 2048
     PYTHONPATH=. python experiments/profile_sandwich_step.py --smoke              # CPU, seconds
 
-Writes experiments/results/sandwich_step_profile_<device>.json/.md (and to $OUT when set).
+Writes experiments/results/supernet_bench/sandwich_step_profile_<device>.json/.md (and to $OUT when set).
 """
 
 from __future__ import annotations

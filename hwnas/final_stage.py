@@ -319,7 +319,7 @@ def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, flo
     ``table`` is within ``budget``. ``measured`` exists because a predictor fitted on a flat region
     makes a flat front: on cifar_pool the measured top within budget trained alone to ResNet-18's
     accuracy where the predicted front's points fell 3 points short, and inherited, above it
-    (experiments/results/final_cifar_pool.md)."""
+    (experiments/results/final/final_cifar_pool.md)."""
     measured = dict(pool)
     for e in front:
         acc = e.get("accuracy")
