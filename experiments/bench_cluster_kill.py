@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=300, help="trials per run (default 300)")
     ap.add_argument("--workers", type=int, default=3, help="search workers (default 3)")
     ap.add_argument("--after", type=int, default=3, help="batches a worker scored on a node before it is killed")
-    ap.add_argument("--out", default=str(RESULTS / "cluster_kill"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "cluster" / "cluster_kill"), help="results stem")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import optuna

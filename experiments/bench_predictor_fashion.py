@@ -42,7 +42,7 @@ from search_space.training import TrainConfig, subnet_evaluator, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "experiments" / "configs" / "space_fashion.yaml"
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "predictor"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion_mnist.npz"
 
 
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "more threads than free cores run many times slower; 0 leaves them all)")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_predictor_fashion"),
                    help="checkpoint and datasets, kept for resuming (default runs/bench_predictor_fashion)")
-    p.add_argument("--results-dir", default=str(RESULTS), help="where the report goes (default experiments/results)")
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the report goes (default experiments/results/predictor)")
     p.add_argument("--smoke", action="store_true", help="tiny run in a temp folder to check the script (not saved)")
     args = p.parse_args(argv)
     if args.smoke:

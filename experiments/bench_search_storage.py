@@ -83,7 +83,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4000, help="trials per search (default 4000)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per storage, interleaved (default 3)")
-    ap.add_argument("--out", default=str(RESULTS / "search_storage"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_storage"), help="results stem")
     add_setting_args(ap)
     args = ap.parse_args()
     from search_space import SearchSpace

@@ -39,7 +39,7 @@ from search_space.io import atomic_write_text, save_png
 from search_space.training import STUDENT_RULES, TrainConfig, time_sandwich_steps, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "supernet_bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

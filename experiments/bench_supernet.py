@@ -38,7 +38,7 @@ from search_space.io import atomic_write_json, atomic_write_text
 from search_space.train_dist import resolve_device
 from search_space.training import TrainConfig, build_optimizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "supernet_bench"
 CASES = ["largest/supernet", "largest/static", "smallest/supernet", "smallest/static"]
 TARGET_RATIO = 1.3
 

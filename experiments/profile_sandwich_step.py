@@ -33,7 +33,7 @@ from search_space import SearchSpace, Supernet
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.training import TrainConfig, build_optimizer, sandwich_archs, sandwich_step
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "supernet_bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
