@@ -1,7 +1,7 @@
 """Which block types pay off where: mean measured accuracy of an accuracy dataset's subnets, grouped
 by the block type of each stage's first (downsampling) layer, next to their mean MFLOPs.
 
-    PYTHONPATH=. python experiments/accuracy_by_block.py experiments/results/cifar_pool_recipe/predictor_cifar_dataset.jsonl
+    PYTHONPATH=. python experiments/accuracy_by_block.py experiments/results/supernet_cifar/cifar_pool_recipe/predictor_cifar_dataset.jsonl
 
 Prints a Markdown table (stage x block type: subnets, mean accuracy, mean MFLOPs); ``--out FILE``
 also writes it. Means over spread-sampled subnets mix in everything else the subnets differ in, so

@@ -7,7 +7,7 @@ baseline tree is ``git archive BASELINE`` unpacked into a temporary folder (or `
 
     PYTHONPATH=. python experiments/bench_cli_startup.py --repeats 7 --baseline 8815f6b
 
-Writes experiments/results/cli_startup.{json,md}.
+Writes experiments/results/cli/cli_startup.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from search_space.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "cli"
 SMALLEST_CIFAR = "r32/w0.5:pc3e2/w0.5:pc3e2/w0.5:pc3e2/w0.5:pc3e2"
 # name -> interpreter arguments; the shown table is one measured on another machine (the H200).
 COMMANDS = {

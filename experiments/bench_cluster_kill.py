@@ -11,7 +11,7 @@ Setting: the cifar space, a stand-in cpu table and the stand-in accuracy of benc
 
     PYTHONPATH=.:tests python experiments/bench_cluster_kill.py --runs 10 --trials 300
 
-Writes experiments/results/cluster_kill.{json,md}. The CI keeps a short version:
+Writes experiments/results/cluster/cluster_kill.{json,md}. The CI keeps a short version:
 tests/test_cluster.py::test_a_killed_worker_node_loses_no_trial_and_does_not_hang.
 """
 
@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=300, help="trials per run (default 300)")
     ap.add_argument("--workers", type=int, default=3, help="search workers (default 3)")
     ap.add_argument("--after", type=int, default=3, help="batches a worker scored on a node before it is killed")
-    ap.add_argument("--out", default=str(RESULTS / "cluster_kill"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "cluster" / "cluster_kill"), help="results stem")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import optuna

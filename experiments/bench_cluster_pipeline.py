@@ -16,7 +16,7 @@
 
     PYTHONPATH=.:tests python experiments/bench_cluster_pipeline.py --repeats 3 --runs 2
 
-Writes experiments/results/cluster_pipeline.{json,md}.
+Writes experiments/results/cluster/cluster_pipeline.{json,md}.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments"), str(ROOT / "tests")]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from bench_search_common import RESULTS, facts  # noqa: E402
 from postgres_server import PostgresServer  # noqa: E402
+
+OUT_DIR = RESULTS / "cluster"
 
 SPACE = ROOT / "hwnas" / "configs" / "space_digits.yaml"
 CONFIG = {  # the quickstart, shortened: the stages and the cluster's work are what is measured
@@ -233,8 +235,8 @@ def pipelines(runs: int) -> dict:
 
 
 def write(results: dict, command: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cluster_pipeline.json").write_text(json.dumps(results, indent=1) + "\n")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "cluster_pipeline.json").write_text(json.dumps(results, indent=1) + "\n")
     t, p = results.get("tables"), results.get("pipelines")
     lines = ["# `hwnas run` on a local multi-node Ray cluster (issue 22, section 3)", "",
              f"- command: `{command}`", f"- machine: {results['facts']['machine']} (2-core VM, shared/loaded: load "
@@ -289,7 +291,7 @@ def write(results: dict, command: str) -> None:
                   f"**{p['tables_on_their_nodes']}**; database password in no output file: **{p['no_password']}**.",
                   "", "Stage seconds of each run: " + "; ".join(
                       ", ".join(f"{k} {v}" for k, v in r["stage_s"].items()) for r in p["rows"]), ""]
-    (RESULTS / "cluster_pipeline.md").write_text("\n".join(lines))
+    (OUT_DIR / "cluster_pipeline.md").write_text("\n".join(lines))
 
 
 def main() -> int:
@@ -302,11 +304,11 @@ def main() -> int:
     ap.add_argument("--rewrite", action="store_true", help="only rewrite the .md from the committed .json")
     args = ap.parse_args()
     if args.rewrite:
-        results = json.loads((RESULTS / "cluster_pipeline.json").read_text())
+        results = json.loads((OUT_DIR / "cluster_pipeline.json").read_text())
         write(results, results["command"])
         return 0
     results = {"facts": facts()}
-    previous = RESULTS / "cluster_pipeline.json"
+    previous = OUT_DIR / "cluster_pipeline.json"
     if args.skip and previous.exists():  # the part not run now keeps its earlier numbers
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in ("tables", "pipelines") if k == args.skip and k in old})
@@ -319,7 +321,7 @@ def main() -> int:
                                 "load_at_start": results["facts"]["load_average_1m"]}
     results["command"] = command
     write(results, results["command"])
-    print((RESULTS / "cluster_pipeline.md").read_text())
+    print((OUT_DIR / "cluster_pipeline.md").read_text())
     return 0
 
 

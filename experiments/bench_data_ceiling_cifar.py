@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from: {', '.join(RUNS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deadline-s", type=float, default=None, help="skip runs that start after this many seconds")
-    p.add_argument("--out", default="experiments/results/data_ceiling_cifar", help="results folder")
+    p.add_argument("--out", default="experiments/results/supernet_cifar/data_ceiling_cifar", help="results folder")
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--smoke", action="store_true", help="1 epoch of 3 steps per run, to check the script on CPU")
     argv = sys.argv[1:] if argv is None else argv

@@ -9,7 +9,7 @@ with the ``train`` recipe of a run config (default ``experiments/configs/cifar_p
 ``--time-budget-min M`` on every N. From each run's metrics.jsonl it reads images/s (the median
 epoch after the first, which pays cuDNN's autotuning; all epochs when there is one), the last
 validation accuracy of the largest and smallest subnets, and each rank's peak CUDA memory. Writes
-``OUT/NAME.json`` and ``OUT/NAME.md`` (OUT: ``--out``, default ``$OUT`` or experiments/results);
+``OUT/NAME.json`` and ``OUT/NAME.md`` (OUT: ``--out``, default ``$OUT`` or experiments/results/ddp);
 the runs' checkpoints and logs stay under ``--work``. Needs plain torch (+ numpy, PyYAML): no
 optuna or ray.
 
@@ -19,7 +19,7 @@ optuna or ray.
     PYTHONPATH=. python experiments/bench_ddp.py --gpus 8 --time-budget-min 8 --include OLD/ddp_budget.json
     # CPU smoke run with gloo (digits recipe), not a scaling measurement
     PYTHONPATH=. python experiments/bench_ddp.py --device cpu --gpus 1,2 --epochs 2 \\
-        --config experiments/configs/quickstart.yaml --out experiments/results --name ddp_cpu_smoke
+        --config experiments/configs/quickstart.yaml --out experiments/results/ddp --name ddp_cpu_smoke
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda (NCCL) or cpu (gloo, a smoke run)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size instead of the recipe's")
     p.add_argument("--data", default=None, help="dataset file instead of the config's")
-    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "experiments" / "results"),
-                   help="folder for NAME.json and NAME.md (default $OUT, else experiments/results)")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "experiments" / "results" / "ddp"),
+                   help="folder for NAME.json and NAME.md (default $OUT, else experiments/results/ddp)")
     p.add_argument("--name", default=None, help="output file stem (default ddp_scaling, or ddp_budget with a budget)")
     p.add_argument("--work", default=None,
                    help="folder for the runs' checkpoints and logs (default runs/bench_ddp/NAME)")

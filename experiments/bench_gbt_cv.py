@@ -14,7 +14,7 @@ The choice uses only these fit sets. Afterwards the current ``gbt`` is fitted on
 
     PYTHONPATH=. python experiments/bench_gbt_cv.py      # ~4 min on 2 cores
 
-Writes experiments/results/predictor_gbt_cv.{json,md}.
+Writes experiments/results/predictor/predictor_gbt_cv.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from search_space.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = {"mixed": (RESULTS / "gpu_e2e" / "predictor" / "accuracy_fit.jsonl", None),
-            "sandwich": (RESULTS / "predictor_cifar_dataset.jsonl", 1000)}
+            "sandwich": (RESULTS / "predictor" / "predictor_cifar_dataset.jsonl", 1000)}
 HOLDOUT = RESULTS / "gpu_e2e" / "predictor" / "accuracy_holdout.jsonl"
 
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--out", default=str(RESULTS / "predictor_gbt_cv"), help="results stem")
+    p.add_argument("--out", default=str(RESULTS / "predictor" / "predictor_gbt_cv"), help="results stem")
     args = p.parse_args(argv)
     space = SearchSpace.from_config("cifar")
     rows = []

@@ -10,7 +10,7 @@ Setting: the tiny digits run of tests/test_pipeline.py (4 epochs, one CPU table,
 
     PYTHONPATH=.:tests python experiments/bench_interrupt_resume.py
 
-Writes experiments/results/interrupt_resume.{json,md}.
+Writes experiments/results/resume/interrupt_resume.{json,md}.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> int:
     """Interrupt every long stage once, resume; then the config-change case; write the results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(RESULTS / "interrupt_resume"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "resume" / "interrupt_resume"), help="results stem")
     args = ap.parse_args()
     before = facts()
     folder = Path(tempfile.mkdtemp(prefix="bench-resume-"))

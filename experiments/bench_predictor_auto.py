@@ -14,7 +14,7 @@ the held-out Kendall tau is of the selected model on the held-out subnets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/bench_predictor_auto.py --repeats 3
 
-Writes experiments/results/predictor_auto_speed.{json,md}.
+Writes experiments/results/predictor/predictor_auto_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from search_space.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-DATA = ROOT / "experiments" / "results" / "cifar_pool_recipe" / "predictor_cifar_dataset.jsonl"
-RESULTS = ROOT / "experiments" / "results"
+DATA = ROOT / "experiments" / "results" / "supernet_cifar" / "cifar_pool_recipe" / "predictor_cifar_dataset.jsonl"
+RESULTS = ROOT / "experiments" / "results" / "predictor"
 TARGET_S, TAU_TOLERANCE = 60.0, 0.01
 
 
@@ -156,7 +156,7 @@ def main() -> int:
     p.add_argument("--settings", default="new,old", help="comma-separated order within a repeat (default new,old)")
     p.add_argument("--machine", default="2-core VM, shared with other agents' work (loaded)",
                    help="how to describe the machine in the write-up")
-    p.add_argument("--out", default="predictor_auto_speed", help="result file stem in experiments/results")
+    p.add_argument("--out", default="predictor_auto_speed", help="result file stem in experiments/results/predictor")
     p.add_argument("--worker", nargs=3, metavar=("SETTING", "FIT", "HOLD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:

@@ -12,7 +12,7 @@
     PYTHONPATH=. python experiments/bench_predictor_fashion.py          # ~15 min on 2 shared cores
     PYTHONPATH=. python experiments/bench_predictor_fashion.py --smoke  # ~1-2 min, checks the script
 
-Writes experiments/results/predictor_fashion.{json,md,png} and predictor_fashion_dataset.jsonl.
+Writes experiments/results/predictor/predictor_fashion.{json,md,png} and predictor_fashion_dataset.jsonl.
 Work files (checkpoint, accuracy datasets) stay in runs/bench_predictor_fashion/, so a rerun
 resumes where an interrupted one stopped.
 """
@@ -42,7 +42,7 @@ from search_space.training import TrainConfig, subnet_evaluator, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "experiments" / "configs" / "space_fashion.yaml"
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "predictor"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion_mnist.npz"
 
 
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1: in this brief run it "
                    "gave a held-out tau of 0.59 against 0.55 with training's default 0.025 for batch 64, although "
                    "the largest subnet was less accurate, 82%% vs 86%%; see "
-                   "experiments/results/predictor_fashion_pilot_lr*.json)")
+                   "experiments/results/predictor/predictor_fashion_pilot_lr*.json)")
     p.add_argument("--students", default="sandwich", help="student rule of the supernet training (default sandwich, "
                    "the issue's rule; predictor_fashion_mixed/ used mixed)")
     p.add_argument("--n", type=int, default=500, help="subnets to measure (default 500)")
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "more threads than free cores run many times slower; 0 leaves them all)")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_predictor_fashion"),
                    help="checkpoint and datasets, kept for resuming (default runs/bench_predictor_fashion)")
-    p.add_argument("--results-dir", default=str(RESULTS), help="where the report goes (default experiments/results)")
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the report goes (default experiments/results/predictor)")
     p.add_argument("--smoke", action="store_true", help="tiny run in a temp folder to check the script (not saved)")
     args = p.parse_args(argv)
     if args.smoke:

@@ -12,7 +12,7 @@ information only: choosing by them would tune on the test set.
     PYTHONPATH=. python experiments/bench_predictor_variants.py            # ~35 min on 2 cores
     PYTHONPATH=. python experiments/bench_predictor_variants.py --variant mlp10=mlp:cost:'{"members": 10}'
 
-Writes experiments/results/predictor_variants_cifar.{json,md}.
+Writes experiments/results/predictor/predictor_variants_cifar.{json,md}.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from search_space.io import atomic_write_json, atomic_write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (fit file, held-out file or None: then the fit/held-out split is holdout_split's)
 DATASETS = {
-    "sandwich_55ep": (RESULTS / "predictor_cifar_dataset.jsonl", None),
+    "sandwich_55ep": (RESULTS / "predictor" / "predictor_cifar_dataset.jsonl", None),
     "mixed_64ep": (RESULTS / "gpu_e2e" / "predictor" / "accuracy_fit.jsonl",
                    RESULTS / "gpu_e2e" / "predictor" / "accuracy_holdout.jsonl"),
-    "sandwich_106ep": (RESULTS / "cifar_sandwich_106ep" / "predictor_cifar_dataset.jsonl", None),
-    "sandwich_cutout_98ep": (RESULTS / "cifar_sandwich_cutout_98ep" / "predictor_cifar_dataset.jsonl", None),
+    "sandwich_106ep": (RESULTS / "supernet_cifar" / "cifar_sandwich_106ep" / "predictor_cifar_dataset.jsonl", None),
+    "sandwich_cutout_98ep": (RESULTS / "supernet_cifar" / "cifar_sandwich_cutout_98ep" / "predictor_cifar_dataset.jsonl", None),
 }
 
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                    "holdout_split's first --n-fit)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--n-fit", type=int, default=1000)
-    p.add_argument("--out", default=str(RESULTS), help="output folder (default experiments/results)")
+    p.add_argument("--out", default=str(RESULTS / "predictor"), help="output folder (default experiments/results/predictor)")
     p.add_argument("--name", default="predictor_variants_cifar", help="output file stem")
     p.add_argument("--threads", type=int, default=1, help="torch and scikit-learn CPU threads (default 1: two runs "
                    "side by side with 2 threads each on 2 cores took 730 s per variant and dataset, with 1 thread "

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--measure", type=int, default=12, help="points per front re-measured on a local device (0: none)")
     ap.add_argument("--stand-ins", action="store_true", help="run on stand-in tables (exercises the script only)")
-    ap.add_argument("--out", default=str(RESULTS / "search_flops_trap"))
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_flops_trap"))
     add_setting_args(ap)
     args = ap.parse_args()
 

@@ -15,7 +15,7 @@ accuracy of bench_search_common.py, so that the storage dominates.
 
     PYTHONPATH=.:tests python experiments/bench_search_postgres.py --trials 1000 --repeats 3 --kills 10
 
-Writes experiments/results/search_postgres.{json,md}.
+Writes experiments/results/cluster/search_postgres.{json,md}.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs per storage, interleaved (default 3)")
     ap.add_argument("--kills", type=int, default=10, help="kill runs (default 10)")
     ap.add_argument("--kill-trials", type=int, default=200, help="trials per kill run (default 200)")
-    ap.add_argument("--out", default=str(RESULTS / "search_postgres"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "cluster" / "search_postgres"), help="results stem")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import optuna

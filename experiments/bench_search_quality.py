@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=2_000, help="trials of the comparison that includes TPE")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--reference", type=int, default=1_000_000, help="random archs of the reference front")
-    ap.add_argument("--out", default=str(RESULTS / "search_quality"))
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_quality"))
     add_setting_args(ap)
     args = ap.parse_args()
 

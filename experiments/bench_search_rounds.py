@@ -2,7 +2,7 @@
 ground truth; no GPU needed.
 
 The universe is the committed accuracy dataset (default: the 4,659 ``cifar_pool`` subnets of
-``experiments/results/cifar_pool_recipe/predictor_cifar_dataset.jsonl``), accuracy its measured
+``experiments/results/supernet_cifar/cifar_pool_recipe/predictor_cifar_dataset.jsonl``), accuracy its measured
 value and latency the shipped table of the same space (default ``cifar_pool_cpu_ort_b1_fp32``).
 Every strategy searches the real space through :class:`DatasetSpace`, whose ``suggest`` maps a
 proposed arch to the nearest measured one (by encoding), so a GA or a predictor still works on
@@ -26,7 +26,7 @@ both random baselines at the same number of queries (difference of means and its
 Scores per device: hypervolume of the measured points' front over the true front's (same
 reference point: the dataset's worst accuracy and largest latency), and front recall (share of
 the true front's subnets measured). Writes ``search_rounds.json``/``.md``/``.png`` to
-``experiments/results``::
+``experiments/results/search``::
 
     nice -n 5 python experiments/bench_search_rounds.py            # ~10 min on 2 cores
 """
@@ -51,7 +51,7 @@ from search._rounds import DEFAULT_INNER_TRIALS, DEFAULT_ROUNDS  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text, save_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATASET = RESULTS / "cifar_pool_recipe" / "predictor_cifar_dataset.jsonl"
+DEFAULT_DATASET = RESULTS / "supernet_cifar" / "cifar_pool_recipe" / "predictor_cifar_dataset.jsonl"
 DEFAULT_TABLES = [ROOT / "latency_tables" / "tables" / "cifar_pool_cpu_ort_b1_fp32.json"]
 
 
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--improve-share", type=float, default=0.0,
                    help="share of each batch picked by optimistic hypervolume improvement (search_rounds' improve_share)")
     p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
-    p.add_argument("--out", default="search_rounds", help="result name under experiments/results")
+    p.add_argument("--out", default="search_rounds", help="result name under experiments/results/search")
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
@@ -287,7 +287,7 @@ def merge(paths: list[Path], out_name: str) -> int:
     doc["wall_s"] = round(sum(d["wall_s"] for d in docs), 1)
     devices = list(doc["true_front"])
     doc["summary"] = _summary(doc["runs"], devices)
-    out = RESULTS / out_name
+    out = RESULTS / "search" / out_name
     atomic_write_json(out.with_suffix(".json"), doc)
     atomic_write_text(out.with_suffix(".md"), _markdown(doc))
     _plot(out.with_suffix(".png"), doc["summary"], doc["runs"], devices)
@@ -308,7 +308,7 @@ def _write(args, argv, space, keys, tables, truth, runs, logs, start) -> None:
                               "hypervolume_loose": t["hv_loose"], "size": len(t["front"]),
                               "subnets": sorted(t["front"])} for d, t in truth.items()},
            "summary": summary, "runs": runs, "rounds_logs": logs, "wall_s": round(time.time() - start, 1)}
-    out = RESULTS / args.out
+    out = RESULTS / "search" / args.out
     atomic_write_json(out.with_suffix(".json"), doc)
     atomic_write_text(out.with_suffix(".md"), _markdown(doc))
     _plot(out.with_suffix(".png"), summary, runs, list(tables))

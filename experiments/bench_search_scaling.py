@@ -51,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=150)
     ap.add_argument("--objective-ms", type=float, default=50.0)
-    ap.add_argument("--out", default=str(RESULTS / "search_scaling"))
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_scaling"))
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20_000)
     ap.add_argument("--baseline-trials", type=int, default=5_000)
     ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians are reported)")
-    ap.add_argument("--out", default=str(RESULTS / "search_speed"))
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_speed"))
     add_setting_args(ap)
     args = ap.parse_args()
     from search_space import SearchSpace

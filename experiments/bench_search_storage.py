@@ -7,16 +7,16 @@ Each configuration runs ``--repeats`` times, interleaved, each in a fresh proces
 setting of ``bench_search_speed.py`` (cifar space, the shipped tables, a predictor file).
 
     PYTHONPATH=. python experiments/bench_search_storage.py --trials 4000 --repeats 3 \
-        --predictor experiments/results/cifar_sandwich_b1024/predictor_cifar_best.pt
+        --predictor experiments/results/supernet_cifar/cifar_sandwich_b1024/predictor_cifar_best.pt
 
 The predictor file (19 MB, not committed) comes from refitting a committed accuracy dataset on the CPU:
 ``python experiments/gpu_predictor_cifar.py --device cpu --from-dataset
-experiments/results/cifar_sandwich_b1024/predictor_cifar_dataset.jsonl --repeat-from
-experiments/results/cifar_sandwich_b1024/predictor_cifar_repeat.jsonl --out experiments/results/cifar_sandwich_b1024``
-(about 5 minutes). The file the numbers were measured with, ``experiments/results/predictor_cifar_best.pt``,
+experiments/results/supernet_cifar/cifar_sandwich_b1024/predictor_cifar_dataset.jsonl --repeat-from
+experiments/results/supernet_cifar/cifar_sandwich_b1024/predictor_cifar_repeat.jsonl --out experiments/results/supernet_cifar/cifar_sandwich_b1024``
+(about 5 minutes). The file the numbers were measured with, ``experiments/results/predictor/predictor_cifar_best.pt``,
 was removed on 2026-11-30: its GBT settings no longer load.
 
-Writes experiments/results/search_storage.{json,md}.
+Writes experiments/results/search/search_storage.{json,md}.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4000, help="trials per search (default 4000)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per storage, interleaved (default 3)")
-    ap.add_argument("--out", default=str(RESULTS / "search_storage"), help="results stem")
+    ap.add_argument("--out", default=str(RESULTS / "search" / "search_storage"), help="results stem")
     add_setting_args(ap)
     args = ap.parse_args()
     from search_space import SearchSpace

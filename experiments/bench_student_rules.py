@@ -15,7 +15,7 @@ BN-recalibrated, on the test split:
     PYTHONPATH=. python experiments/bench_student_rules.py --dataset cifar10-jpeg \\
         --data .data/cifar10_jpeg.npz --space cifar --epochs 30 --batch-size 512 --device cuda
 
-Writes experiments/results/student_rules_<dataset>.{json,md,png}.
+Writes experiments/results/supernet_bench/student_rules_<dataset>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from search_space.io import atomic_write_text, save_png
 from search_space.training import STUDENT_RULES, TrainConfig, time_sandwich_steps, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = ROOT / "experiments" / "results" / "supernet_bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--archs", type=int, default=100, help="random subnets scored per rule (default 100)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds per rule (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", default=None, help="results stem (default experiments/results/student_rules_<dataset>)")
+    p.add_argument("--out", default=None, help="results stem (default experiments/results/supernet_bench/student_rules_<dataset>)")
     return p.parse_args(argv)
 
 

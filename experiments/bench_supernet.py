@@ -13,7 +13,7 @@ Target (issue 2): supernet step within 1.3x of the static model at batch 256 on 
     PYTHONPATH=. python experiments/bench_supernet.py --device cuda       # batch 256, bf16, channels-last
     PYTHONPATH=. python experiments/bench_supernet.py --smoke             # seconds, checks the script
 
-Writes experiments/results/supernet_bench_<device>.json and .md (and copies to $OUT when set).
+Writes experiments/results/supernet_bench/supernet_bench_<device>.json and .md (and copies to $OUT when set).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from search_space.io import atomic_write_json, atomic_write_text
 from search_space.train_dist import resolve_device
 from search_space.training import TrainConfig, build_optimizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "supernet_bench"
 CASES = ["largest/supernet", "largest/static", "smallest/supernet", "smallest/static"]
 TARGET_RATIO = 1.3
 

@@ -2,9 +2,9 @@
 training recipes and spaces can be compared over all their measured subnets, not two of them.
 
     PYTHONPATH=. python experiments/plot_accuracy_datasets.py \
-        --dataset "cifar, wd 5e-4=experiments/results/cifar_sandwich_b1024/predictor_cifar_dataset.jsonl" \
-        --dataset "cifar, wd 2e-3=experiments/results/cifar_sandwich_wd2e-3/predictor_cifar_dataset.jsonl" \
-        --out experiments/results/cifar_weight_decay.png
+        --dataset "cifar, wd 5e-4=experiments/results/supernet_cifar/cifar_sandwich_b1024/predictor_cifar_dataset.jsonl" \
+        --dataset "cifar, wd 2e-3=experiments/results/supernet_cifar/cifar_sandwich_wd2e-3/predictor_cifar_dataset.jsonl" \
+        --out experiments/results/supernet_cifar/cifar_weight_decay.png
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ they are close, training is GPU-bound and fewer launches would not pay.
     PYTHONPATH=. python experiments/profile_sandwich_step.py --device cuda        # batch 512, 1024, 2048
     PYTHONPATH=. python experiments/profile_sandwich_step.py --smoke              # CPU, seconds
 
-Writes experiments/results/sandwich_step_profile_<device>.json/.md (and to $OUT when set).
+Writes experiments/results/supernet_bench/sandwich_step_profile_<device>.json/.md (and to $OUT when set).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from search_space import SearchSpace, Supernet
 from search_space.io import atomic_write_json, atomic_write_text
 from search_space.training import TrainConfig, build_optimizer, sandwich_archs, sandwich_step
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "supernet_bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ ratio left without its most accurate point; that point's nearest measured neighb
 encoding); and the GBT predictor (one member) fitted on every *other* subnet (the best a model could
 know): its prediction of the point, its residual in standard deviations of the fit's residuals,
 and its rank among the subnets in the latency window where the point adds hypervolume.
-Writes ``search_rounds_outlier.{md,json}``::
+Writes ``experiments/results/search/search_rounds_outlier.{md,json}``::
 
     nice -n 5 python experiments/search_rounds_outlier.py      # one GBT fit, ~1 min
 """
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                   f"{a['rank_overall']} of all by prediction, {a['rank_in_window']} of the {a['window_size']} subnets in "
                   f"its window ({a['window'][0]:.2f}-{a['window'][1]:.2f} ms).",
                   f"- Random sampling of 200 measures it with probability {a['share_of_random_200_finding_it']:.3f}.", ""]
-    out = RESULTS / args.out
+    out = RESULTS / "search" / args.out
     atomic_write_json(out.with_suffix(".json"), doc)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))

@@ -6,7 +6,7 @@ one MLP setting at a time around a base, ``--settings JSON-LIST`` tries the give
 ``--kind``. Each line of the output (JSON lines, appended, so an interrupted sweep keeps what it
 did) holds the dataset, the kind, the settings, the mean CV tau and the seconds. The chosen
 settings are then confirmed on all six datasets with ``bench_predictor_variants.py``
-(``experiments/results/predictor_mlp_tuned_cifar.md``).
+(``experiments/results/predictor/predictor_mlp_tuned_cifar.md``).
 
     PYTHONPATH=. python experiments/sweep_predictor_hparams.py --dataset b1024=PATH --random 24 --out sweep.jsonl
     PYTHONPATH=. python experiments/sweep_predictor_hparams.py --dataset b1024=PATH --around '{"members": 10}' --out s.jsonl

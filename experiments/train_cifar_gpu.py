@@ -20,7 +20,7 @@ steps, and the plan then leaves budget unused.
 
 Outputs: runs/cifar_supernet/{supernet.pt, metrics.jsonl} (the checkpoint stays out of git);
 metrics.jsonl, train_cifar_results.json/.md and train_cifar_curves.png in $OUT (when set) and,
-except for --smoke, in experiments/results/.
+except for --smoke, in experiments/results/supernet_cifar/.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from search_space.train_dist import DistContext, resolve_device
 from search_space.train_plan import plan_epochs
 from search_space.training import TrainConfig, saved_config, subnet_evaluator, train_supernet
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "supernet_cifar"
 TARGETS = {"largest": 0.92, "smallest": 0.85}
 # --smoke: every block type, tiny widths, so a CPU run takes seconds.
 SMOKE_SPACE = {

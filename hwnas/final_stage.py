@@ -322,7 +322,7 @@ def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, flo
     what the measurements asked for. On cifar_pool the measured top within the budget trained alone
     to ResNet-18's accuracy at GPU batch 256 and on the CPU where the predicted front fell 3 points
     short; at GPU batch 1 the supernet scored the whole budget alike and the arch of most FLOPs
-    won by 1 point (experiments/results/final_cifar_pool.md)."""
+    won by 1 point (experiments/results/final/final_cifar_pool.md)."""
     measured = dict(pool)
     for e in front:
         acc = e.get("accuracy")

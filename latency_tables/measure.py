@@ -7,7 +7,7 @@ Whole networks are measured in several passes over the whole list (minutes apart
 network's latency is the minimum over its passes: interference from other processes only
 ever adds time, and on the shared development VM it can slow a whole pass of ~2 minutes
 (re-measuring 100 nets: 46% within +-10% of the first pass, the later pass 10% slower on
-average; see ``experiments/results/latency_cpu_notes.md``).
+average; see ``experiments/results/latency/latency_cpu_notes.md``).
 """
 
 from __future__ import annotations

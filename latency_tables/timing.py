@@ -6,7 +6,7 @@ round, over many rounds, spreads bursts evenly over all items.
 
 Why the 10th percentile (``TimingStats.ms``) and not the median: other processes only ever
 slow a run down, so the low tail is where the undisturbed runs are. Measured on the 2-core
-development VM under load average 5-6 (``experiments/results/latency_cpu_notes.md``): the 10th
+development VM under load average 5-6 (``experiments/results/latency/latency_cpu_notes.md``): the 10th
 percentile of 100 runs repeated within +-10% across separate runs for 100% of 20 nets, the
 median for 75%.
 """

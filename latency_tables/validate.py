@@ -35,7 +35,7 @@ TARGET_TAU = 0.9
 DEFAULT_SEED = 1000  # calibration uses the build seed (0 by default); archs are also excluded explicitly
 
 
-def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, out_dir: str | Path = "experiments/results",
+def validate_table(table: LatencyTable, n: int = 200, seed: int = DEFAULT_SEED, out_dir: str | Path = "experiments/results/latency",
                    name: str | None = None, command: str = "", chunk: int = NET_CHUNK, passes: int = DEFAULT_PASSES,
                    save_table: bool = True, reuse: bool = False) -> dict:
     """Measure ``n`` random subnets (disjoint from the calibration ones) in ``passes`` passes and

@@ -34,7 +34,7 @@ from search_space import Arch, SearchSpace, StageChoice
 FEATURE_RECIPES = ("encoding", "cost", "layers", "composition")
 # Best by 5-fold CV on the fit sets of all six JPEG-CIFAR-10 datasets, for the blend (the kind CV
 # selects on most of them): higher than "layers" on each, mean 0.831 vs 0.828
-# (experiments/results/predictor_composition_cifar.md; "layers" beat "cost" the same way before,
+# (experiments/results/predictor/predictor_composition_cifar.md; "layers" beat "cost" the same way before,
 # predictor_variants_cifar.md).
 DEFAULT_FEATURES = "composition"
 

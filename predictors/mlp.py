@@ -80,7 +80,7 @@ class MLPEnsemble(Predictor):
     def default_hparams(cls) -> dict:
         # Chosen by 5-fold CV tau on two JPEG-CIFAR-10 fit sets and confirmed on six: CV +0.005 to
         # +0.012 over the earlier 5 members, lr 1e-3, weight decay 1e-3, rank weight 1, temperature
-        # 0.2, 20% early-stopping hold-out (experiments/results/predictor_mlp_tuned_cifar.md).
+        # 0.2, 20% early-stopping hold-out (experiments/results/predictor/predictor_mlp_tuned_cifar.md).
         return {"members": 10, "hidden": 128, "layers": 2, "steps": 3000, "batch_size": 128, "lr": 3e-3,
                 "weight_decay": 0.1, "rank_weight": 10.0, "temperature": 1.0, "val_fraction": 0.1,
                 "eval_every": 25, "patience": 10, "min_delta": 0.01}

@@ -41,7 +41,7 @@ def select_predictor(X: np.ndarray, y: np.ndarray, candidates: Mapping[str, Call
 # dataset (2-core VM, not a committed benchmark), gbt with 2 members of 300 trees at twice the
 # learning rate ranked the next 500 subnets as the default 5 x 600 did (Kendall tau 0.893 vs 0.892;
 # in the blend 0.9256 both) in about a quarter of the time; the whole selection, old against new,
-# is experiments/results/predictor_auto_speed.md.
+# is experiments/results/predictor/predictor_auto_speed.md.
 LARGE_SET, LARGE_SET_FOLDS, SMALL_SET_FOLDS = 1000, 3, 5
 LARGE_SET_HPARAMS = {"gbt": {"members": 2, "n_estimators": 300, "learning_rate": 0.06}}
 # A candidate whose mean fold tau so far trails the best by more than this is not fitted on later folds.

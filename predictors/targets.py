@@ -16,7 +16,7 @@ from scipy.stats import norm, rankdata
 
 TARGET_TRANSFORMS = ("standard", "rank_gauss")
 # Best by 5-fold CV on the fit sets of all six JPEG-CIFAR-10 datasets (blend, composition features):
-# mean 0.841 vs 0.831, higher on five (experiments/results/predictor_target_cifar.md).
+# mean 0.841 vs 0.831, higher on five (experiments/results/predictor/predictor_target_cifar.md).
 DEFAULT_TARGET = "rank_gauss"
 _TAIL = 0.05  # share of points at each end whose slope extends the quantile function
 

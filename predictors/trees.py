@@ -7,7 +7,7 @@ predictor's uncertainty. That spread is small (every member sees the same subnet
 spread grows where data is thin (what search rounds use to explore). Exact-split ``GradientBoostingRegressor`` with row subsampling ranked
 held-out subnets better than bagged histogram boosting in 5-fold cross-validation on both
 JPEG-CIFAR-10 accuracy datasets (Kendall tau 0.796 vs 0.783 and 0.804 vs 0.800;
-``experiments/results/predictor_gbt_cv.md``), at ~11 s instead of ~4 s per fit of 800 subnets
+``experiments/results/predictor/predictor_gbt_cv.md``), at ~11 s instead of ~4 s per fit of 800 subnets
 on 2 cores.
 """
 

@@ -3,7 +3,7 @@
 A supernet scores the subnets inside a tight budget almost alike, while trained alone the ones
 with more capacity win: on the H100 at batch 1, width is nearly free, and the 2.4-GFLOP
 ``r32/w1:cp3e1,rn3e1/w1:cp3e1/w1:cp3e1`` (0.45x ResNet-18's latency) trained to 88.0% where the
-supernet's favourites within the same budget reached 87.0% (experiments/results/final_cifar_pool.md).
+supernet's favourites within the same budget reached 87.0% (experiments/results/final/final_cifar_pool.md).
 This search finds such candidates from a latency table alone, in about a second.
 """
 

@@ -158,7 +158,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     ``bootstrap``: a named predictor's members are fitted on bootstrap resamples (the GBT), so
     that its std is a real uncertainty. Both are off by default: on the ``cifar_pool`` benchmark
     the exploration they bring measured fewer true-front subnets in 200 queries
-    (``experiments/results/search_rounds_explore.md``). ``known``: arch -> values of the
+    (``experiments/results/search/search_rounds_explore.md``). ``known``: arch -> values of the
     ``measure`` objectives already measured (reused, not counted). ``on_round`` gets the result
     so far after every round (e.g. to save it).
     """

@@ -6,7 +6,7 @@ on every ``ask`` (and deep-copy the study's attributes), which makes a run quadr
 intersection search space is recomputed with Optuna's slow distribution equality. All three
 depend only on completed trials, which never change, so each process takes in each
 completed trial once. ``tests/test_search.py`` checks that the proposals stay identical to
-stock NSGA-II's; ``experiments/results/search_speed.md`` measures the gain.
+stock NSGA-II's; ``experiments/results/search/search_speed.md`` measures the gain.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def check_sampler(sampler, population_size: int | None = None) -> None:
 def budget_population(n_trials: int | None) -> int:
     """GA population for a run of ``n_trials``: a tenth of it, between 10 and 100, so that a
     small budget still gets ~10 generations of selection (a 200-trial run with the old fixed
-    100 had two: ``experiments/results/search_rounds.md``). Without a count: 100."""
+    100 had two: ``experiments/results/search/search_rounds.md``). Without a count: 100."""
     if n_trials is None:
         return DEFAULT_POPULATION
     return int(min(DEFAULT_POPULATION, max(MIN_POPULATION, n_trials // GENERATIONS)))

@@ -42,7 +42,7 @@ class BufferedJournalFileBackend(BaseJournalBackend):
 
     Optuna's file backend takes a file lock, appends and fsyncs once per operation: 23 times
     per trial in the cifar space, which made a 4,000-trial search 5.3x slower than in memory
-    (1.6x buffered; experiments/results/search_storage.md). Here operations collect in memory and go to the
+    (1.6x buffered; experiments/results/search/search_storage.md). Here operations collect in memory and go to the
     file together, at least every ``flush_s`` seconds, at ``flush()`` and at exit. A crash loses
     at most those seconds of trials, and the study resumes from the file as before. Other
     processes only see flushed trials, so shared studies (Ray workers) keep the plain backend.

@@ -23,7 +23,7 @@ from .training import Evaluator, TrainConfig, time_sandwich_steps
 
 # The probe repeats a few sandwiches; training draws fresh ones every step. On an H200
 # (2026-11-30) training epochs took 1.15-1.26x the probe's estimate at batch 512
-# (experiments/results/cifar_cutout_ab.md) but 1.05x at batch 1024 and 2048
+# (experiments/results/supernet_cifar/cifar_cutout_ab.md) but 1.05x at batch 1024 and 2048
 # (cifar_batch_ab.md), and the first epoch 23-40 s more than the others (cuDNN's first call of
 # every new conv shape). CPU runs showed neither, so the corrections apply on CUDA only.
 CUDA_EPOCH_SLOWDOWN, CUDA_FIRST_EPOCH_EXTRA_S = 1.08, 35.0

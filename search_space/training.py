@@ -5,7 +5,7 @@ Each step trains the largest subnet on the labels (label smoothing) and a small 
 gradients of all of them accumulate, then one optimizer step. The small student is by default
 the smallest sizes with a random block type per layer ("mixed"): with the pure smallest
 (BigNAS), subnets that mix block types were trained too rarely and scored far below both
-extremes (experiments/results/student_rules_digits.md). This module takes batches as
+extremes (experiments/results/supernet_bench/student_rules_digits.md). This module takes batches as
 callables, so it does not depend on where data comes from (``hwnas`` wires datasets to it).
 
 Optimizer: SGD with Nesterov momentum. For convolutional networks on CIFAR/ImageNet it matches or
@@ -53,7 +53,7 @@ class TrainingError(UserError):
 
 # Linear lr scaling stops here: a sandwich step adds the gradients of 2 + num_random subnets on the
 # shared weights, so its effective step is several times a plain network's. On JPEG-CIFAR-10
-# (H200, 2026-11-30, experiments/results/cifar_batch_ab.md) lr 0.2 trained at batch 512, 1024 and
+# (H200, 2026-11-30, experiments/results/supernet_cifar/cifar_batch_ab.md) lr 0.2 trained at batch 512, 1024 and
 # 2048, while the linearly scaled 0.4 (batch 1024) and 0.8 (2048) diverged.
 MAX_DEFAULT_LR = 0.2
 # An epoch whose mean teacher loss exceeds this many times a uniform guess's (ln classes) has
@@ -229,7 +229,7 @@ def sandwich_step(model: nn.Module, supernet: Supernet, archs: Sequence[Arch], x
                 with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = model(xi)
                 # A scale < 1 softens the targets the loss pushes towards: on JPEG-CIFAR-10, ResNet-9 lost
-                # 0.8 points without Page's 1/8 (experiments/results/data_ceiling_cifar/ablation).
+                # 0.8 points without Page's 1/8 (experiments/results/supernet_cifar/data_ceiling_cifar/ablation).
                 logits = logits.float() * config.logit_scale
                 if teacher_probs is None:
                     loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -254,7 +254,7 @@ def _clean_view_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.d
                       logit_scale: float = 1.0) -> torch.Tensor:
     """The active subnet's soft outputs on ``x`` without gradients: with ``teacher_cutout`` the
     students distil the image they see, not the teacher's holed one (a consistent teacher;
-    Cutout on every subnet cost the small ones 4 points, experiments/results/cifar_cutout_ab.md)."""
+    Cutout on every subnet cost the small ones 4 points, experiments/results/supernet_cifar/cifar_cutout_ab.md)."""
     with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         return F.softmax(model(x).float() * logit_scale, dim=1)
 

@@ -85,7 +85,7 @@ def test_most_flops_within_matches_brute_force():
 
 def test_most_flops_within_finds_the_batch1_capacity_pick():
     """The shipped H100 batch-1 table: within 0.16 ms the search reaches the 2.4-GFLOP arch that beat
-    the supernet's favourites trained alone (experiments/results/final_cifar_pool.md)."""
+    the supernet's favourites trained alone (experiments/results/final/final_cifar_pool.md)."""
     from latency_tables import LatencyTable
     from search import most_flops_within
 

@@ -121,7 +121,7 @@ def _final(args) -> int:
         data = AccuracyDataset.load(args.accuracy_data)
         data.check_space(space)
         pool = [(r["arch"], r["accuracy"]) for r in data.records]
-    # both where we can: inherited won on CIFAR, scratch on digits (experiments/results/final_cifar_pool.md)
+    # both where we can: inherited won on CIFAR, scratch on digits (experiments/results/final/final_cifar_pool.md)
     inits = args.init or (["scratch", "inherited"] if args.checkpoint else ["scratch"])
     if "inherited" in inits and not args.checkpoint:
         raise UserError("--init inherited needs --checkpoint (the supernet whose weights the models inherit)")

@@ -96,7 +96,7 @@ def register(sub) -> None:
     v.add_argument("--seed", type=int, default=1000, help="seed of the subnets (default 1000)")
     v.add_argument("--passes", type=int, default=3, help="passes over the subnets; measured = fastest pass, "
                    "repeatability = pass 2 vs pass 1 (default 3)")
-    v.add_argument("--out-dir", default="experiments/results", help="where the report goes (default experiments/results)")
+    v.add_argument("--out-dir", default="experiments/results/latency", help="where the report goes (default experiments/results/latency)")
     v.add_argument("--name", default=None, help="report file stem (default latency_<table>_validation)")
     v.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing CSV (no measuring)")
     v.set_defaults(func=_validate)

@@ -43,7 +43,7 @@ def register(sub) -> None:
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 per 256 images, at "
                     "most 0.2: a sandwich step adds several subnets' gradients)")
     tr.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights (default 5e-4; "
-                    "on JPEG-CIFAR-10 at batch 1024, 2e-3 trained better: experiments/results/cifar_weight_decay.md)")
+                    "on JPEG-CIFAR-10 at batch 1024, 2e-3 trained better: experiments/results/supernet_cifar/cifar_weight_decay.md)")
     tr.add_argument("--num-random", type=int, default=2, help="random subnets per step besides the largest and "
                     "smallest (default 2)")
     tr.add_argument("--students", default="mixed", choices=sorted(STUDENT_RULES),
