@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 from search_space import Arch, BlockSpec, SearchSpace, Subnet, UserError, build_block
 
 from ._progress import progress
+from .artifacts import make_artifacts, supports_artifacts
 from .timing import TimingStats
 
 BLOCK_CHUNK = 40
@@ -38,15 +39,18 @@ def measure_blocks(backend, specs: Sequence[BlockSpec], chunk: int = BLOCK_CHUNK
 
 
 def measure_networks(backend, space: SearchSpace, archs: Sequence[Arch], chunk: int = NET_CHUNK,
-                     desc: str | None = None) -> Iterator[tuple[Arch, TimingStats]]:
-    """Yield ``(arch, stats)`` for each arch, measured end to end as a static subnet."""
+                     desc: str | None = None, artifacts: dict | None = None) -> Iterator[tuple[Arch, TimingStats]]:
+    """Yield ``(arch, stats)`` for each arch, measured end to end as a static subnet (prepared from
+    ``artifacts[str(arch)]`` where given, see :mod:`latency_tables.artifacts`)."""
     bar = progress(len(archs), desc) if desc else None
     try:
         for i in range(0, len(archs), chunk):
             part = archs[i:i + chunk]
-            nets = [(Subnet(a, space.block_specs(a)), (space.config.in_channels, a.resolution, a.resolution))
-                    for a in part]
-            stats = backend.measure_many(nets)
+            shapes = [(space.config.in_channels, a.resolution, a.resolution) for a in part]
+            if artifacts is not None:
+                stats = backend.time_timers([backend.prepare_artifact(artifacts[str(a)], s) for a, s in zip(part, shapes)])
+            else:
+                stats = backend.measure_many([(Subnet(a, space.block_specs(a)), s) for a, s in zip(part, shapes)])
             if bar:
                 bar.update(len(part))
             yield from zip(part, stats)
@@ -65,15 +69,23 @@ def measure_passes(backend, space: SearchSpace, archs: Sequence[Arch], passes: i
     """Measure each arch ``passes`` times, one pass over all archs after the other.
 
     ``done`` maps arch strings to the passes (stats JSON) already measured and is updated in
-    place; ``save()`` is called after every chunk, so an interrupted run resumes.
+    place; ``save()`` is called after every chunk, so an interrupted run resumes. A backend with
+    artifacts (ONNX Runtime) has every net exported once, in parallel, before the first pass.
     """
-    for p in range(passes):
-        todo = [a for a in archs if len(done.get(str(a), [])) <= p]
-        nets = measure_networks(backend, space, todo, chunk, desc=f"{desc}, pass {p + 1}/{passes}")
-        for k, (a, st) in enumerate(nets, 1):
-            done.setdefault(str(a), []).append(st.to_json())
-            if k % chunk == 0 or k == len(todo):
-                save()
+    import tempfile
+
+    left = [a for a in archs if len(done.get(str(a), [])) < passes]
+    with tempfile.TemporaryDirectory(prefix="hwnas-nets-") as tmp:
+        artifacts = (make_artifacts(backend, space, left, tmp, desc=f"{desc}: exports")
+                     if left and supports_artifacts(backend) else None)
+        for p in range(passes):
+            todo = [a for a in archs if len(done.get(str(a), [])) <= p]
+            nets = measure_networks(backend, space, todo, chunk, desc=f"{desc}, pass {p + 1}/{passes}",
+                                    artifacts=artifacts)
+            for k, (a, st) in enumerate(nets, 1):
+                done.setdefault(str(a), []).append(st.to_json())
+                if k % chunk == 0 or k == len(todo):
+                    save()
     return done
 
 

@@ -240,17 +240,16 @@ def test_build_resumes_then_validates_for_real(tiny, tmp_path, monkeypatch):
     backend = lt.make_backend("onnxruntime", **FAST)
     out = tmp_path / "tiny.json"
     measured, calls = [], []
-    real = backend.measure_many
+    real = backend.time_timers  # every timing goes through it: blocks, and nets prepared from their exports
 
-    def spy(items):
-        items = list(items)
-        measured.append(len(items))
+    def spy(timers):
+        measured.append(len(timers))
         calls.append(1)
         if len(calls) == 2:  # dies in the second chunk of the first build
             raise Interrupt
-        return real(items)
+        return real(timers)
 
-    monkeypatch.setattr(backend, "measure_many", spy)
+    monkeypatch.setattr(backend, "time_timers", spy)
     with pytest.raises(Interrupt):
         lt.build_table(tiny, backend, out, calibration_nets=5, block_chunk=4, calibration_passes=2)
     partial = lt.LatencyTable.load(out)
@@ -389,3 +388,36 @@ def test_cpu_timing_waits_for_gpu_timing_on_the_host(tmp_path, monkeypatch, caps
     t.join()
     assert events == ["gpu done", "cpu timing"]
     assert "waiting for other timing on this host" in capsys.readouterr().err
+
+
+def test_nets_are_exported_once_for_all_passes(tiny, monkeypatch):
+    """ORT nets are exported once before the passes (not once per pass); the passes time them all."""
+    from latency_tables import artifacts, measure
+    from latency_tables.backends import OrtBackend
+
+    backend = lt.make_backend("onnxruntime", **FAST)
+    exports = []
+    real = OrtBackend.artifact
+    monkeypatch.setattr(OrtBackend, "artifact", lambda self, m, s: exports.append(1) or real(self, m, s))
+    monkeypatch.setattr(artifacts, "default_workers", lambda n: 0)  # in this process, where the spy sees it
+    archs = measure.sample_archs(tiny, 4, seed=1)
+    done = measure.measure_passes(backend, tiny, archs, 3, {}, lambda: None, chunk=2)
+    assert len(exports) == 4 and all(len(done[str(a)]) == 3 for a in archs)
+    assert all(lt.TimingStats.from_json(p).ms > 0 for a in archs for p in done[str(a)])
+
+
+def test_artifacts_made_in_worker_processes_and_kept(tiny, tmp_path):
+    from latency_tables.artifacts import make_artifacts
+    from latency_tables.measure import sample_archs
+
+    backend = lt.make_backend("onnxruntime", **FAST)
+    archs = sample_archs(tiny, 3, seed=2)
+    paths = make_artifacts(backend, tiny, archs, tmp_path, workers=2)
+    assert set(paths) == {str(a) for a in archs} and all(p.stat().st_size > 0 for p in paths.values())
+    stamps = {a: p.stat().st_mtime_ns for a, p in paths.items()}
+    # the same archs in another order: found again by name, nothing re-exported
+    assert make_artifacts(backend, tiny, archs[::-1], tmp_path, workers=2) == paths
+    assert {a: p.stat().st_mtime_ns for a, p in paths.items()} == stamps
+    a = archs[0]
+    timer = backend.prepare_artifact(paths[str(a)], (tiny.config.in_channels, a.resolution, a.resolution))
+    assert len(timer(3)) == 3 and (timer(3) > 0).all()
