@@ -9,8 +9,13 @@ run folder.
   CPU, or one GPU) on the checkpoint sent through Ray's object store; every finished shard is
   merged into the dataset file at once, so an interrupted stage redoes only unfinished shards.
 
-Nodes import ``hwnas`` themselves: start them (``ray start``) where it is installed. A dataset
-given by path (``dataset.path``) must be readable at that path on every node.
+- Search: workers open the study storage on their nodes; a journal or SQLite file there must be
+  the driver's file (a shared filesystem), which :func:`check_shared_inputs` checks before any
+  work, as it checks that a dataset given by path (``dataset.path``) is on every node. The
+  verification's accuracy runs like an accuracy shard (:class:`ClusterCheckpointAccuracy`).
+
+Nodes import ``hwnas`` themselves: start them (``ray start``) where it is installed, or submit
+the run as a Ray job with ``--working-dir`` (README, "Scale-out").
 """
 
 from __future__ import annotations
@@ -215,3 +220,65 @@ def measure_accuracy_on_cluster(space, checkpoint: Path, n: int, out: Path, *, s
     data.records[before:] = sorted(data.records[before:], key=lambda r: order[r["arch"]])  # as measured in one process
     data.save(out)
     return measured
+
+
+class ClusterCheckpointAccuracy:
+    """Verification's accuracy on a cluster: the archs not yet in ``out`` (a resumable accuracy
+    dataset in the driver's run folder) are measured by a Ray task on one GPU (``gpu``) or CPU,
+    on the checkpoint sent through the object store, as an accuracy shard is; the records are
+    merged into ``out``. Runs on the driver (an objective without resources), so no node needs
+    the run folder. ``settings``: :func:`hwnas.accuracy.measure_accuracy_dataset` options."""
+
+    def __init__(self, space, checkpoint: str | Path, out: str | Path, *, gpu: bool, settings: dict):
+        from search_space import checkpoint_hash
+
+        self.space, self.out, self.gpu, self.settings = space, Path(out), gpu, dict(settings)
+        if gpu:
+            require_resources("the verification's accuracy (device cuda)", {"GPU": 1})
+        self.hash = checkpoint_hash(checkpoint)
+        self.checkpoint = _ray().put(Path(checkpoint).read_bytes())  # once, fetched by the node measuring
+
+    def __call__(self, archs) -> list[float]:
+        from predictors.accuracy_dataset import AccuracyDataset, AccuracyDatasetError, _check_resumable
+
+        ray = _ray()
+        data = AccuracyDataset.load(self.out) if self.out.exists() else None
+        if data is not None and data.header.get("checkpoint_hash") != self.hash:
+            raise AccuracyDatasetError(f"{str(self.out)!r} was built with checkpoint_hash="
+                                       f"{data.header.get('checkpoint_hash')!r}, this run has checkpoint_hash="
+                                       f"{self.hash!r}: expected the same to resume; choose another output file")
+        done = {r["arch"] for r in data.records} if data else set()
+        todo = list(dict.fromkeys(str(a) for a in archs if str(a) not in done))
+        if todo:
+            task = ray.remote(_shard_task).options(**task_options({"GPU": 1, "CPU": 1} if self.gpu else {"CPU": 1}),
+                                                   max_retries=TASK_RETRIES, name=f"hwnas verify accuracy {self.out.stem}")
+            try:
+                header, records = ray.get(task.remote(self.space, self.checkpoint, self.hash, todo,
+                                                      "cuda" if self.gpu else "cpu", self.settings))
+            except Exception as e:  # noqa: BLE001 - re-raised, user errors as themselves
+                _raise_user_errors(ray, e)
+            fresh = AccuracyDataset(header, [])
+            if data is None:
+                data = fresh
+            else:
+                _check_resumable(data, fresh, self.out)
+            data.records += records
+            data.save(self.out)
+        accuracy = {r["arch"]: r["accuracy"] for r in data.records}
+        return [accuracy[str(a)] for a in archs]
+
+
+def check_shared_inputs(storage: str | None, storage_setting: str, dataset_path: str | None) -> None:
+    """Before any work on the cluster, in one line naming the setting: a journal or SQLite study
+    ``storage`` (None: the search runs on the driver) that the search workers' nodes could not
+    share, or a ``dataset_path`` that a node measuring accuracy does not have."""
+    from search._shared_fs import check_readable_everywhere, check_storage_shared
+    from search._storage import storage_url
+    from search._urls import redact_url
+
+    if storage is not None:
+        url = storage_url(storage)
+        check_storage_shared(url, redact_url(url), storage_setting)
+    if dataset_path:
+        check_readable_everywhere(Path(dataset_path).expanduser().resolve(), "dataset.path",
+                                  "the accuracy tasks read it")

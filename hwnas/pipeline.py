@@ -348,8 +348,9 @@ class Pipeline:
             self._log_invocation(started, status if status != "failed" else f"failed in {name}")
 
     def _join_cluster(self) -> None:
-        """Join the Ray cluster and check, before any work, that a node owns every device."""
-        from hwnas.cluster import check_devices
+        """Join the Ray cluster and check, before any work, that a node owns every device and that
+        the nodes see the files their tasks open by path."""
+        from hwnas.cluster import check_devices, check_shared_inputs
         from search import init_ray
         from search._ray import _ray
 
@@ -358,10 +359,9 @@ class Pipeline:
         nodes = [n for n in _ray().nodes() if n.get("Alive")]
         print(f"Ray cluster at {self.ray_address}: {len(nodes)} nodes, devices "
               f"{', '.join(d['name'] for d in self.devices())} each on its own node", file=sys.stderr)
-        storage = self.cfg["cluster"]["storage"] or ""
-        if len(nodes) > 1 and ("://" not in storage or storage.startswith("sqlite")):
-            print("note: the search study is a file (cluster.storage): workers on other nodes need it at the same "
-                  "path (a shared filesystem); across machines, set cluster.storage to a PostgreSQL URL", file=sys.stderr)
+        storage = self.cfg["cluster"]["storage"]  # what Ray tasks open by path: a file study, dataset.path
+        check_shared_inputs(None if self.cfg["search"]["rounds"] else storage or str(self.out / "search" / "study.journal"),
+                            "cluster.storage" if storage else "cluster.storage is null, so the study", self.cfg["dataset"]["path"])
 
     def _log_invocation(self, started: str, status: str) -> None:
         """Record this ``hwnas run`` in ``invocations.json`` (a run split over several calls, or

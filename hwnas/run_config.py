@@ -67,7 +67,7 @@ SCHEMA = {
     # Ray cluster (hwnas run --ray-address overrides); tables are built on the node owning
     # device:NAME, the accuracy datasets are measured in `shards` Ray tasks (null: two per CPU, or
     # GPU with device cuda, of the cluster), the search runs `workers` Ray workers on `storage`
-    # (null: OUT/search/study.journal, one host only; postgresql://USER@HOST/DB across nodes)
+    # (null: OUT/search/study.journal, which every node must see; postgresql://USER@HOST/DB needs no shared filesystem)
     "cluster": {"ray_address": ((str, type(None)), None), "workers": ((int,), 2),
                 "storage": ((str, type(None)), None), "shards": ((int, type(None)), None)},
 }

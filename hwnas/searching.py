@@ -130,7 +130,14 @@ def search_and_verify(space: SearchSpace, tables: dict, budgets: list, out: Path
         reachable = reachable_devices(tables, here, use_ray)
         measure = {d: measured_latency(tables[d], space, d) for d in reachable}
         evaluate = None
-        if checkpoint:
+        if checkpoint and ray_address:  # the checkpoint travels to the node measuring; the records come back
+            from hwnas.cluster import ClusterCheckpointAccuracy
+
+            evaluate = measured_accuracy(ClusterCheckpointAccuracy(
+                space, checkpoint, out / "verified_accuracy.jsonl", gpu=eval_device.startswith("cuda"),
+                settings=dict(dataset=dataset, data=data, eval_limit=eval_limit, calib_batches=calib_batches,
+                              calib_batch_size=calib_batch_size)))
+        elif checkpoint:
             resources = {"GPU": 1} if use_ray and eval_device.startswith("cuda") else {"CPU": 1}
             evaluate = measured_accuracy(CheckpointAccuracy(checkpoint, str(out / "verified_accuracy.jsonl"),
                                                             dataset, data, eval_device, eval_limit,

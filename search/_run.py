@@ -21,8 +21,8 @@ from ._loop import (SURPLUS_ATTR, _tell_batch, batch_asker, budget_violations, e
                     score_batch, trial_counts)
 from ._objectives import Budget, Objective, check_budgets, check_objectives
 from ._samplers import DEFAULT_POPULATION, check_sampler, default_batch_size, make_sampler
-from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, is_single_host, open_storage, redact_url,
-                       storage_url, with_password)
+from ._storage import (HEARTBEAT_INTERVAL_S, flush_storage, is_shared, open_storage, redact_url, storage_url,
+                       with_password)
 
 log = logging.getLogger(__name__)
 META_ATTR = "hwnas:meta"
@@ -261,13 +261,12 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
             log.warning("study %r: %d trials left RUNNING by an interrupted run were marked failed", study_name, stuck)
 
         if use_ray:
-            from ._ray import check_resources, init_ray, node_count
+            from ._ray import check_resources, init_ray
+            from ._shared_fs import check_storage_shared
 
             init_ray(ray_address)
             check_resources(objectives)
-            if is_single_host(url) and node_count() > 1:
-                raise SearchError(f"storage {shown!r} is a file, which only processes of one host can share, but the Ray "
-                                  f"cluster has {node_count()} nodes: pass an RDB URL (postgresql://...)")
+            check_storage_shared(url, shown)  # a file storage: every node running workers must see it
         _preflight(study, space, objectives, budgets, use_ray)
 
         def progress_now() -> int:

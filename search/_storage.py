@@ -148,7 +148,9 @@ def open_storage(spec: str | Path | BaseStorage | None, *, heartbeat_interval: i
 
     RDB storages get a heartbeat (``heartbeat_interval`` seconds, None: off): a trial whose
     worker died is failed after ``grace_period`` (default 3 intervals) and retried up to
-    3 times. Journal files are for one host; a cluster needs an RDB such as PostgreSQL. With
+    3 times. A journal file serves the hosts that see it (one, or those of a shared filesystem),
+    an SQLite file one host (:mod:`search._shared_fs` checks both on a cluster); a cluster of
+    machines without a shared filesystem needs an RDB such as PostgreSQL. With
     ``single_process`` (no other process writes the study) a journal file is written in
     batches (:class:`BufferedJournalFileBackend`); call :func:`flush_storage` when done.
     """
@@ -192,11 +194,6 @@ def open_storage(spec: str | Path | BaseStorage | None, *, heartbeat_interval: i
 def is_shared(storage: BaseStorage) -> bool:
     """Whether other processes can open the same storage (everything but in-memory)."""
     return not isinstance(storage, InMemoryStorage)
-
-
-def is_single_host(url: str) -> bool:
-    """Journal and SQLite files only work among processes of one machine."""
-    return url.startswith("journal:") or url.startswith("sqlite")
 
 
 def has_heartbeat(storage: BaseStorage) -> bool:

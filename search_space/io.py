@@ -93,7 +93,25 @@ def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+# Set by Ray in a job's driver: the job's runtime environment, whose working_dir (from
+# `ray job submit --working-dir`) is unpacked in a temporary folder that is the driver's cwd.
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job_copy() -> bool:
+    """Whether this process is a Ray job's driver running in the temporary copy of its
+    ``--working-dir`` (which Ray deletes when no job uses it any more)."""
+    try:
+        config = json.loads(os.environ.get(RAY_JOB_CONFIG_ENV) or "{}")
+    except ValueError:
+        return False
+    return bool(isinstance(config, dict) and (config.get("runtime_env") or {}).get("working_dir"))
+
+
 def _check_writable(folder: Path, path: Path, flag: str) -> None:
+    if not path.is_absolute() and in_ray_job_copy():
+        raise UserError(f"{flag} {str(path)!r} is relative, but this Ray job runs in a temporary copy of its "
+                        "--working-dir that Ray deletes: expected an absolute path (e.g. /data/runs/r1)")
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -159,5 +159,3 @@ def _search(args) -> int:
                              eval_limit=args.eval_limit, calib_batches=args.calib_batches,
                              calib_batch_size=args.calib_batch_size, progress=not args.quiet, start=start,
                              stall_timeout=args.stall_timeout)
-
-
