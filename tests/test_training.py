@@ -174,6 +174,12 @@ def test_schedule_optimizer_and_sandwich(space):
             assert (s.width, s.depth) == (t.width, t.depth)
             assert all(l.kernel == min(space.config.stages[0].kernels) for l in s.layers)
     assert len({l.block for a in mixed for s in a.stages for l in s.layers}) == len(space.config.stages[0].blocks)
+    # families: the smallest, then the largest of one block type per step; every type comes round
+    rng, ext = np.random.default_rng(0), space.extremes()
+    fams = {n: a for n, a in ext.items() if n.startswith("largest_")}
+    steps = [sandwich_archs(space, rng, 1, "families") for _ in range(40)]
+    assert all(st[:2] == [space.largest(), space.smallest()] and len(st) == 4 for st in steps)
+    assert all(st[2] in fams.values() for st in steps) and {str(st[2]) for st in steps} == {str(a) for a in fams.values()}
     assert TrainConfig(epochs=1, batch_size=256).peak_lr == pytest.approx(0.1)
     assert TrainConfig(epochs=1, batch_size=512).peak_lr == pytest.approx(0.2)
     assert TrainConfig(epochs=1, batch_size=2048).peak_lr == pytest.approx(0.2)  # capped: 0.8 diverged
