@@ -84,6 +84,13 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     assert top["accuracy"]["standalone_test"] == pytest.approx(deployed[meta["arch"]]["test"])
     assert "## Final training: chosen models beside the baselines" in report and "`largest`" in report
     assert final["summary"]["ranking"]["n"] == 3 and (out / "final" / "ranking.png").exists()
+    # final.choose auto: the measured pick and the arch of most FLOPs within the cpu budget (50 ms)
+    from latency_tables import LatencyTable
+    from search import most_flops_within
+
+    space = SearchSpace.from_config(TINY_RUN["space"])
+    table = LatencyTable.load(out / "tables" / "cpu.json", space=space)
+    assert str(most_flops_within(space, table, 50.0)[0]) in final["summary"]["chosen"]["cpu"]
     # --from redoes that stage and the later ones only
     assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0
     third = json.loads((out / "manifest.json").read_text())
