@@ -312,7 +312,13 @@ def choose_entries(front: list[dict], n: int, rule: str = "spread") -> list[dict
 
 def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, float]] = (), table=None,
                  budget: float | None = None, space: SearchSpace | None = None) -> list[str]:
-    """The archs to train alone for one device: ``top`` / ``spread`` pick front entries
+    """The archs :func:`choose_with_rules` picks, without the rule that picked each."""
+    return [a for a, _ in choose_with_rules(front, n, rule, pool, table, budget, space)]
+
+
+def choose_with_rules(front: list[dict], n: int, rule: str, pool: list[tuple[str, float]] = (), table=None,
+                      budget: float | None = None, space: SearchSpace | None = None) -> list[tuple[str, str]]:
+    """``(arch, rule that picked it)`` of the archs to train alone for one device: ``top`` / ``spread`` pick front entries
     (:func:`choose_entries`); ``measured`` takes the ``n`` archs of highest *measured* supernet
     accuracy (``pool``, e.g. the accuracy dataset, and the front's verified points) whose latency on
     ``table`` is within ``budget``; ``capacity`` the ``n`` of most FLOPs within ``budget``
@@ -331,25 +337,27 @@ def choose_archs(front: list[dict], n: int, rule: str, pool: list[tuple[str, flo
     has_budget = table is not None and budget is not None
     if rule == "auto":
         if not has_budget or space is None:
-            return choose_archs(front, n, "measured" if measured and has_budget else "spread", pool, table, budget)
-        first = choose_archs(front, n, "measured" if measured else "spread", pool, table, budget)
-        return list(dict.fromkeys(first + choose_archs(front, 1, "capacity", pool, table, budget, space)))
+            return choose_with_rules(front, n, "measured" if measured and has_budget else "spread", pool, table, budget)
+        first = choose_with_rules(front, n, "measured" if measured else "spread", pool, table, budget)
+        picked = dict(first + [p for p in choose_with_rules(front, 1, "capacity", pool, table, budget, space)
+                               if p[0] not in dict(first)])
+        return list(picked.items())
     if rule == "capacity":
         if not has_budget or space is None:
             raise UserError("choice rule 'capacity' needs a latency budget and a table for the device "
                             "(--budget DEVICE=MS and --table DEVICE=TABLE)")
         from search import most_flops_within
 
-        return [str(a) for a in most_flops_within(space, table, budget, n)]
+        return [(str(a), rule) for a in most_flops_within(space, table, budget, n)]
     if rule != "measured":
-        return [e["arch"] for e in choose_entries(front, n, rule)]
+        return [(e["arch"], rule) for e in choose_entries(front, n, rule)]
     if not measured:
         raise UserError("choice rule 'measured' needs measured supernet accuracies: expected an accuracy dataset "
                         "(--accuracy-data) or a verified front")
     archs = sorted(measured, key=lambda a: -measured[a])
     if has_budget:
         archs = [a for a, ms in zip(archs, table.predict_many(archs)) if ms <= budget]
-    return archs[:n]
+    return [(a, rule) for a in archs[:n]]
 
 
 def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[dict], *, top: int, choose: str = "auto",
@@ -366,8 +374,9 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
     if choose not in CHOICE_RULES:
         raise UserError(f"choice rule {choose!r} is unknown; expected one of {list(CHOICE_RULES)}")
     chosen: dict[str, list[str]] = {}
-    per_device = {d: choose_archs(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d), stage.space)
-                  for d, entries in fronts.items()}
+    rules = {d: dict(choose_with_rules(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d),
+                                       stage.space)) for d, entries in fronts.items()}
+    per_device = {d: list(r) for d, r in rules.items()}
     for device, archs in per_device.items():
         for a in archs:
             chosen.setdefault(a, []).append(device)
@@ -404,7 +413,7 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
         if mine:
             picked[device] = max(mine, key=lambda r: r["val"])["key"]
     summary = {"recipe": stage.config.to_json(), "inits": list(inits), "baselines": list(baselines), "picked": picked,
-               "choose": choose, "chosen": per_device, "budgets": dict(budgets or {}),
+               "choose": choose, "chosen": per_device, "chosen_by": rules, "budgets": dict(budgets or {}),
                "verdicts": {d: verdicts(list(stage.results["models"].values()), d) for d in (x["name"] for x in devices)}}
     if ranked:
         summary["ranking"] = ranking_summary(ranked, sup)

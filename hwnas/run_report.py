@@ -121,7 +121,9 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
     for r in sorted((m for m in models if m["role"] != "ranking"), key=lambda m: (m["role"] != "baseline", -m["test"])):
         lat = [f"{r['latency'][n]['ms']:.4g}" if n in r.get("latency", {}) else "-" for n in names]
         sup = f"{r['supernet_val']:.4f}" if "supernet_val" in r else "-"
-        lines.append(f"| `{r['label']}` | {r['role']}" + (f" ({', '.join(r['devices'])})" if r["role"] == "chosen" else "")
+        by = summary.get("chosen_by", {})  # device -> arch -> the choice rule that picked it
+        where = ", ".join(f"{d}: {by[d][r['arch']]}" if r["arch"] in by.get(d, {}) else d for d in r["devices"])
+        lines.append(f"| `{r['label']}` | {r['role']}" + (f" ({where})" if r["role"] == "chosen" else "")
                      + f" | {r['init']} | {'yes' if r.get('deployed') else '-'} | {r['params'] / 1e6:.2f}M | {sup} "
                      f"| {r['val']:.4f} | {r['test']:.4f} | " + " | ".join(lat) + " |")
     for name in names:

@@ -90,7 +90,10 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
 
     space = SearchSpace.from_config(TINY_RUN["space"])
     table = LatencyTable.load(out / "tables" / "cpu.json", space=space)
-    assert str(most_flops_within(space, table, 50.0)[0]) in final["summary"]["chosen"]["cpu"]
+    capacity = str(most_flops_within(space, table, 50.0)[0])
+    assert capacity in final["summary"]["chosen"]["cpu"]
+    assert final["summary"]["chosen_by"]["cpu"][capacity] in ("capacity", "measured")  # measured wins a tie
+    assert "(cpu: measured" in report or "(cpu: capacity" in report  # the report says which rule chose each
     # --from redoes that stage and the later ones only
     assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0
     third = json.loads((out / "manifest.json").read_text())
