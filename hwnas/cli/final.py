@@ -148,7 +148,8 @@ def _final(args) -> int:
                   f"test {100 * v['test_gain']:+.2f} pts: {word}")
     for d, key in summary["picked"].items():
         r = stage.results["models"][key]
-        print(f"{d}: picked {r['label']} ({r['init']}): test {r['test']:.4f}")
+        rule = summary["chosen_by"].get(d, {}).get(r["arch"])
+        print(f"{d}: picked {r['label']} ({f'{rule} rule, ' if rule else ''}{r['init']}): test {r['test']:.4f}")
     if "ranking" in summary:
         print(f"ranking check: Kendall tau {summary['ranking']['kendall_tau']} on {summary['ranking']['n']} archs")
     print(f"wrote {Path(args.out) / 'results.json'}")
