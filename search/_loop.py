@@ -199,8 +199,8 @@ def _fail_stale_once(study: optuna.Study) -> None:
         same.sort(key=lambda t: (t.state == TrialState.WAITING, t.number))
         for t in same[1:]:
             if t.state == TrialState.WAITING:
-                study._storage.set_trial_user_attr(t._trial_id, DUPLICATE_ATTR, True)
-                try:
+                try:  # the state read above may be stale: another worker can take or fail it any instant
+                    study._storage.set_trial_user_attr(t._trial_id, DUPLICATE_ATTR, True)
                     study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # another worker finished it meanwhile
