@@ -589,8 +589,10 @@ def test_a_killed_worker_loses_no_trial(ray_instance, tmp_path):
         if "failed_trial" in t.system_attrs:
             copies.setdefault(t.system_attrs["failed_trial"], []).append(t)
     assert copies
-    for same in copies.values():  # each dead trial is redone; extra copies were failed, never left waiting
-        assert any(t.state == TrialState.COMPLETE for t in same)
+    # dead trials are redone (a copy completes) unless the total was reached first, which fails the copy as a
+    # surplus (a loaded machine can also find a slow live worker stale); no copy is left waiting or unexplained
+    assert any(t.state == TrialState.COMPLETE for same in copies.values() for t in same)
+    for same in copies.values():
         assert all(t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and
                    (t.user_attrs.get(DUPLICATE_ATTR) or t.user_attrs.get(SURPLUS_ATTR)) for t in same)
 
