@@ -98,8 +98,12 @@ def run_workers(spec: WorkerSpec, on_poll: Callable[[], Any] | None = None, poll
                           f"after {WORKER_RETRIES} retries each: re-run to resume (finished trials are kept)") from None
 
 
-def _cancel(ray, refs) -> None:
-    """Cancel the workers: each fails its in-flight batch (KeyboardInterrupt inside the task)."""
+def _cancel(ray, refs, grace_s: float = 30) -> None:
+    """Cancel the workers: each fails its in-flight batch (KeyboardInterrupt inside the task); one that
+    has not stopped after ``grace_s`` is killed, so that it cannot hold its CPU for ever (seen on a loaded
+    VM: two cancelled workers kept both CPUs and the next search waited for ever)."""
     for r in refs:
         ray.cancel(r)
-    ray.wait(refs, num_returns=len(refs), timeout=30)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+    for r in left:
+        ray.cancel(r, force=True)
