@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One device call of the ranking study (experiments/ranking_study.py): train cifar_pool's supernet with the GPU
+# config's recipe (8.3-minute budget) and one student rule, then score the stand-alone set's archs on it.
+# Carry .data, .whl and runs/rank_in (holding standalone.json); results come back as $OUT/rank_<rule>_r<N>.tgz.
+#   bash experiments/gpu_ranking_study.sh RULE [NUM_RANDOM]
+set -euo pipefail
+rule=$1; nr=${2:-2}; tag=${rule}_r${nr}
+export PYTHONUNBUFFERED=1
+[ -d /tmp/site/optuna ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=.:/tmp/site
+run=runs/rank_$tag
+mkdir -p $run
+nvidia-smi --query-gpu=name,driver_version --format=csv > $run/card.txt
+sed -e 's/time_budget_min: 9.6/time_budget_min: 8.3/' -e "s/students: sandwich/students: $rule/" \
+    -e "s/num_random: 2/num_random: $nr/" experiments/configs/cifar_pool_gpu.yaml > $run/config.yaml
+python3 -m hwnas run --config $run/config.yaml --out $run --until train > $run/train.log 2>&1 || { tail -30 $run/train.log; exit 1; }
+tail -4 $run/train.log
+python3 experiments/ranking_study.py score --checkpoint $run/supernet/supernet.pt --label "$rule, num_random $nr" \
+    --truth runs/rank_in/standalone.json --out $run/ranking
+tar czf $OUT/rank_$tag.tgz --exclude='*.pt' --exclude='*.journal' -C runs rank_$tag

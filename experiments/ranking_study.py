@@ -1,0 +1,181 @@
+"""Which supernet training ranks `cifar_pool`'s archs as stand-alone training does? (issue 18, item 3)
+
+The ground truth is every arch this project has already trained alone on JPEG-CIFAR-10 with the final
+recipe (ResNet-18's plain one, seed 0), read from the committed `hwnas final` results under
+`experiments/results/final/`: 30-epoch models (the main set) and the 15-epoch ranking models of the third
+run. A supernet is scored on all of them (BN-recalibrated validation accuracy, as `hwnas final`'s ranking
+check measures it) and the Kendall tau between supernet and stand-alone validation accuracy is reported,
+beside the `sandwich` supernet's own scores where those were recorded (21 archs of the 8.3-minute supernet).
+No stand-alone training is needed per variant: one supernet training (one device call) per row.
+
+    python experiments/ranking_study.py truth                   # the stand-alone set (no GPU, committed files)
+    python experiments/ranking_study.py score --checkpoint runs/gpu/supernet/supernet.pt --label families \\
+        --data .data/cifar10_jpeg.npz --out DIR                 # one supernet's scores and taus
+    python experiments/ranking_study.py report DIR [DIR ...]    # table + scatter plot
+
+`truth` writes experiments/results/ranking/standalone.json; `report` ranking_study.{md,png} beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "experiments" / "results"
+TRUTH = RESULTS / "ranking" / "standalone.json"
+# the 8.3-minute sandwich supernet's scores, measured by `hwnas final` with the default settings
+SANDWICH = RESULTS / "final" / "final_cifar_pool_capacity_rule" / "seed0" / "supernet_accuracy.jsonl"
+
+
+def kendall(a, b) -> float | None:
+    """Kendall tau (b) of two paired sequences, None under 3 pairs."""
+    from scipy.stats import kendalltau
+
+    if len(a) < 3:
+        return None
+    return round(float(kendalltau(a, b).statistic), 4)
+
+
+def gather_truth() -> dict:
+    """Stand-alone (scratch, seed 0) validation and test accuracy per arch and epochs, from every
+    committed final results file; an arch trained twice with the same settings keeps its mean."""
+    from search_space import SearchSpace
+
+    largest = str(SearchSpace.from_config("cifar_pool").largest())
+    found: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
+    for path in sorted(glob.glob(str(RESULTS / "final" / "**" / "results.json"), recursive=True)):
+        models = json.loads(Path(path).read_text()).get("models", {})
+        for m in models.values():
+            arch = m.get("arch") or (largest if m.get("baseline") == "largest" else None)
+            if arch is None or m.get("init") != "scratch" or m.get("recipe", {}).get("seed") != 0:
+                continue
+            found.setdefault((arch, m["epochs"]), []).append((m["val"], m["test"], str(Path(path).relative_to(ROOT))))
+    rows = [{"arch": a, "epochs": e, "val": round(float(np.mean([v for v, _, _ in runs])), 4),
+             "test": round(float(np.mean([t for _, t, _ in runs])), 4), "runs": len(runs),
+             "sources": sorted({s for _, _, s in runs})} for (a, e), runs in sorted(found.items())]
+    return {"space": "cifar_pool", "dataset": "cifar10-jpeg", "seed": 0, "archs": rows}
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """Arch -> accuracy of an accuracy dataset file."""
+    lines = path.read_text().splitlines()[1:]
+    return {r["arch"]: r["accuracy"] for r in map(json.loads, lines)}
+
+
+def taus(truth: list[dict], scores: dict[str, float]) -> dict:
+    """Tau per stand-alone epoch count, on every scored arch and on the sandwich-scored subset."""
+    sandwich = read_scores(SANDWICH) if SANDWICH.exists() else {}  # results/ does not travel to the GPU host
+    out = {}
+    for epochs in sorted({r["epochs"] for r in truth}):
+        rows = [r for r in truth if r["epochs"] == epochs and r["arch"] in scores]
+        common = [r for r in rows if r["arch"] in sandwich]
+        out[str(epochs)] = {"n": len(rows), "tau": kendall([scores[r["arch"]] for r in rows], [r["val"] for r in rows]),
+                            "n_common": len(common),
+                            "tau_common": kendall([scores[r["arch"]] for r in common], [r["val"] for r in common])}
+    return out
+
+
+def score(args) -> int:
+    """Score the truth set on one supernet; writes scores.jsonl and summary.json under ``--out``."""
+    import time
+
+    from hwnas.accuracy import measure_accuracy_dataset
+    from search_space import SearchSpace
+
+    data = json.loads(Path(args.truth).read_text())
+    truth, space = data["archs"], SearchSpace.from_config(data["space"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    archs = list(dict.fromkeys(r["arch"] for r in truth))
+    start = time.monotonic()
+    measure_accuracy_dataset(args.checkpoint, [space.parse(a) for a in archs], out / "scores.jsonl",
+                             data=args.data, device=args.device, progress=False,
+                             eval_limit=args.eval_limit, calib_batches=args.calib_batches)
+    scores = read_scores(out / "scores.jsonl")
+    summary = {"label": args.label, "checkpoint": str(args.checkpoint), "seconds": round(time.monotonic() - start, 1),
+               "taus": taus(truth, scores)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def report(args) -> int:
+    """Table of taus per supernet (the recorded sandwich scores first) and a scatter per supernet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = json.loads(TRUTH.read_text())["archs"]
+    runs = [("sandwich (recorded)", read_scores(SANDWICH))]
+    runs += [(json.loads((Path(d) / "summary.json").read_text())["label"], read_scores(Path(d) / "scores.jsonl"))
+             for d in args.dirs]
+    lines = ["| supernet | 30 ep: n | tau | on the 21 sandwich-scored | 15 ep: n | tau |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
+    for ax, (label, scores) in zip(axes[0], runs):
+        t = taus(truth, scores)
+        t30, t15 = t.get("30", {}), t.get("15", {})
+        lines.append(f"| {label} | {t30.get('n')} | {t30.get('tau')} | {t30.get('tau_common')} | {t15.get('n')} | {t15.get('tau')} |")
+        rows = [r for r in truth if r["epochs"] == 30 and r["arch"] in scores]
+        ax.scatter([scores[r["arch"]] for r in rows], [r["val"] for r in rows], s=14)
+        ax.set(title=f"{label}: tau {t30.get('tau')} (n={t30.get('n')})", xlabel="supernet val accuracy",
+               ylabel="stand-alone val accuracy (30 epochs)")
+    lines += ["", "Mean accuracy by the first stage's blocks (30-epoch set): where the supernet's gap to stand-alone "
+              "training differs between groups, it ranks one group above the other whatever their own accuracy.", "",
+              "| first stage | n | stand-alone val | " + " | ".join(label for label, _ in runs) + " |",
+              "| --- | ---: | ---: |" + " ---: |" * len(runs)]
+    groups: dict[str, list[dict]] = {}
+    for r in truth:
+        if r["epochs"] == 30:
+            groups.setdefault(r["arch"].split("/")[1], []).append(r)
+    for first, rows in sorted(groups.items(), key=lambda kv: -np.mean([r["val"] for r in kv[1]])):
+        cells = [f"{np.mean([s[r['arch']] for r in rows if r['arch'] in s]):.4f}" if any(r["arch"] in s for r in rows)
+                 else "" for _, s in runs]
+        lines.append(f"| `{first}` | {len(rows)} | {np.mean([r['val'] for r in rows]):.4f} | " + " | ".join(cells) + " |")
+    fig.tight_layout()
+    png = TRUTH.parent / "ranking_study.png"
+    fig.savefig(png, dpi=110)
+    md = TRUTH.parent / "ranking_study.md"
+    md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: truth | score | report."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("truth", help="gather the stand-alone set from committed results")
+    s = sub.add_parser("score", help="score the stand-alone set's archs on one supernet")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--label", required=True, help="the supernet's name in the report, e.g. its student rule")
+    s.add_argument("--data", default=None, help="the dataset file, where the checkpoint's path does not exist here")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--eval-limit", type=int, default=None, help="score on this many validation images (all)")
+    s.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (%(default)s)")
+    s.add_argument("--truth", default=str(TRUTH), help="the stand-alone set written by truth (default: %(default)s)")
+    s.add_argument("--out", required=True)
+    r = sub.add_parser("report", help="table and plot of scored supernets")
+    r.add_argument("dirs", nargs="*", help="folders written by score")
+    args = p.parse_args(argv)
+    if args.cmd == "truth":
+        from search_space.io import atomic_write_json
+
+        data = gather_truth()
+        atomic_write_json(TRUTH, data)
+        print(f"{len(data['archs'])} stand-alone results -> {TRUTH}")
+        return 0
+    return score(args) if args.cmd == "score" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
