@@ -9,7 +9,9 @@ when the driver's process dies, so a killed driver never leaves a stale lock."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -100,3 +102,47 @@ def _database_lock(url: str, study_name: str, shown: str) -> Iterator[None]:
     finally:
         conn.close()  # ends the session: the server drops its locks
         engine.dispose()
+
+
+@contextlib.contextmanager
+def evaluation_lock(url: str, study_name: str) -> Iterator[None]:
+    """Wait for, then hold, the evaluation lock of ``study_name`` in the storage ``url`` (with its
+    password) while the block runs: the workers of a search bounded by ``max_evaluations`` claim
+    their next evaluations under it, one worker at a time (:mod:`search._loop`). A file lock
+    beside a journal or SQLite file, a PostgreSQL advisory lock or a MySQL named lock, each
+    released by the kernel or the server if its process dies; none for other storages (one
+    process)."""
+    name = f"{study_name}:evaluations"
+    if url.startswith("journal:") or url.startswith("sqlite:///"):
+        path = Path(url.split(":", 1)[1] if url.startswith("journal:") else url[len("sqlite:///"):])
+        fd = os.open(lock_file(path, name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks: the holder claims and lets go within a moment
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    elif url.startswith("postgres") or url.startswith("mysql"):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        postgres = url.startswith("postgres")
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=CONNECT_ARGS if postgres else {})
+        try:
+            with engine.connect() as conn:
+                if postgres:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(name)})
+                else:
+                    conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"hwnas-eval:{study_name}"[:64]})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    if postgres:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(name)})
+                    else:
+                        conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"hwnas-eval:{study_name}"[:64]})
+                    conn.commit()
+        finally:
+            engine.dispose()
+    else:
+        yield

@@ -36,6 +36,7 @@ SURPLUS_ATTR = "hwnas:surplus"
 DUPLICATE_ATTR = "hwnas:duplicate_retry"
 ERROR_ATTR = "hwnas:error"
 CACHED_ATTR = "hwnas:cached"
+CLAIM_ATTR = "hwnas:claim"  # a RUNNING trial whose arch its worker is evaluating (workers sharing max_evaluations)
 _LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -115,9 +116,10 @@ class ScoreCache:
     def __contains__(self, key) -> bool:
         return key in self.rows
 
-    def sync(self, study: optuna.Study) -> None:
-        """Take in the study's finished trials not yet seen."""
-        for t in study._get_trials(deepcopy=False):
+    def sync(self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial] | None = None) -> None:
+        """Take in the study's finished trials not yet seen (of ``trials``, one reading of the
+        study's trials, where given)."""
+        for t in study._get_trials(deepcopy=False) if trials is None else trials:
             if t.number in self._taken or not t.state.is_finished():
                 continue
             self._taken.add(t.number)
@@ -135,6 +137,16 @@ class ScoreCache:
     def add(self, key, row: np.ndarray) -> None:
         """Remember the values of an arch this process has just scored (counted once told, by :meth:`sync`)."""
         self.rows.setdefault(key, np.asarray(row, float))
+
+
+def claimed(trials: Sequence[optuna.trial.FrozenTrial], space, skip: set[int] = frozenset()) -> set:
+    """The arch keys of the RUNNING trials of ``trials`` (numbers not in ``skip``) claimed for
+    evaluation by a worker (:data:`CLAIM_ATTR`): evaluations in flight. A dead worker's are no
+    longer RUNNING once failed as stale, so its claims lapse. ``trials`` must be the reading
+    the :class:`ScoreCache` was synced with: read twice, a claim finished in between would be
+    in neither."""
+    return {_key(space.from_params(t.params)) for t in trials
+            if t.state == TrialState.RUNNING and t.user_attrs.get(CLAIM_ATTR) and t.number not in skip}
 
 
 def evaluation_count(study: optuna.Study) -> int:
@@ -242,16 +254,26 @@ def _tell_batch(study, batch, values, violations, objectives, budgets, cached=No
     return completed
 
 
-def score_cached(cache: ScoreCache, objectives: Sequence[Objective], archs: Sequence[Any], use_ray: bool = False,
-                 allowance: int | None = None) -> tuple[np.ndarray, list[bool], list, list[bool]]:
-    """Values of ``archs``, scoring only those the cache lacks (each once), at most ``allowance``
-    of them (None: all). Returns (values, answered from the cache, cached failure messages,
-    within the allowance) per arch; an arch beyond the allowance gets NaN values."""
-    keys = [_key(a) for a in archs]
+def fresh_keys(cache: ScoreCache, archs: Sequence[Any], allowance: int | None = None, busy: set = frozenset()) -> dict:
+    """The archs of ``archs`` to score, by key: those the cache lacks, each once, at most
+    ``allowance`` (None: all), none whose key is ``busy`` (in another worker's hands)."""
     fresh: dict = {}
-    for k, a in zip(keys, archs):
-        if k not in cache and k not in fresh and (allowance is None or len(fresh) < allowance):
+    for a in archs:
+        k = _key(a)
+        if k not in cache and k not in fresh and k not in busy and (allowance is None or len(fresh) < allowance):
             fresh[k] = a
+    return fresh
+
+
+def score_cached(cache: ScoreCache, objectives: Sequence[Objective], archs: Sequence[Any], use_ray: bool = False,
+                 allowance: int | None = None, fresh: dict | None = None) -> tuple[np.ndarray, list[bool], list, list[bool]]:
+    """Values of ``archs``, scoring only those the cache lacks (each once), at most ``allowance``
+    of them (None: all), or exactly ``fresh`` (key -> arch, from :func:`fresh_keys`) where given.
+    Returns (values, answered from the cache, cached failure messages, within the allowance) per
+    arch; an arch beyond the allowance gets NaN values."""
+    keys = [_key(a) for a in archs]
+    if fresh is None:
+        fresh = fresh_keys(cache, archs, allowance)
     if fresh:
         for k, row in zip(fresh, score_batch(objectives, list(fresh.values()), use_ray)):
             cache.add(k, row)
@@ -267,23 +289,29 @@ def score_cached(cache: ScoreCache, objectives: Sequence[Objective], archs: Sequ
 
 def optimize_batches(study: optuna.Study, space, objectives: Sequence[Objective], budgets: Sequence[Budget],
                      n_trials: int, batch_size: int, *, n_workers: int = 1, use_ray: bool = False,
-                     on_batch: Callable[[int], None] | None = None, max_evaluations: int | None = None) -> int:
+                     on_batch: Callable[[int], None] | None = None, max_evaluations: int | None = None,
+                     claim_lock: Callable[[], Any] | None = None) -> int:
     """Run the ask-score-tell loop until the study holds ``n_trials`` completed trials (or the
-    rest is in other workers' hands), or has taken ``max_evaluations`` evaluations (one process:
-    the count is exact only without other workers). Each distinct arch is scored once (see
-    :class:`ScoreCache`). Returns the trials this call completed; ``on_batch`` gets that number
-    after every batch."""
+    rest is in other workers' hands), or has taken ``max_evaluations`` evaluations. Each
+    distinct arch is scored once (see :class:`ScoreCache`). Returns the trials this call
+    completed; ``on_batch`` gets that number after every batch.
+
+    Workers sharing ``max_evaluations`` pass ``claim_lock`` (a context manager factory,
+    :func:`search._lock.evaluation_lock`): under it a worker counts the finished evaluations and
+    the other workers' claimed ones (:func:`claimed`), and claims its own (:data:`CLAIM_ATTR`)
+    within what is left, skipping archs another worker is evaluating; so the workers together
+    take at most ``max_evaluations`` evaluations, each arch once."""
     with warnings.catch_warnings():
         # This loop records heartbeats itself (Optuna warns that only Study.optimize does) and
         # uses fail_stale_trials, "experimental" in Optuna since 2.9.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch,
-                                 max_evaluations)
+                                 max_evaluations, claim_lock)
 
 
 def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n_workers, use_ray, on_batch,
-                      max_evaluations=None) -> int:
+                      max_evaluations=None, claim_lock=None) -> int:
     heartbeat = has_heartbeat(study._storage)
     asker = batch_asker(study, space) if is_database(study._storage) else None
     cache = ScoreCache(space, len(objectives))
@@ -291,8 +319,11 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
     while True:
         if heartbeat:
             _fail_stale_once(study)  # a dead worker's trials: failed, then re-queued as WAITING
-        cache.sync(study)
+        trials = study._get_trials(deepcopy=False)
+        cache.sync(study, trials)
         allowance = None if max_evaluations is None else max_evaluations - cache.evaluations
+        if allowance is not None and claim_lock is not None:
+            allowance -= len(claimed(trials, space))  # in flight: the rest is in other workers' hands
         if allowance is not None and allowance <= 0:
             return done
         counts = trial_counts(study)
@@ -323,7 +354,21 @@ def _optimize_batches(study, space, objectives, budgets, n_trials, batch_size, n
                     beat.dropped = frozenset(t.number for t in batch) - {t.number for t in kept}
                 if kept:
                     archs = [drawn[t.number] if t.number in drawn else space.suggest(t) for t in kept]
-                    values, cached, errors, within = score_cached(cache, objectives, archs, use_ray, allowance)
+                    fresh = None
+                    if claim_lock is not None and max_evaluations is not None:
+                        with claim_lock():  # count, then claim, one worker at a time
+                            trials = study._get_trials(deepcopy=False)  # one reading for both
+                            cache.sync(study, trials)
+                            busy = claimed(trials, space, skip={t.number for t in kept})
+                            allowance = max_evaluations - cache.evaluations - len(busy)
+                            fresh = fresh_keys(cache, archs, max(allowance, 0), busy)
+                            first: set = set()
+                            for t, a in zip(kept, archs):
+                                k = _key(a)
+                                if k in fresh and k not in first:
+                                    first.add(k)
+                                    t.set_user_attr(CLAIM_ATTR, True)
+                    values, cached, errors, within = score_cached(cache, objectives, archs, use_ray, allowance, fresh)
                     if not all(within):  # beyond the evaluation budget: failed unscored, as surplus
                         over = [t for t, ok in zip(kept, within) if not ok]
                         if heartbeat:

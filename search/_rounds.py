@@ -28,11 +28,15 @@ from ._loop import budget_violations, score_batch
 from ._objectives import (Budget, Objective, _key, _PredictedAccuracy, check_budgets, check_objectives,
                           limit_native_threads)
 from ._run import _positive_int, run_search
-from ._select import distinct, random_archs, seed_archs, select_batch, select_by_improvement
+from ._select import (distinct, random_archs, seed_archs, select_batch, select_by_expected_improvement,
+                      select_by_improvement)
 
 DEFAULT_ROUNDS = 8  # small batches: each refit sees what the last batch taught
 SEED_SHARE = 0.3  # of the budget measured before the first fit
 DEFAULT_INNER_TRIALS = 1500
+PICKS = ("layers", "ehvi")
+DEFAULT_PICK = "layers"
+CV_FOLDS = 3  # the first round's prediction error, before any batch was predicted and then measured
 
 
 @dataclass
@@ -143,7 +147,8 @@ class _Measured:
 def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective], queries: int, *,
                   budgets: Sequence[Budget] = (), predictor: str | Callable = "gbt", seed_size: int | None = None,
                   rounds: int = DEFAULT_ROUNDS, inner_trials: int = DEFAULT_INNER_TRIALS, sampler: str = "nsga2",
-                  explore: float = 1.0, improve_share: float = 0.0, bootstrap: bool = False, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
+                  explore: float = 1.0, improve_share: float = 0.0, bootstrap: bool = False, pick: str = DEFAULT_PICK,
+                  seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
                   progress: bool = False, on_round: Callable[[RoundsResult], None] | None = None) -> RoundsResult:
     """Measure at most ``queries`` distinct architectures, chosen in rounds; returns all of them.
 
@@ -155,7 +160,11 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     ``sampler`` (sized to them, see :func:`make_sampler`) on the optimistic predictions
     (mean + ``explore`` x std). Each batch: ``improve_share`` of it by optimistic hypervolume
     improvement of the measured fronts, the rest spread along the predicted fronts' layers.
-    ``bootstrap``: a named predictor's members are fitted on bootstrap resamples (the GBT), so
+    ``pick``: how the rest of each batch is chosen: ``layers`` (default) walks each device's
+    predicted (quality, cost) plane by non-dominated layers, spread along cost; ``ehvi`` takes the
+    largest expected hypervolume improvements of the measured fronts, the prediction error being
+    the RMSE of the earlier batches' predictions against their measurements (cross-validated in
+    the first round). ``bootstrap``: a named predictor's members are fitted on bootstrap resamples (the GBT), so
     that its std is a real uncertainty. Both are off by default: on the ``cifar_pool`` benchmark
     the exploration they bring measured fewer true-front subnets in 200 queries
     (``experiments/results/search/search_rounds_explore.md``). ``known``: arch -> values of the
@@ -170,6 +179,8 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     inner_trials = _positive_int(inner_trials, "number of inner trials")
     if isinstance(improve_share, bool) or not isinstance(improve_share, (int, float)) or not 0 <= improve_share <= 1:
         raise SearchError(f"improve share {improve_share!r} is invalid: expected a number in [0, 1]")
+    if pick not in PICKS:
+        raise SearchError(f"unknown batch pick {pick!r}: expected one of {list(PICKS)}")
     if not measure:
         raise SearchError("no objective to measure: expected at least one in measure= (e.g. measured_accuracy)")
     if not any(o.direction == "maximize" for o in objectives):
@@ -191,12 +202,18 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     def spent() -> int:
         return sum(1 for r in cache.round_of if r >= 0)
 
-    def run_round(round_no: int, archs: list, info: dict) -> None:
+    errors: list[np.ndarray] = []  # measured - predicted, per measured objective, of every batch picked by a fit
+
+    def run_round(round_no: int, archs: list, info: dict, predicted: np.ndarray | None = None) -> None:
         t0 = time.perf_counter()
-        archs = distinct(archs, set(cache.index))[:queries - spent()]
-        if archs:
-            values = score_batch(measure + costs, archs)  # an arch whose measurement failed is not costed
-            cache.add(archs, values, round_no)
+        keep = distinct(archs, set(cache.index))[:queries - spent()]
+        if keep:
+            values = score_batch(measure + costs, keep)  # an arch whose measurement failed is not costed
+            cache.add(keep, values, round_no)
+            if predicted is not None:
+                row = {_key(a): p for a, p in zip(archs, predicted)}
+                errors.append(values[:, :len(measure)] - np.stack([row[_key(a)] for a in keep]))
+        archs = keep
         info.update(round=round_no, measured=len(archs), total=spent(), measure_s=round(time.perf_counter() - t0, 2))
         result.archs, result.values = list(cache.archs), cache.values()
         result.round_of = np.asarray(cache.round_of, np.int64)
@@ -212,10 +229,10 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
         if spent() >= queries:
             break
         info: dict = {}
-        pick = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
-                           inner_trials, sampler, explore, improve_share, seed + round_no, rng, info, result,
-                           bootstrap)
-        run_round(round_no, pick, info)
+        picked, predicted = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
+                                        inner_trials, sampler, explore, improve_share, seed + round_no, rng, info,
+                                        result, bootstrap, pick, errors)
+        run_round(round_no, picked, info, predicted)
     return result
 
 
@@ -232,11 +249,40 @@ def _fit_predictors(space, measure, cache: _Measured, predictor, seed: int, boot
     return fitted
 
 
+def prediction_error(space, measure, cache: _Measured, predictor, seed: int, errors: Sequence[np.ndarray],
+                     bootstrap: bool = False, folds: int = CV_FOLDS) -> np.ndarray:
+    """The root mean square error of the predictions, per measured objective: of the batches
+    measured after being predicted (``errors``, the error that matters: on the picks), else,
+    before any, of a ``folds``-fold cross-validation on the measured archs."""
+    if errors:
+        e = np.vstack(errors)
+        return np.asarray([np.sqrt(np.nanmean(e[:, j] ** 2)) if np.isfinite(e[:, j]).any() else 0.0
+                           for j in range(e.shape[1])])
+    values = cache.values()
+    X = np.asarray(space.encode_many(cache.archs), float)
+    out = np.zeros(len(measure))
+    for j in range(len(measure)):
+        ok = np.flatnonzero(np.isfinite(values[:, j]))
+        if ok.size < 2 * folds:
+            continue
+        fold = np.random.default_rng(seed).permutation(ok.size) % folds
+        sq = []
+        for f in range(folds):
+            train, test = ok[fold != f], ok[fold == f]
+            model = _make_predictor(predictor, space, seed, bootstrap).fit(X[train], values[train, j])
+            sq.append((model.predict(X[test])[0] - values[test, j]) ** 2)
+        out[j] = float(np.sqrt(np.concatenate(sq).mean()))
+    return out
+
+
 def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predictor, inner_trials: int, sampler: str,
                 explore: float, improve_share: float, seed: int, rng, info: dict, result: RoundsResult,
-                bootstrap: bool = False) -> list:
-    """Fit, search the predictions, and choose ``k`` unmeasured archs."""
+                bootstrap: bool = False, pick: str = DEFAULT_PICK,
+                errors: Sequence[np.ndarray] = ()) -> tuple[list, np.ndarray]:
+    """Fit, search the predictions, and choose ``k`` unmeasured archs; returns them and their
+    predicted values of the measured objectives."""
     t0 = time.perf_counter()
+    sigma = prediction_error(space, measure, cache, predictor, seed, errors, bootstrap) if pick == "ehvi" else None
     fitted = _fit_predictors(space, measure, cache, predictor, seed, bootstrap)
     result.predictors = fitted
     t1 = time.perf_counter()
@@ -248,9 +294,12 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     if len(candidates) < k:  # the predictions agree on few archs: fill up at random
         candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
     t2 = time.perf_counter()
-    picked = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore, improve_share)
+    picked, predicted = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore, improve_share,
+                                pick, sigma)
     info.update(fit_s=round(t1 - t0, 2), search_s=round(t2 - t1, 2), candidates=len(candidates))
-    return picked
+    if sigma is not None:
+        info["prediction_rmse"] = [round(float(x), 5) for x in sigma]
+    return picked, predicted
 
 
 def _measured_front(space, cache: _Measured, objectives, budgets, share: float = 0.5) -> list:
@@ -267,18 +316,25 @@ def _measured_front(space, cache: _Measured, objectives, budgets, share: float =
 
 
 def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,
-            explore: float, improve_share: float) -> list:
+            explore: float, improve_share: float, pick: str = DEFAULT_PICK,
+            sigma: np.ndarray | None = None) -> tuple[list, np.ndarray]:
     """The batch: measured points with their values and candidates with predicted ones. First
     up to ``improve_share`` of ``k`` by optimistic hypervolume improvement of each device's
-    measured front (:func:`select_by_improvement`), the rest walked by :func:`select_batch`
-    on each device's (quality, cost) plane; optimistic: raised by ``explore`` x the std."""
+    measured front (:func:`select_by_improvement`), the rest by ``pick``: ``layers`` walks each
+    device's (quality, cost) plane by non-dominated layers (:func:`select_batch`), optimistic:
+    raised by ``explore`` x the std; ``ehvi`` takes the largest expected hypervolume
+    improvements (:func:`select_by_expected_improvement`), the quality's error being the
+    predictor's std and ``sigma`` (the predictions' error, per measured objective) combined.
+    Returns the picks and their predicted values of the measured objectives."""
     objectives = list(measure) + list(costs)
     X = np.asarray(space.encode_many(candidates), float) if candidates else np.zeros((0, 0))
     mean, hopeful = np.zeros((len(candidates), len(objectives))), np.zeros((len(candidates), len(objectives)))
+    spread = np.zeros((len(candidates), len(objectives)))
     for j, o in enumerate(measure):
         mu, std = fitted[o.name].predict(X) if candidates else (np.zeros(0), np.zeros(0))
         sign = 1.0 if o.direction == "maximize" else -1.0
         mean[:, j], hopeful[:, j] = mu, mu + sign * explore * np.nan_to_num(std)  # the side that would help
+        spread[:, j] = np.sqrt(np.nan_to_num(std) ** 2 + (0.0 if sigma is None else float(sigma[j])) ** 2)
     mean[:, len(measure):] = hopeful[:, len(measure):] = score_batch(costs, candidates)
     measured = np.r_[np.ones(len(cache.archs), bool), np.zeros(len(candidates), bool)]
     planes = [_planes(np.vstack([cache.values(), v]), objectives, budgets) for v in (mean, hopeful)]
@@ -286,8 +342,17 @@ def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, 
     picked = select_by_improvement(optimistic, believed, cost_cols, measured | ~ok, int(round(improve_share * k)))
     taken = measured | ~ok
     taken[picked] = True
+    if pick == "ehvi":
+        names = [o.name for o in objectives]
+        q = names.index(Trials(np.zeros(0), [], np.zeros((0, len(names))), names,
+                               [o.direction for o in objectives], np.zeros(0, bool), {}).quality)
+        sd = np.r_[np.zeros(len(cache.archs)), spread[:, q]]
+        more = select_by_expected_improvement(believed, sd, cost_cols, taken, k - len(picked))
+        taken[more] = True
+        picked += more
     picked += select_batch(optimistic, cost_cols, taken, k - len(picked))
-    return [candidates[i - len(cache.archs)] for i in picked]
+    rows = [i - len(cache.archs) for i in picked]
+    return [candidates[i] for i in rows], mean[rows, :len(measure)]
 
 
 def _planes(values: np.ndarray, objectives, budgets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -159,7 +159,10 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int | None = No
 
     Each distinct arch is scored once per study: a re-proposed arch is told its stored values
     (trial attribute ``hwnas:cached``), so a budget of true measurements is ``max_evaluations``
-    (with ``n_trials`` None, trials are capped at 20 x ``max_evaluations``; one process only).
+    (with ``n_trials`` None, trials are capped at 20 x ``max_evaluations``). Ray workers share the
+    budget: each claims its evaluations under the study's evaluation lock
+    (:func:`search._lock.evaluation_lock`), so together they take at most ``max_evaluations``,
+    each arch once.
 
     ``sampler``: a name (see :func:`make_sampler`; ``seed`` and ``population_size`` configure
     it) or any Optuna sampler instance, used as it is (Ray workers each get a reseeded copy).
@@ -184,9 +187,6 @@ def run_search(space, objectives: Sequence[Objective], n_trials: int | None = No
     workers = _positive_int(workers, "number of workers")
     if max_evaluations is not None:
         max_evaluations = _positive_int(max_evaluations, "number of evaluations")
-        if workers > 1 or ray_address:
-            raise SearchError(f"max_evaluations is counted by one process, but {workers} workers"
-                              f"{' on ' + ray_address if ray_address else ''} were asked: expected workers=1 without a Ray address")
     elif n_trials is None:
         raise SearchError("no budget: expected a number of trials, a number of evaluations (max_evaluations), or both")
     n_trials = _positive_int(n_trials, "number of trials") if n_trials is not None else \
@@ -300,7 +300,7 @@ def _run_search(space, objectives, n_trials, budgets, sampler, seed, population_
 
                     # Workers on other nodes may lack the driver's environment: they get the password in the URL.
                     spec = WorkerSpec(with_password(url), study_name, sampler, seed, population_size, space, objectives,
-                                      budgets, n_trials, batch_size, workers, storage_options)
+                                      budgets, n_trials, batch_size, workers, storage_options, max_evaluations)
                     run_workers(spec, on_poll=refresh, stall_s=stall_timeout)
                 else:
                     optimize_batches(study, space, objectives, budgets, n_trials,

@@ -147,6 +147,69 @@ def front_improvement(quality: np.ndarray, cost: np.ndarray, front_q: np.ndarray
     return np.where(np.isfinite(gain), gain, 0.0)
 
 
+def _front_steps(front_q: np.ndarray, front_c: np.ndarray, ref_quality: float, ref_cost: float):
+    """The measured front as a step function of cost, up to the reference cost: (starts, ends,
+    level) of each step; before the cheapest front point the level is ``ref_quality``."""
+    order = pareto_front_2d(front_q, front_c) if len(front_q) else np.zeros(0, np.int64)
+    fq, fc = np.asarray(front_q, float)[order], np.asarray(front_c, float)[order]
+    inside = fc < ref_cost
+    fq, fc = fq[inside], fc[inside]
+    return np.r_[-np.inf, fc], np.r_[fc, ref_cost], np.r_[ref_quality, np.maximum(fq, ref_quality)]
+
+
+def expected_front_improvement(mean: np.ndarray, sigma: np.ndarray, cost: np.ndarray, front_q: np.ndarray,
+                               front_c: np.ndarray, ref_quality: float, ref_cost: float) -> np.ndarray:
+    """Expected hypervolume each point would add to the front of the points (front_q, front_c),
+    its quality being normal (``mean``, ``sigma``) and its cost exact (maximise quality,
+    minimise cost, up to the reference point). With ``sigma`` 0 it is :func:`front_improvement`."""
+    from scipy.stats import norm
+
+    starts, ends, level = _front_steps(front_q, front_c, ref_quality, ref_cost)
+    mu, sd = np.asarray(mean, float)[:, None], np.maximum(np.asarray(sigma, float), 1e-12)[:, None]
+    c = np.asarray(cost, float)[:, None]
+    width = np.clip(ends[None, :] - np.maximum(starts[None, :], c), 0, None)
+    z = (mu - level[None, :]) / sd
+    gain = (width * ((mu - level[None, :]) * norm.cdf(z) + sd * norm.pdf(z))).sum(1)
+    return np.where(np.isfinite(gain), gain, 0.0)
+
+
+def select_by_expected_improvement(mean: np.ndarray, sigma: np.ndarray, costs: np.ndarray, measured: np.ndarray,
+                                   k: int) -> list[int]:
+    """Up to ``k`` unmeasured points by expected hypervolume improvement of each device's front.
+
+    ``mean`` (n,): measured points' values and the others' predictions; ``sigma`` (n,): the
+    predictions' error (the measured points' is not read). Devices take turns; each turn picks
+    the point with the largest expected improvement (:func:`expected_front_improvement`) of the
+    front of the measured points and of the points picked so far, those believed at their mean,
+    so that later picks go elsewhere. The reference point is the measured points' worst quality
+    and largest cost on that device: a point beyond the front's costliest (most accurate) point
+    still extends it. A device stops when no point adds anything."""
+    free = ~measured & np.isfinite(mean)
+    known = measured & np.isfinite(mean)
+    if not known.any() or not free.any():
+        return []
+    picked: list[int] = []
+    d = costs.shape[1]
+    done = np.zeros(d, bool)
+    members = list(np.flatnonzero(known))
+    refs = [(float(np.min(mean[known])), float(np.max(costs[known, j]))) for j in range(d)]
+    while len(picked) < k and not done.all():
+        for j in range(d):
+            if done[j] or len(picked) >= k:
+                continue
+            m = np.asarray(members, np.int64)
+            gain = np.zeros(len(mean))
+            gain[free] = expected_front_improvement(mean[free], sigma[free], costs[free, j], mean[m], costs[m, j], *refs[j])
+            best = int(np.argmax(gain))
+            if gain[best] <= 0:
+                done[j] = True
+                continue
+            picked.append(best)
+            free[best] = False
+            members.append(best)
+    return picked
+
+
 def select_by_improvement(optimistic: np.ndarray, believed: np.ndarray, costs: np.ndarray, measured: np.ndarray,
                           k: int) -> list[int]:
     """Up to ``k`` unmeasured points that would add the most hypervolume to each device's front.

@@ -34,11 +34,13 @@ class WorkerSpec:
     batch_size: int | None
     n_workers: int
     storage_options: dict = field(default_factory=dict)
+    max_evaluations: int | None = None  # shared by the workers: claimed under the study's evaluation lock
 
 
 def _worker(spec: WorkerSpec, index: int) -> int:
     import optuna
 
+    from ._lock import evaluation_lock
     from ._samplers import default_batch_size, make_sampler
     from ._storage import open_storage
 
@@ -49,8 +51,13 @@ def _worker(spec: WorkerSpec, index: int) -> int:
         sampler.reseed_rng()  # copies of one instance would otherwise all propose the same trials
     study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage_url, **spec.storage_options),
                               sampler=sampler)
+    claim_lock = None
+    if spec.max_evaluations is not None:
+        def claim_lock():
+            return evaluation_lock(spec.storage_url, spec.study_name)
     return optimize_batches(study, spec.space, spec.objectives, spec.budgets, spec.n_trials,
-                            spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True)
+                            spec.batch_size or default_batch_size(sampler), n_workers=spec.n_workers, use_ray=True,
+                            max_evaluations=spec.max_evaluations, claim_lock=claim_lock)
 
 
 def run_workers(spec: WorkerSpec, on_poll: Callable[[], Any] | None = None, poll_s: float = 0.5,

@@ -248,6 +248,33 @@ def test_two_workers_on_postgresql_with_device_tasks_on_their_nodes(cluster, pg_
     assert set(log_b.read_text().split()) == {cluster["b"]}
 
 
+class LoggedQuality:
+    """The quality as a slow measurement that logs each arch it measures (workers are other processes)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __call__(self, archs):
+        time.sleep(0.02 * len(archs))
+        with open(self.path, "a") as f:
+            f.writelines(f"{a}\n" for a in archs)
+        return quality(archs)
+
+
+def test_two_workers_share_max_evaluations_on_postgresql(cluster, pg_env, tmp_path):
+    """max_evaluations with workers on PostgreSQL: claimed under an advisory lock, so together
+    they measure exactly that many distinct archs, none twice."""
+    from search._loop import evaluation_count
+
+    log = tmp_path / "measured.txt"
+    objs = [Objective("accuracy", "maximize", LoggedQuality(log), measured=True), objectives()[1]]
+    study = run_search(SPACE, objs, max_evaluations=40, storage=pg_env.url, study_name="evaluations", workers=2,
+                       batch_size=6, seed=0, progress=False)
+    measured = log.read_text().splitlines()
+    assert len(measured) == len(set(measured)) == 40 == evaluation_count(study)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
 def test_the_cluster_is_recorded_for_hwnas_status(cluster, tmp_path):
     from hwnas.run_status import cluster_lines, record_cluster
 
