@@ -205,9 +205,14 @@ def export_one(req: ExportRequest) -> dict:
             "weights": "final-trained" if weights else "supernet"}
     meta.update({k: v for k, v in _flatten(req.known).items() if k not in meta and k != "final.weights"})
     if batches is not None and (req.recalibrate or weights):
+        # on the GPU where there is one: BN recalibration and scoring are ~89% of an export on a CPU
+        # (experiments/results/export/export_profile.md)
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(dev)
         if not weights:
-            recalibrate_bn(model, batches[0])
-        meta["test_accuracy"] = round(accuracy(model, batches[1], arch.resolution), 5)
+            recalibrate_bn(model, (x.to(dev) for x in batches[0]))
+        meta["test_accuracy"] = round(accuracy(model, ((x.to(dev), y.to(dev)) for x, y in batches[1]), arch.resolution), 5)
+        model.cpu()
     model.eval()
     example = batches[1][0][0][:8] if batches is not None else torch.randn(8, *shape)
     backend = latency_tables.make_backend("onnxruntime", batch_size=1, threads=req.threads)
