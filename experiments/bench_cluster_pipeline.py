@@ -261,11 +261,12 @@ def write(results: dict, command: str) -> None:
                   f"**{t['median_ratio']:.2f}** (target <= {t['target']}: {'met' if t['met'] else 'MISSED'}).", ""]
         share = {m: statistics.median(r["cpu_share"][m] for r in t["rows"]) for m in ("parallel", "sequential")}
         lines += [f"Reading: the two tasks ran at once (median overlap "
-                  f"{statistics.median(r['overlap'] for r in t['rows']):.2f}), but each got {share['parallel']:.2f} of "
-                  f"its core in parallel against {share['sequential']:.2f} alone: the VM's other work (load above) "
-                  "leaves the core of a node that is idle and crowds both cores when both are busy, so the wall-time "
-                  "ratio here measures the machine's spare capacity, not the dispatch. On free cores the ratio is "
-                  "the overlap's inverse plus the dispatch overhead.", ""]
+                  f"{statistics.median(r['overlap'] for r in t['rows']):.2f}); CPU share {share['parallel']:.2f} of a "
+                  f"core each in parallel against {share['sequential']:.2f} alone. Time a task spends waiting counts "
+                  "against its share: until 2026-12-06 the host's timing lock let one CPU device time at a time, so "
+                  "the two nodes' timing passes took turns (share 0.80-0.92, ratio 0.60-0.74); now CPU devices time "
+                  "at once and only GPU timing excludes them. The rest of the gap to 0.5 is the dispatch and the "
+                  "work each task does before its first timing.", ""]
     if p:
         lines += ["## The digits pipeline on a 3-node cluster with PostgreSQL, and with device node b killed", "",
                   *([f"Measured {p['date']} (load {p['load_at_start']} at the start) with `{p['command']}`.", ""]

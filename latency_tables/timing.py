@@ -118,29 +118,44 @@ def timing_lock_path() -> str:
 
 @contextmanager
 def host_timing_lock(cpu: bool) -> Iterator[None]:
-    """Keep CPU timing apart from GPU timing on this host, across processes (a ``flock`` on
-    :func:`timing_lock_path`): GPU timing holds the lock shared (several GPUs may time at once),
-    CPU timing holds it exclusively, so a CPU chunk waits until no GPU chunk is being timed and
-    none starts during it (a GPU job's host threads would slow the CPU's timings). A plain line on
-    stderr says when it waits. Where file locks are unavailable it does nothing."""
+    """Keep CPU timing apart from GPU timing on this host, across processes (``flock`` on files
+    named after :func:`timing_lock_path`): no CPU chunk is timed while a GPU chunk is, and the other
+    way round (a GPU job's host threads would slow the CPU's timings), but chunks of one kind run
+    at once: several GPUs, or CPU devices on cores of their own. Each kind holds its own file shared
+    while timing; a newcomer checks, under a short gate lock, that the other kind's file is free. A
+    plain line on stderr says when it waits. Where file locks are unavailable it does nothing."""
+    base = timing_lock_path()
     try:
         import fcntl
 
-        fd = os.open(timing_lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+        gate, mine, other = (os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                             for path in (base, f"{base}.{'cpu' if cpu else 'gpu'}", f"{base}.{'gpu' if cpu else 'cpu'}"))
     except (ImportError, OSError):
         yield
         return
-    mode = fcntl.LOCK_EX if cpu else fcntl.LOCK_SH
     try:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {'other timing' if cpu else 'CPU timing'} on this host to finish "
-                  f"(lock {timing_lock_path()})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, mode)
+        waited = False
+        while True:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds only if the other kind is idle
+            except BlockingIOError:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+                if not waited:
+                    print(f"waiting for {'GPU' if cpu else 'CPU'} timing on this host to finish (lock {base})",
+                          file=sys.stderr, flush=True)
+                    waited = True
+                fcntl.flock(other, fcntl.LOCK_EX)  # until it is; then check again under the gate
+                fcntl.flock(other, fcntl.LOCK_UN)
+                continue
+            fcntl.flock(other, fcntl.LOCK_UN)
+            fcntl.flock(mine, fcntl.LOCK_SH)  # taken before the gate opens: the other kind now waits
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            break
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        for fd in (gate, mine, other):
+            os.close(fd)  # closing releases its locks
 
 
 def _estimate(samples: list[np.ndarray]) -> float:

@@ -387,7 +387,36 @@ def test_cpu_timing_waits_for_gpu_timing_on_the_host(tmp_path, monkeypatch, caps
         events.append("cpu timing")
     t.join()
     assert events == ["gpu done", "cpu timing"]
-    assert "waiting for other timing on this host" in capsys.readouterr().err
+    assert "waiting for GPU timing on this host" in capsys.readouterr().err
+
+
+def test_cpu_timings_run_at_once_and_gpu_timing_waits_for_them(tmp_path, monkeypatch, capsys):
+    """Two CPU devices of one host (on cores of their own) time at the same time; a GPU chunk
+    waits until neither is timing."""
+    import threading
+
+    from latency_tables.timing import host_timing_lock
+
+    monkeypatch.setenv("HWNAS_TIMING_LOCK", str(tmp_path / "timing.lock"))
+    events, both_in, inside = [], threading.Barrier(2, timeout=5), threading.Event()
+
+    def cpu_job(name):
+        with host_timing_lock(cpu=True):
+            both_in.wait()  # raises BrokenBarrierError if the other CPU job could not get in
+            inside.set()
+            time.sleep(0.3)
+            events.append(f"{name} done")
+
+    jobs = [threading.Thread(target=cpu_job, args=(n,)) for n in ("cpu0", "cpu1")]
+    for j in jobs:
+        j.start()
+    inside.wait(5)
+    with host_timing_lock(cpu=False):
+        events.append("gpu timing")
+    for j in jobs:
+        j.join()
+    assert sorted(events[:2]) == ["cpu0 done", "cpu1 done"] and events[2] == "gpu timing"
+    assert "waiting for CPU timing on this host" in capsys.readouterr().err
 
 
 def test_nets_are_exported_once_for_all_passes(tiny, monkeypatch):
