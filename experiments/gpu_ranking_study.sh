@@ -11,9 +11,9 @@ export PYTHONPATH=.:/tmp/site
 run=runs/rank_$tag
 mkdir -p $run
 nvidia-smi --query-gpu=name,driver_version --format=csv > $run/card.txt
-sed -e 's/time_budget_min: 9.6/time_budget_min: 8.3/' -e "s/students: sandwich/students: $rule/" \
-    -e "s/num_random: 2/num_random: $nr/" experiments/configs/cifar_pool_gpu.yaml > $run/config.yaml
-python3 -m hwnas run --config $run/config.yaml --out $run --until train > $run/train.log 2>&1 || { tail -30 $run/train.log; exit 1; }
+python3 -m hwnas run --config experiments/configs/cifar_pool_gpu.yaml --set train.time_budget_min=8.3 \
+    --set train.students=$rule --set train.num_random=$nr --out $run --until train > $run/train.log 2>&1 \
+    || { tail -30 $run/train.log; exit 1; }
 tail -4 $run/train.log
 python3 experiments/ranking_study.py score --checkpoint $run/supernet/supernet.pt --label "$rule, num_random $nr" \
     --truth runs/rank_in/standalone.json --out $run/ranking

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -65,12 +66,12 @@ class Pipeline:
     """One ``hwnas run``: the stages and where each writes."""
 
     def __init__(self, config_path: str | Path | None, out: str | Path, redo_from: str | None = None,
-                 until: str | None = None, ray_address: str | None = None):
+                 until: str | None = None, ray_address: str | None = None, overrides: Sequence[str] = ()):
         check_out_dir(out)  # a file in the way, a read-only folder: one line before anything runs
         if redo_from in STAGES and until in STAGES and STAGES.index(until) < STAGES.index(redo_from):
             raise UserError(f"--until {until!r} comes before --from {redo_from!r}: expected a stage at or after "
                             f"{redo_from!r} (order: {', '.join(STAGES)})")
-        self.cfg = load_run_config(config_path)
+        self.cfg = load_run_config(config_path, overrides)
         # --ray-address, else the config's cluster.ray_address: stages send their work to that cluster
         self.ray_address = ray_address or self.cfg["cluster"]["ray_address"]
         if self.ray_address:

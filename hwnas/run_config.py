@@ -7,7 +7,7 @@ Unknown keys, missing keys and wrong types are errors naming the key path
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Sequence, TYPE_CHECKING
 
 import yaml
 
@@ -230,8 +230,35 @@ def _table_exists(path_or_name: str) -> bool:
     return resolve_table_path(path_or_name).is_file()
 
 
-def load_run_config(path: str | Path | None = None) -> dict:
-    """Load and validate a run config file (default: the bundled quickstart)."""
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of ``raw`` with each ``KEY.PATH=VALUE`` of ``overrides`` (``hwnas run --set``) set;
+    VALUE is read as YAML (``8.3``, ``families``, ``null``, ``[largest, resnet18]``). The keys are
+    checked afterwards, with the rest of the config."""
+    import copy
+
+    out = copy.deepcopy(raw) if isinstance(raw, dict) else raw
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise RunConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted config key, e.g. train.epochs=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RunConfigError(f"--set {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+        node = out
+        for depth, part in enumerate(parts[:-1], 1):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RunConfigError(f"--set {item!r}: config key '{'.'.join(parts[:depth])}' is {node!r}, not a "
+                                     f"mapping of keys")
+        node[parts[-1]] = value
+    return out
+
+
+def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
+    """Load and validate a run config file (default: the bundled quickstart), with ``overrides``
+    (see :func:`apply_overrides`) applied before validation."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise RunConfigError(f"run config {str(path)!r} not found: expected a YAML file such as experiments/configs/quickstart.yaml")
@@ -239,7 +266,7 @@ def load_run_config(path: str | Path | None = None) -> dict:
         raw = yaml.safe_load(read_text(path, "run config", "a YAML file", RunConfigError))
     except yaml.YAMLError as e:
         raise RunConfigError(f"run config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    cfg = parse_run_config(raw)
+    cfg = parse_run_config(apply_overrides(raw, overrides))
     if isinstance(cfg["space"], str) and cfg["space"].endswith((".yaml", ".yml", ".toml")):
         # relative to the config file; for a linked config (experiments/configs/quickstart.yaml) also its target's
         beside = [folder / cfg["space"] for folder in (path.parent, path.resolve().parent)]

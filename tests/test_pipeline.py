@@ -1,5 +1,6 @@
 """``hwnas run`` end to end on a reduced quickstart, resume, --from, and config errors."""
 
+import re
 import json
 from pathlib import Path
 
@@ -393,3 +394,21 @@ def test_run_with_a_ray_address_with_nothing_there_fails_in_seconds(tmp_path, ca
         err = capsys.readouterr().err
         assert "cannot reach a Ray cluster at '127.0.0.1:1'" in err and len(err.strip().splitlines()) == 1, err
     assert time.monotonic() - start < 20 and not out.exists()  # refused before the run folder is made
+
+
+def test_set_overrides_config_keys_and_refuses_bad_ones(tmp_path):
+    """`hwnas run --set KEY=VALUE` changes one key of the config (VALUE read as YAML) before
+    validation; a malformed item, a key under a scalar or an unknown key is one line, exit 2."""
+    cfg = load_run_config(None, ["train.epochs=3", "train.students=families", "final.baselines=[largest]",
+                                 "predictor.holdout=null"])
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["students"] == "families"
+    assert cfg["final"]["baselines"] == ["largest"] and cfg["predictor"]["holdout"] is None
+    assert load_run_config(None)["train"]["students"] != "families"  # the file itself is untouched
+    for bad, words in (("train.epochs", "expected KEY=VALUE"), ("=3", "expected KEY=VALUE"),
+                       ("seed.x=1", "config key 'seed' is 0, not a mapping"),
+                       ("train.epoch=3", "config key 'train.epoch': unknown key"),
+                       ("train.epochs=[1", "not valid YAML")):
+        with pytest.raises(RunConfigError, match=re.escape(words)):
+            load_run_config(None, [bad])
+    rc = main(["run", "--out", str(tmp_path / "r"), "--set", "train.epoch=3"])
+    assert rc == 2

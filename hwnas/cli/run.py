@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     p.add_argument("--from", dest="redo_from", choices=STAGES, help="redo this stage and every later one")
     p.add_argument("--until", choices=STAGES, help="stop after this stage (split a run over several sessions)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.time_budget_min=8.3 --set train.students=families "
+                        "(VALUE read as YAML; repeatable; the run's stages see the changed config)")
     p.add_argument("--ray-address", default=None,
                    help="run on this Ray cluster (HOST:6379, ray://HOST:10001 or auto; default: the config's "
                         "cluster.ray_address): each device's table is built on the node started with "
@@ -39,7 +42,7 @@ def _run(args) -> int:
     # (Pipeline writes an inline space to OUT/space.json); a new folder is locked once made.
     check_out_dir(args.out)  # a file in the way, a read-only folder: its own one-line error, before the lock file
     with lock_run_dir(Path(args.out)) if Path(args.out).is_dir() else nullcontext():
-        pipeline = Pipeline(args.config, args.out, args.redo_from, args.until, args.ray_address)
+        pipeline = Pipeline(args.config, args.out, args.redo_from, args.until, args.ray_address, args.overrides)
         with pipeline.runner.locked():
             result = pipeline.run()
     print(console_summary(pipeline) if result.name == "report.md" else f"done up to --until {args.until}: {result}")
