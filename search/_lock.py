@@ -127,20 +127,16 @@ def evaluation_lock(url: str, study_name: str) -> Iterator[None]:
 
         postgres = url.startswith("postgres")
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=CONNECT_ARGS if postgres else {})
+        lock, unlock, key = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", _key(name)) if postgres
+                             else ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", f"hwnas-eval:{study_name}"[:64]))
         try:
             with engine.connect() as conn:
-                if postgres:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(name)})
-                else:
-                    conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"hwnas-eval:{study_name}"[:64]})
+                conn.execute(sqlalchemy.text(lock), {"k": key})
                 conn.commit()
                 try:
                     yield
                 finally:
-                    if postgres:
-                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(name)})
-                    else:
-                        conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"hwnas-eval:{study_name}"[:64]})
+                    conn.execute(sqlalchemy.text(unlock), {"k": key})
                     conn.commit()
         finally:
             engine.dispose()

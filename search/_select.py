@@ -188,20 +188,30 @@ def select_by_expected_improvement(mean: np.ndarray, sigma: np.ndarray, costs: n
     known = measured & np.isfinite(mean)
     if not known.any() or not free.any():
         return []
+    refs = [(float(np.min(mean[known])), float(np.max(costs[known, j]))) for j in range(costs.shape[1])]
+
+    def gain(j: int, m: np.ndarray, free: np.ndarray) -> np.ndarray:
+        g = np.zeros(len(mean))
+        g[free] = expected_front_improvement(mean[free], sigma[free], costs[free, j], mean[m], costs[m, j], *refs[j])
+        return g
+
+    return _take_turns(gain, known, free, costs.shape[1], k)
+
+
+def _take_turns(gain, known: np.ndarray, free: np.ndarray, devices: int, k: int) -> list[int]:
+    """Up to ``k`` picks, devices taking turns: each turn picks the free point of largest
+    ``gain(device, members, free)``, where members are the known points and the picks so far; a
+    device whose best gain is not positive is done."""
     picked: list[int] = []
-    d = costs.shape[1]
-    done = np.zeros(d, bool)
+    done = np.zeros(devices, bool)
     members = list(np.flatnonzero(known))
-    refs = [(float(np.min(mean[known])), float(np.max(costs[known, j]))) for j in range(d)]
     while len(picked) < k and not done.all():
-        for j in range(d):
+        for j in range(devices):
             if done[j] or len(picked) >= k:
                 continue
-            m = np.asarray(members, np.int64)
-            gain = np.zeros(len(mean))
-            gain[free] = expected_front_improvement(mean[free], sigma[free], costs[free, j], mean[m], costs[m, j], *refs[j])
-            best = int(np.argmax(gain))
-            if gain[best] <= 0:
+            g = gain(j, np.asarray(members, np.int64), free)
+            best = int(np.argmax(g))
+            if g[best] <= 0:
                 done[j] = True
                 continue
             picked.append(best)
@@ -223,23 +233,11 @@ def select_by_improvement(optimistic: np.ndarray, believed: np.ndarray, costs: n
     known = measured & np.isfinite(believed)
     if not known.any() or not free.any():
         return []
-    picked: list[int] = []
-    d = costs.shape[1]
-    done = np.zeros(d, bool)
-    members = [list(np.flatnonzero(known))] * d
-    refs = [(float(np.min(believed[known])), float(np.max(costs[known, j]))) for j in range(d)]
-    while len(picked) < k and not done.all():
-        for j in range(d):
-            if done[j] or len(picked) >= k:
-                continue
-            m = np.asarray(members[j], np.int64)
-            gain = front_improvement(optimistic, costs[:, j], believed[m], costs[m, j], *refs[j])
-            gain[~free] = 0.0
-            best = int(np.argmax(gain))
-            if gain[best] <= 0:
-                done[j] = True
-                continue
-            picked.append(best)
-            free[best] = False
-            members = [list(ms) + [best] for ms in members]
-    return picked
+    refs = [(float(np.min(believed[known])), float(np.max(costs[known, j]))) for j in range(costs.shape[1])]
+
+    def gain(j: int, m: np.ndarray, free: np.ndarray) -> np.ndarray:
+        g = front_improvement(optimistic, costs[:, j], believed[m], costs[m, j], *refs[j])
+        g[~free] = 0.0
+        return g
+
+    return _take_turns(gain, known, free, costs.shape[1], k)
