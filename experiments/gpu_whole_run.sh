@@ -16,7 +16,7 @@ run=runs/whole
 mkdir -p $run
 [ -f $run/card.txt ] || { nvidia-smi --query-gpu=name,driver_version --format=csv > $run/card.txt 2>/dev/null; nproc >> $run/card.txt; }
 timeout --signal=INT ${LIMIT:-570} python3 -m hwnas run --config "$config" --out $run "$@" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' >> $run/whole.log
-echo "hwnas run exit: ${PIPESTATUS[0]} (124: stopped at LIMIT, call again)" | tee -a $run/whole.log
+echo "hwnas run exit: ${PIPESTATUS[0]} (124: stopped at LIMIT; invocations.json says "interrupted in STAGE"; call again)" | tee -a $run/whole.log
 tail -5 $run/whole.log
 [ -n "${OUT:-}" ] && tar czf $OUT/whole.tgz --exclude='*.pt' --exclude='*.journal' --exclude='*.onnx' -C runs whole
 exit 0

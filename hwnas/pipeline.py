@@ -345,6 +345,9 @@ class Pipeline:
                     return self.out
             status = "finished"
             return self.out / "report.md"
+        except KeyboardInterrupt:  # Ctrl-C or a time limit's SIGINT: the next call resumes
+            status = f"interrupted in {name}"
+            raise
         finally:
             self._log_invocation(started, status if status != "failed" else f"failed in {name}")
 

@@ -169,13 +169,17 @@ def console_summary(pipeline) -> str:
     for d in pipeline.devices():
         name = d["name"]
         front = json.loads((out / "search" / f"pareto_{name}.json").read_text())["front"]
-        acc = [r["accuracy"]["predicted"] if isinstance(r["accuracy"], dict) else r["accuracy"] for r in front]
+        # a front searched in rounds is made of subnets measured on the supernet: say so
+        measured = all(isinstance(r["accuracy"], dict) and "measured" in r["accuracy"] for r in front)
+        acc = [r["accuracy"]["measured" if measured else "predicted"] if isinstance(r["accuracy"], dict) else r["accuracy"]
+               for r in front]
         lat = [r["latency_ms"]["predicted"] if isinstance(r.get("latency_ms"), dict) else r.get("latency_ms", 0.0)
                for r in front]
         budget = pipeline.cfg["search"]["budgets"].get(name)
         lines.append(f"{name} ({d['backend']}, batch {d['batch_size']}, {d['dtype']}"
                      + (f", budget {budget} ms" if budget else "") + f"): {len(front)} Pareto points, "
-                     f"{min(lat):.4g}-{max(lat):.4g} ms, accuracy {min(acc):.4f}-{max(acc):.4f} (predicted)")
+                     f"{min(lat):.4g}-{max(lat):.4g} ms, accuracy {min(acc):.4f}-{max(acc):.4f} "
+                     + ("(measured on the supernet)" if measured else "(predicted)"))
         top = out / "models" / f"top_{name}.json"
         if top.exists():
             best = json.loads(top.read_text())["front"][0]

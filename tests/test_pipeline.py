@@ -312,6 +312,12 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line)
     points = {p["arch"] for p in measured["points"]}
     front = json.loads((out / "search" / "pareto_cpu.json").read_text())["front"]
     assert front and all(e["arch"] in points for e in front)
+    from hwnas.pipeline import Pipeline
+    from hwnas.run_report import console_summary
+
+    summary = console_summary(Pipeline(cfg, out))  # the terminal says what the front's accuracies are
+    lo, hi = min(e["accuracy"]["measured"] for e in front), max(e["accuracy"]["measured"] for e in front)
+    assert f"accuracy {lo:.4f}-{hi:.4f} (measured on the supernet)" in summary
 
 
 def test_export_follows_the_final_stage_choice(tmp_path):
@@ -412,3 +418,21 @@ def test_set_overrides_config_keys_and_refuses_bad_ones(tmp_path):
             load_run_config(None, [bad])
     rc = main(["run", "--out", str(tmp_path / "r"), "--set", "train.epoch=3"])
     assert rc == 2
+
+
+def test_an_interrupted_run_is_logged_as_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C (or a time limit's SIGINT) in a stage: invocations.json says 'interrupted in STAGE',
+    not 'failed', so a reader knows the next call resumes it."""
+    import hwnas.pipeline as pipeline
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_RUN))
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hwnas.supernet_training.train_supernet_folder", stop)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.Pipeline(cfg, tmp_path / "run").run()
+    runs = json.loads((tmp_path / "run" / "invocations.json").read_text())
+    assert [r["status"] for r in runs] == ["interrupted in train"]
