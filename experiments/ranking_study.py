@@ -114,7 +114,11 @@ def report(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    truth = json.loads(TRUTH.read_text())["archs"]
+    from search_space import SearchSpace
+
+    data = json.loads(TRUTH.read_text())
+    truth = data["archs"]
+    smallest_first = str(SearchSpace.from_config(data["space"]).smallest()).split("/")[1]
     runs = [("sandwich (recorded)", read_scores(SANDWICH))]
     runs += [(json.loads((Path(d) / "summary.json").read_text())["label"], read_scores(Path(d) / "scores.jsonl"))
              for d in args.dirs]
@@ -125,7 +129,10 @@ def report(args) -> int:
         t30, t15 = t.get("30", {}), t.get("15", {})
         lines.append(f"| {label} | {t30.get('n')} | {t30.get('tau')} | {t30.get('tau_common')} | {t15.get('n')} | {t15.get('tau')} |")
         rows = [r for r in truth if r["epochs"] == 30 and r["arch"] in scores]
-        ax.scatter([scores[r["arch"]] for r in rows], [r["val"] for r in rows], s=14)
+        for same, color, name in ((True, "tab:red", "first stage = the smallest's"), (False, "tab:blue", "other")):
+            sel = [r for r in rows if (r["arch"].split("/")[1] == smallest_first) == same]
+            ax.scatter([scores[r["arch"]] for r in sel], [r["val"] for r in sel], s=14, c=color, label=name)
+        ax.legend(fontsize=7, loc="lower right")
         ax.set(title=f"{label}: tau {t30.get('tau')} (n={t30.get('n')})", xlabel="supernet val accuracy",
                ylabel="stand-alone val accuracy (30 epochs)")
     lines += ["", "Mean accuracy by the first stage's blocks (30-epoch set): where the supernet's gap to stand-alone "
