@@ -147,6 +147,15 @@ def report(args) -> int:
         cells = [f"{np.mean([s[r['arch']] for r in rows if r['arch'] in s]):.4f}" if any(r["arch"] in s for r in rows)
                  else "" for _, s in runs]
         lines.append(f"| `{first}` | {len(rows)} | {np.mean([r['val'] for r in rows]):.4f} | " + " | ".join(cells) + " |")
+    lines += ["", "Tau within each group (30-epoch set): the first stage's offset is one error, not the only one.", "",
+              "| supernet | smallest's first stage: n | tau | other first stages: n | tau |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, scores in runs:
+        cells = []
+        for same in (True, False):
+            rows = [r for r in truth if r["epochs"] == 30 and r["arch"] in scores
+                    and (r["arch"].split("/")[1] == smallest_first) == same]
+            cells += [str(len(rows)), str(kendall([scores[r["arch"]] for r in rows], [r["val"] for r in rows]))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     fig.tight_layout()
     png = TRUTH.parent / "ranking_study.png"
     fig.savefig(png, dpi=110)
