@@ -60,6 +60,7 @@ def write_run_report(pipeline) -> Path:
         if front.get("notes"):
             lines += [f"Notes: {front['notes']}", ""]
         lines += [f"![front {name}](search/front_{name}.png)", ""]
+    lines += rounds_section(out)
     lines += ["## Latency-table fidelity (whole subnets measured on this machine)", "",
               "| device | model | MAPE | within ±10% | Kendall tau | measurement repeatability (±10%) |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -97,6 +98,32 @@ def write_run_report(pipeline) -> Path:
         lines += [f"| {r['started']} | {r['ended']} | {r['status']} | {', '.join(r['ran']) or '-'} "
                   f"| {', '.join(r['skipped']) or '-'} |" for r in runs]
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def rounds_section(out: Path) -> list[str]:
+    """The search in rounds (``search/measured.json``): what each round measured and what it cost,
+    the extra measurement time included, and the best accuracy it found against the known subnets'."""
+    path = out / "search" / "measured.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    run, log, points = data["run"], data["log"], data["points"]
+    known = [p["accuracy"] for p in points if p["round"] < 0 and p.get("accuracy") is not None]
+    new = [p["accuracy"] for p in points if p["round"] >= 0 and p.get("accuracy") is not None]
+    measure_s = sum(r.get("measure_s", 0.0) for r in log)
+    lines = ["## Search in rounds (every measured subnet: `search/measured.json`)", "",
+             f"{run['measured']} subnets measured on the supernet, a seed batch (round 0) then {len(log) - 1} rounds "
+             f"(query budget {run['queries']}), "
+             f"beside the {run['known']} of the accuracy dataset; predictor `{run['model']}` refitted every round, "
+             f"{run['inner_trials']} predicted trials per round. Measuring took **{measure_s:.1f} s** of the search's "
+             f"{run['search_seconds']:.1f} s.", "",
+             "| round | measured | total | fit s | inner search s | measure s |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['round']} | {r['measured']} | {r['total']} | {r.get('fit_s', '-')} | {r.get('search_s', '-')} "
+              f"| {r['measure_s']} |" for r in log]
+    if known and new:
+        lines += ["", f"Most accurate subnet measured in the rounds: {max(new):.4f}; in the accuracy dataset: "
+                      f"{max(known):.4f}."]
+    return lines + [""]
 
 
 def final_section(out: Path, devices: list[dict]) -> list[str]:

@@ -318,6 +318,12 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line)
     summary = console_summary(Pipeline(cfg, out))  # the terminal says what the front's accuracies are
     lo, hi = min(e["accuracy"]["measured"] for e in front), max(e["accuracy"]["measured"] for e in front)
     assert f"accuracy {lo:.4f}-{hi:.4f} (measured on the supernet)" in summary
+    from hwnas.run_report import rounds_section
+
+    section = "\n".join(rounds_section(out))  # the report states what the rounds measured and what it cost
+    assert "## Search in rounds" in section and f"{measured['run']['measured']} subnets measured" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(measured["log"])  # a row per round (the seed batch is round 0)
 
 
 def test_export_follows_the_final_stage_choice(tmp_path):
