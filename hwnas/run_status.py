@@ -87,8 +87,10 @@ def search_progress(out: Path, inputs: dict) -> str:
     search = inputs.get("search", {})
     total = search.get("trials", "?")
     spec = search.get("storage") or (out / "search" / "study.journal")
+    if search.get("rounds"):
+        return rounds_progress(out, search)
     if isinstance(spec, Path) and not spec.exists():
-        return f"0 of {total} trials" if not search.get("rounds") else "in rounds (no study file)"
+        return f"0 of {total} trials"
     from optuna.trial import TrialState
 
     from search._errors import SearchError
@@ -114,6 +116,20 @@ def search_progress(out: Path, inputs: dict) -> str:
     return ((f"study {name!r}: " if len(trials) > 1 else "")
             + f"{counts[TrialState.COMPLETE]} of {total} trials completed, {counts[TrialState.RUNNING]} running"
             + (f", {counts[TrialState.FAIL]} failed" if counts[TrialState.FAIL] else ""))
+
+
+def rounds_progress(out: Path, search: dict) -> str:
+    """A search in rounds: the last finished round and the subnets measured of the query budget
+    (``search/measured.json``, rewritten after every round)."""
+    path = out / "search" / "measured.json"
+    queries, rounds = search.get("queries", "?"), search["rounds"]
+    try:
+        log = json.loads(path.read_text())["log"]
+    except (OSError, ValueError, KeyError):
+        return f"in rounds: 0 of {queries} subnets measured"
+    last = log[-1] if log else {}
+    return (f"in rounds: round {last.get('round', 0)} of {rounds} done, {last.get('total', 0)} of {queries} subnets "
+            "measured")
 
 
 PROGRESS = {"train": train_progress, "latency": latency_progress, "accuracy": accuracy_progress,

@@ -61,6 +61,18 @@ def test_status_of_a_run_in_flight_reads_the_search_study(tmp_path, capsys):
     assert "train      outputs gone" in status(out, capsys)[1]
 
 
+def test_status_of_a_search_in_rounds_reads_its_measured_file(tmp_path, capsys):
+    """A search in rounds has no study: status reads the round log it rewrites after every round."""
+    out = tmp_path / "run"
+    running_search(out, {"trials": 300, "rounds": 8, "queries": 200})
+    with lock_run_dir(out):
+        assert "in rounds: 0 of 200 subnets measured" in status(out, capsys)[1]
+        log = [{"round": 0, "measured": 60, "total": 60}, {"round": 1, "measured": 18, "total": 78}]
+        (out / "search").mkdir()
+        (out / "search" / "measured.json").write_text(json.dumps({"run": {}, "log": log, "points": []}))
+        assert "in rounds: round 1 of 8 done, 78 of 200 subnets measured" in status(out, capsys)[1]
+
+
 def test_an_unreachable_storage_is_one_line_naming_the_redacted_url(tmp_path, capsys):
     out = tmp_path / "run"
     running_search(out, {"trials": 100, "storage": "postgresql://hwnas:s3cret@127.0.0.1:1/studies"})
