@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for the GPU host, which has torch, timm, onnxruntime and scikit-learn but no Optuna and no
 # internet: `hwnas run`'s search stage needs Optuna there. Run here (in the repository root); each
-# device call that runs a search then carries `.whl` (ignored via .git/info/exclude) and starts with
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
-# (see /work/.library/device/README.md). Versions: the ones this VM's `pip install -e .` resolved.
+# device call that runs a search then carries `.whl` (ignored via .git/info/exclude) and sources
+# experiments/device_env.sh, which installs them where Optuna is missing (see /work/.library/device/README.md). Versions: the ones this VM's `pip install -e .` resolved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude

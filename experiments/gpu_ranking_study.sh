@@ -5,9 +5,7 @@
 #   [BUDGET=MINUTES] bash experiments/gpu_ranking_study.sh RULE [NUM_RANDOM]   (BUDGET: training minutes, default 8.3)
 set -euo pipefail
 rule=$1; nr=${2:-2}; budget=${BUDGET:-8.3}; tag=${rule}_r${nr}${BUDGET:+_b$BUDGET}
-export PYTHONUNBUFFERED=1
-[ -d /tmp/site/optuna ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=.:/tmp/site
+. experiments/device_env.sh
 run=runs/rank_$tag
 mkdir -p $run
 nvidia-smi --query-gpu=name,driver_version --format=csv > $run/card.txt

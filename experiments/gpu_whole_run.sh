@@ -7,16 +7,12 @@
 # (8.3 minutes: the training stage and its start fit one 10-minute call)
 set -uo pipefail
 config=${1:-experiments/configs/cifar_pool_gpu.yaml}; shift || true
-export PYTHONUNBUFFERED=1
-python3 -c "import optuna" 2>/dev/null || {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=.:/tmp/site; }
-export PYTHONPATH=${PYTHONPATH:-.}
+. experiments/device_env.sh
 run=runs/whole
 mkdir -p $run
 [ -f $run/card.txt ] || { nvidia-smi --query-gpu=name,driver_version --format=csv > $run/card.txt 2>/dev/null; nproc >> $run/card.txt; }
 timeout --signal=INT ${LIMIT:-570} python3 -m hwnas run --config "$config" --out $run "$@" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' >> $run/whole.log
-echo "hwnas run exit: ${PIPESTATUS[0]} (124: stopped at LIMIT; invocations.json says "interrupted in STAGE"; call again)" | tee -a $run/whole.log
+echo "hwnas run exit: ${PIPESTATUS[0]} (124: stopped at LIMIT; invocations.json says 'interrupted in STAGE'; call again)" | tee -a $run/whole.log
 tail -5 $run/whole.log
 [ -n "${OUT:-}" ] && tar czf $OUT/whole.tgz --exclude='*.pt' --exclude='*.journal' --exclude='*.onnx' -C runs whole
 exit 0

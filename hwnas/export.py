@@ -206,7 +206,7 @@ def export_one(req: ExportRequest) -> dict:
     meta.update({k: v for k, v in _flatten(req.known).items() if k not in meta and k != "final.weights"})
     if batches is not None and (req.recalibrate or weights):
         # on the GPU where there is one: BN recalibration and scoring are ~89% of an export on a CPU
-        # (experiments/results/export/export_profile.md)
+        # (experiments/results/export/export_profile_cpu.md)
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(dev)
         if not weights:

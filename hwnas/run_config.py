@@ -236,7 +236,9 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     checked afterwards, with the rest of the config."""
     import copy
 
-    out = copy.deepcopy(raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):  # not a mapping: parse_run_config says so in one line
+        return raw
+    out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")

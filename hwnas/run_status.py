@@ -85,10 +85,10 @@ def search_progress(out: Path, inputs: dict) -> str:
     """Completed and running trials of the search's study, read from its storage (the run's
     journal file, or the storage its config names)."""
     search = inputs.get("search", {})
-    total = search.get("trials", "?")
-    spec = search.get("storage") or (out / "search" / "study.journal")
     if search.get("rounds"):
         return rounds_progress(out, search)
+    total = search.get("trials", "?")
+    spec = search.get("storage") or (out / "search" / "study.journal")
     if isinstance(spec, Path) and not spec.exists():
         return f"0 of {total} trials"
     from optuna.trial import TrialState

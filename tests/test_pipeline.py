@@ -424,6 +424,10 @@ def test_set_overrides_config_keys_and_refuses_bad_ones(tmp_path):
             load_run_config(None, [bad])
     rc = main(["run", "--out", str(tmp_path / "r"), "--set", "train.epoch=3"])
     assert rc == 2
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")  # not a mapping: the config's own one-line error, not a traceback from --set
+    with pytest.raises(RunConfigError, match="expected a mapping, got None"):
+        load_run_config(empty, ["train.epochs=3"])
 
 
 def test_an_interrupted_run_is_logged_as_interrupted(tmp_path, monkeypatch):
