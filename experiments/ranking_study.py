@@ -118,7 +118,8 @@ def report(args) -> int:
 
     data = json.loads(TRUTH.read_text())
     truth = data["archs"]
-    smallest_first = str(SearchSpace.from_config(data["space"]).smallest()).split("/")[1]
+    space = SearchSpace.from_config(data["space"])
+    smallest_first = str(space.smallest()).split("/")[1]
     runs = [("sandwich (recorded)", read_scores(SANDWICH))]
     runs += [(json.loads((Path(d) / "summary.json").read_text())["label"], read_scores(Path(d) / "scores.jsonl"))
              for d in args.dirs]
@@ -156,6 +157,17 @@ def report(args) -> int:
                     and (r["arch"].split("/")[1] == smallest_first) == same]
             cells += [str(len(rows)), str(kendall([scores[r["arch"]] for r in rows], [r["val"] for r in rows]))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    thirty = [r for r in truth if r["epochs"] == 30]
+    proxies = {"FLOPs": space.flops, "parameters": space.params}
+    lines += ["", "Size alone as the ranking (30-epoch set): " + ", ".join(
+        f"{name} tau {kendall([f(space.parse(r['arch'])) for r in thirty], [r['val'] for r in thirty])}"
+        for name, f in proxies.items()) + ".", "",
+        "Supernets against each other (tau of their scores on the archs both scored):", ""]
+    for i, (a, sa) in enumerate(runs):
+        for b, sb in runs[i + 1:]:
+            common = [x for x in sa if x in sb]
+            lines.append(f"- {a} vs {b}: {kendall([sa[x] for x in common], [sb[x] for x in common])} "
+                         f"({len(common)} archs)")
     fig.tight_layout()
     png = TRUTH.parent / "ranking_study.png"
     fig.savefig(png, dpi=110)
