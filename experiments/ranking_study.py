@@ -90,6 +90,8 @@ def score(args) -> int:
     from hwnas.accuracy import measure_accuracy_dataset
     from search_space import SearchSpace
 
+    for spec in args.finetune:  # a bad spec fails before any work
+        parse_finetune(spec)
     data = json.loads(Path(args.truth).read_text())
     truth, space = data["archs"], SearchSpace.from_config(data["space"])
     out = Path(args.out)
@@ -104,7 +106,54 @@ def score(args) -> int:
                "taus": taus(truth, scores)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    for spec in args.finetune:
+        finetune(args, spec, truth, space)
     return 0
+
+
+def parse_finetune(spec: str) -> tuple[int, float]:
+    """``EPOCHS:LR`` -> (epochs, lr); a one-line error names a bad spec."""
+    try:
+        epochs, lr = spec.split(":")
+        epochs, lr = int(epochs), float(lr)
+        if epochs < 1 or lr <= 0:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--finetune {spec!r}: expected EPOCHS:LR, e.g. 2:0.04 (epochs >= 1, lr > 0)") from None
+    return epochs, lr
+
+
+def finetune(args, spec: str, truth: list[dict], space) -> None:
+    """A second estimator on the same supernet: each arch of the 30-epoch truth set trained for a few
+    epochs from its inherited weights with the final recipe at peak ``lr`` (`hwnas final`'s
+    machinery, resumable), scored on the validation split; written as a sibling folder that
+    ``report`` reads like a supernet's (``<out>_ft<E>_lr<LR>/``)."""
+    import time
+
+    import torch
+
+    from hwnas.data_wiring import load_for_space
+    from hwnas.final_stage import Candidate, FinalStage
+    from hwnas.final_training import plain_config
+
+    epochs, lr = parse_finetune(spec)
+    out = Path(f"{args.out.rstrip('/')}_ft{epochs}_lr{lr:g}")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    bundle = load_for_space(args.dataset, args.data, space, seed=0, device=device)
+    stage = FinalStage(space, out, plain_config(epochs, args.batch_size, lr=lr), bundle, device, args.checkpoint,
+                       progress=False)
+    archs = list(dict.fromkeys(r["arch"] for r in truth if r["epochs"] == 30))
+    start = time.monotonic()
+    rows = [stage.train(Candidate("ranking", a, init="inherited")) for a in archs]
+    header = {"estimator": f"inherited weights + {epochs} epochs at lr {lr:g}", "checkpoint": str(args.checkpoint)}
+    (out / "scores.jsonl").write_text("\n".join(json.dumps(x) for x in
+                                                 [header] + [{"arch": r["arch"], "accuracy": r["val"]} for r in rows]) + "\n")
+    scores = read_scores(out / "scores.jsonl")
+    summary = {"label": f"{args.label} + fine-tune {epochs} ep, lr {lr:g}", "checkpoint": str(args.checkpoint),
+               "seconds": round(time.monotonic() - start, 1), "taus": taus(truth, scores)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
 
 
 def report(args) -> int:
@@ -192,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (%(default)s)")
     s.add_argument("--truth", default=str(TRUTH), help="the stand-alone set written by truth (default: %(default)s)")
     s.add_argument("--out", required=True)
+    s.add_argument("--finetune", action="append", default=[], metavar="EPOCHS:LR",
+                   help="also score each arch after EPOCHS of training from its inherited weights at peak LR "
+                        "(repeatable; e.g. 2:0.04)")
+    s.add_argument("--dataset", default="cifar10-jpeg", help="dataset name for --finetune (%(default)s)")
+    s.add_argument("--batch-size", type=int, default=512, help="--finetune batch size (the final recipe's %(default)s)")
     r = sub.add_parser("report", help="table and plot of scored supernets")
     r.add_argument("dirs", nargs="*", help="folders written by score")
     args = p.parse_args(argv)
