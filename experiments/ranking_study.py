@@ -22,6 +22,7 @@ import argparse
 import glob
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,14 @@ def parse_finetune(spec: str) -> tuple[int, float]:
 
 
 def finetune(args, spec: str, truth: list[dict], space) -> None:
-    """A second estimator on the same supernet: each arch of the 30-epoch truth set trained for a few
-    epochs from its inherited weights with the final recipe at peak ``lr`` (`hwnas final`'s
-    machinery, resumable), scored on the validation split; written as a sibling folder that
-    ``report`` reads like a supernet's (``<out>_ft<E>_lr<LR>/``)."""
-    import time
-
+    """A second estimator on the same supernet, the one `hwnas final` picks by: each arch of the
+    30-epoch truth set trained for a few epochs from its inherited weights with the final recipe at
+    peak ``lr`` (:meth:`hwnas.final_stage.FinalStage.estimate`, resumable), scored on the validation
+    split; written as a sibling folder that ``report`` reads like a supernet's (``<out>_ft<E>_lr<LR>/``)."""
     import torch
 
     from hwnas.data_wiring import load_for_space
-    from hwnas.final_stage import Candidate, FinalStage
+    from hwnas.final_stage import FinalStage
     from hwnas.final_training import plain_config
 
     epochs, lr = parse_finetune(spec)
@@ -141,17 +140,17 @@ def finetune(args, spec: str, truth: list[dict], space) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     bundle = load_for_space(args.dataset, args.data, space, seed=0, device=device)
-    stage = FinalStage(space, out, plain_config(epochs, args.batch_size, lr=lr), bundle, device, args.checkpoint,
-                       progress=False)
+    # the final recipe (ResNet-18's plain one, batch 512), which the estimate runs for `epochs` at `lr`
+    stage = FinalStage(space, out, plain_config(30, args.batch_size), bundle, device, args.checkpoint, progress=False)
     archs = list(dict.fromkeys(r["arch"] for r in truth if r["epochs"] == 30))
-    start = time.monotonic()
-    rows = [stage.train(Candidate("ranking", a, init="inherited")) for a in archs]
+    est = stage.estimate(archs, epochs, lr)
     header = {"estimator": f"inherited weights + {epochs} epochs at lr {lr:g}", "checkpoint": str(args.checkpoint)}
     (out / "scores.jsonl").write_text("\n".join(json.dumps(x) for x in
-                                                 [header] + [{"arch": r["arch"], "accuracy": r["val"]} for r in rows]) + "\n")
-    scores = read_scores(out / "scores.jsonl")
+                                                 [header] + [{"arch": a, "accuracy": v} for a, v in est.items()]) + "\n")
+    # training seconds of every arch (a resumed call's wall time would leave out what earlier calls did)
+    seconds = sum(m["train_seconds"] for m in stage.results["models"].values() if m["role"] == "estimate")
     summary = {"label": f"{args.label} + fine-tune {epochs} ep, lr {lr:g}", "checkpoint": str(args.checkpoint),
-               "seconds": round(time.monotonic() - start, 1), "taus": taus(truth, scores)}
+               "seconds": round(seconds, 1), "taus": taus(truth, read_scores(out / "scores.jsonl"))}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
@@ -173,8 +172,12 @@ def report(args) -> int:
     runs += [(json.loads((Path(d) / "summary.json").read_text())["label"], read_scores(Path(d) / "scores.jsonl"))
              for d in args.dirs]
     lines = ["| supernet | 30 ep: n | tau | on the 21 sandwich-scored | 15 ep: n | tau |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
-    for ax, (label, scores) in zip(axes[0], runs):
+    cols = min(4, len(runs))
+    rows_n = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, (label, scores) in zip(axes.flat, runs):
         t = taus(truth, scores)
         t30, t15 = t.get("30", {}), t.get("15", {})
         lines.append(f"| {label} | {t30.get('n')} | {t30.get('tau')} | {t30.get('tau_common')} | {t15.get('n')} | {t15.get('tau')} |")
@@ -183,7 +186,8 @@ def report(args) -> int:
             sel = [r for r in rows if (r["arch"].split("/")[1] == smallest_first) == same]
             ax.scatter([scores[r["arch"]] for r in sel], [r["val"] for r in sel], s=14, c=color, label=name)
         ax.legend(fontsize=7, loc="lower right")
-        ax.set(title=f"{label}: tau {t30.get('tau')} (n={t30.get('n')})", xlabel="supernet val accuracy",
+        ax.set_title(textwrap.fill(f"{label}: tau {t30.get('tau')} (n={t30.get('n')})", 52), fontsize=8)
+        ax.set(xlabel="estimated val accuracy",
                ylabel="stand-alone val accuracy (30 epochs)")
     lines += ["", "Mean accuracy by the first stage's blocks (30-epoch set): where the supernet's gap to stand-alone "
               "training differs between groups, it ranks one group above the other whatever their own accuracy.", "",
@@ -212,11 +216,13 @@ def report(args) -> int:
         f"{name} tau {kendall([f(space.parse(r['arch'])) for r in thirty], [r['val'] for r in thirty])}"
         for name, f in proxies.items()) + ".", "",
         "Supernets against each other (tau of their scores on the archs both scored):", ""]
-    for i, (a, sa) in enumerate(runs):
-        for b, sb in runs[i + 1:]:
+    plain = [r for r in runs if "fine-tune" not in r[0]]  # supernets, not the estimators built on them
+    for i, (a, sa) in enumerate(plain):
+        for b, sb in plain[i + 1:]:
             common = [x for x in sa if x in sb]
             lines.append(f"- {a} vs {b}: {kendall([sa[x] for x in common], [sb[x] for x in common])} "
                          f"({len(common)} archs)")
+    lines += ["", *pick_table(truth, space, runs), "", *noise_ceiling(truth)]
     fig.tight_layout()
     png = TRUTH.parent / "ranking_study.png"
     fig.savefig(png, dpi=110)
@@ -225,6 +231,59 @@ def report(args) -> int:
     print("\n".join(lines))
     print(f"wrote {md} and {png}")
     return 0
+
+
+def pick_table(truth: list[dict], space, runs: list[tuple[str, dict]]) -> list[str]:
+    """What each estimator would deploy: per budget of the GPU config (shipped tables), the stand-alone
+    accuracy of the arch it ranks first among the 30-epoch archs within the budget, beside the best."""
+    from latency_tables import LatencyTable
+
+    budgets = {"cpu": ("cifar_pool_cpu_ort_b1_fp32", 4.5), "gpu_b1": ("cifar_pool_h100_cuda_b1_bf16", 0.16),
+               "gpu_b256": ("cifar_pool_h100_cuda_b256_bf16", 0.68)}
+    val = {r["arch"]: r["val"] for r in truth if r["epochs"] == 30}
+    lines = ["Picking one arch per budget (the GPU config's, judged by the shipped tables) among the 30-epoch archs: "
+             "stand-alone val accuracy of each estimator's first choice.", "",
+             "| estimator | " + " | ".join(f"{d} ({ms} ms)" for d, (_, ms) in budgets.items()) + " |",
+             "| --- |" + " ---: |" * len(budgets)]
+    within = {}
+    for d, (name, ms) in budgets.items():
+        table = LatencyTable.load(ROOT / "latency_tables" / "tables" / f"{name}.json", space=space, check_machine=False)
+        archs = list(val)
+        within[d] = [a for a, t in zip(archs, table.predict_many(archs)) if t <= ms]
+    lines.append("| best within the budget (stand-alone) | " + " | ".join(
+        f"{max(val[a] for a in w):.4f} (of {len(w)})" for w in within.values()) + " |")
+    for label, scores in runs:
+        cells = []
+        for w in within.values():
+            w = [a for a in w if a in scores]
+            cells.append(f"{val[max(w, key=lambda a: scores[a])]:.4f}" if w else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def noise_ceiling(truth: list[dict], draws: int = 2000) -> list[str]:
+    """The best tau a perfect estimator could show against one-seed truth: seed-to-seed spread from the
+    archs trained with several seeds (committed results), simulated on the 30-epoch set."""
+    from scipy.stats import kendalltau
+
+    seeds: dict[str, dict[int, float]] = {}
+    for path in glob.glob(str(RESULTS / "final" / "**" / "results.json"), recursive=True):
+        for m in json.loads(Path(path).read_text()).get("models", {}).values():
+            if m.get("arch") and m.get("init") == "scratch" and m.get("epochs") == 30:
+                seeds.setdefault(m["arch"], {})[m["recipe"]["seed"]] = m["val"]
+    multi = [list(v.values()) for v in seeds.values() if len(v) > 1]
+    if not multi:
+        return []
+    sd = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in multi])))
+    v = np.array([r["val"] for r in truth if r["epochs"] == 30])
+    rng = np.random.default_rng(0)
+    perfect = np.mean([kendalltau(v, v + rng.normal(0, sd, len(v))).statistic for _ in range(draws)])
+    twice = np.mean([kendalltau(v + rng.normal(0, sd, len(v)), v + rng.normal(0, sd, len(v))).statistic
+                     for _ in range(draws)])
+    return [f"Noise ceiling: {len(multi)} archs trained alone with 2-3 seeds give a seed-to-seed SD of {100 * sd:.2f} "
+            f"points. With that noise on the truth alone, an estimator that knew each arch's mean accuracy would show "
+            f"tau about {perfect:.2f} against the one-seed truth of the {len(v)} 30-epoch archs; a second seed of "
+            f"stand-alone training, about {twice:.2f} ({draws} simulated draws each)."]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -263,7 +263,9 @@ class Pipeline:
         top = self.cfg["export"]["top"] if f["top"] is None else f["top"]
         return run_final(stage, self.fronts(), self.devices(), top=top, choose=f["choose"],
                          budgets=budgets, tables=tables, baselines=f["baselines"], inits=f["init"],
-                         ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool, measure_settings=measure)
+                         ranking=f["ranking"], ranking_epochs=f["ranking_epochs"], pool=pool, measure_settings=measure,
+                         estimate_epochs=f["estimate_epochs"], estimate_lr=f["estimate_lr"],
+                         estimate_candidates=f["estimate_candidates"])
 
     def final_results(self) -> dict | None:
         """The final stage's ``results.json`` (None when the stage was skipped)."""

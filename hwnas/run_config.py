@@ -62,7 +62,11 @@ SCHEMA = {
               "init": ((list,), ["scratch", "inherited"]), "baselines": ((list,), ["largest"]),
               "ranking": ((int,), 0), "ranking_epochs": ((int,), 0), "choose": ((str,), "auto"),
               # archs per device the choice rule takes (auto adds one of most FLOPs); null: export.top
-              "top": ((int, type(None)), None)},
+              "top": ((int, type(None)), None),
+              # the fine-tuned estimate (epochs from inherited weights at lr, null: 1/5 of the recipe's) that the
+              # measured rule picks by among its `estimate_candidates` best within the budget; 0: off
+              "estimate_epochs": ((int,), 2), "estimate_lr": ((float, int, type(None)), None),
+              "estimate_candidates": ((int,), 8)},
     # where the work runs (not what it computes: changing it redoes no stage). ray_address: join this
     # Ray cluster (hwnas run --ray-address overrides); tables are built on the node owning
     # device:NAME, the accuracy datasets are measured in `shards` Ray tasks (null: two per CPU, or
@@ -220,6 +224,10 @@ def _check_final(final: dict) -> None:
         raise RunConfigError(f"config key 'final.top': expected >= 1 or null (export.top), got {final['top']!r}")
     if final["epochs"] and final["batch_size"] < 1:
         raise RunConfigError(f"config key 'final.batch_size': expected >= 1, got {final['batch_size']!r}")
+    if final["estimate_candidates"] < 1:
+        raise RunConfigError(f"config key 'final.estimate_candidates': expected >= 1, got {final['estimate_candidates']!r}")
+    if final["estimate_lr"] is not None and not final["estimate_lr"] > 0:
+        raise RunConfigError(f"config key 'final.estimate_lr': expected null or a positive number, got {final['estimate_lr']!r}")
     if final["lr"] is not None and not final["lr"] > 0:
         raise RunConfigError(f"config key 'final.lr': expected null or a positive number, got {final['lr']!r}")
 

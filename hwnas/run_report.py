@@ -145,7 +145,7 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
              "| model | role | init | deployed | params | supernet val | val | test | "
              + " | ".join(f"{n} ms" for n in names) + " |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
-    for r in sorted((m for m in models if m["role"] != "ranking"), key=lambda m: (m["role"] != "baseline", -m["test"])):
+    for r in sorted((m for m in models if m["role"] not in ("ranking", "estimate")), key=lambda m: (m["role"] != "baseline", -m["test"])):
         lat = [f"{r['latency'][n]['ms']:.4g}" if n in r.get("latency", {}) else "-" for n in names]
         sup = f"{r['supernet_val']:.4f}" if "supernet_val" in r else "-"
         by = summary.get("chosen_by", {})  # device -> arch -> the choice rule that picked it
@@ -171,7 +171,14 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
         lines += ["", "### Can I trust the front? (supernet ranking against stand-alone training)", "",
                   f"{rank['n']} architectures spread along the fronts, each trained alone for {rank.get('epochs')} "
                   f"epochs: Kendall tau between supernet and stand-alone validation accuracy "
-                  f"**{tau if tau is not None else '-'}**.", "", "![ranking](final/ranking.png)"]
+                  f"**{tau if tau is not None else '-'}**."]
+        est = rank.get("estimate")
+        if est:
+            t = est.get("kendall_tau")
+            lines += ["", f"The fine-tuned estimate ({est['epochs']} epochs from the supernet's weights at lr "
+                      f"{est['lr']:g}, what the `measured` choice rule picks by): Kendall tau "
+                      f"**{t if t is not None else '-'}** on the same {est['n']} architectures."]
+        lines += ["", "![ranking](final/ranking.png)"]
     return lines + [""]
 
 
@@ -217,5 +224,10 @@ def console_summary(pipeline) -> str:
                          f"latency {_best(best.get('latency_ms'))} ms -> {out / 'models' / f'{name}_rank00.onnx'}")
     for name in pipeline.skipped_devices():
         lines.append(f"{name}: not measured here (no CUDA device)")
+    rank = (pipeline.final_results() or {}).get("summary", {}).get("ranking")
+    if rank:  # can I trust the front? one line of the report's answer
+        est = rank.get("estimate")
+        lines.append(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} front archs (supernet)"
+                     + (f", {est['kendall_tau']} (fine-tuned estimate)" if est else ""))
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)

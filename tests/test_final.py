@@ -95,14 +95,22 @@ def test_most_flops_within_finds_the_batch1_capacity_pick():
     assert table.predict(arch) <= 0.16 and space.flops(arch) >= 2.4e9
 
 
-def test_choice_rules_measured_within_budget_and_auto():
-    rng = np.random.default_rng(0)
-    archs = list(dict.fromkeys(str(SPACE.sample(rng)) for _ in range(40)))
+def _measured_setting(seed: int, n: int):
+    """Sampled archs with random supernet accuracies (the pool), a FLOPs table, the median latency as the
+    budget and a front of the first six: (table, ms per arch, budget, pool, front)."""
+    rng = np.random.default_rng(seed)
+    archs = list(dict.fromkeys(str(SPACE.sample(rng)) for _ in range(n)))
     table = _FlopsTable()
     ms = dict(zip(archs, table.predict_many(archs)))
     budget = float(np.median(list(ms.values())))
     pool = [(a, float(rng.uniform(0.5, 1.0))) for a in archs]
     front = [{"arch": a, "accuracy": acc, "latency_ms": ms[a]} for a, acc in pool[:6]]
+    return table, ms, budget, pool, front
+
+
+def test_choice_rules_measured_within_budget_and_auto():
+    table, ms, budget, pool, front = _measured_setting(0, 40)
+    archs = list(ms)
     picked = choose_archs(front, 3, "measured", pool, table, budget)
     within = sorted((a for a, _ in pool if ms[a] <= budget), key=lambda a: -dict(pool)[a])
     assert picked == within[:3] and all(ms[a] <= budget for a in picked)
@@ -117,6 +125,33 @@ def test_choice_rules_measured_within_budget_and_auto():
     assert choose_archs(front, 3, "auto", pool, table, None) == choose_archs(front, 3, "spread")
     with pytest.raises(Exception, match="needs measured supernet accuracies"):
         choose_archs([{"arch": archs[0], "accuracy": 0.9, "latency_ms": 1.0}], 1, "measured", (), table, budget)
+
+
+def test_measured_rule_picks_by_the_fine_tuned_estimate_which_the_ranking_check_scores(tmp_path, digits):
+    from search_space import Supernet, save_supernet
+
+    torch.manual_seed(0)
+    ck = save_supernet(tmp_path / "supernet.pt", Supernet(SPACE), meta={"dataset": "digits"})
+    table, _, budget, pool, front = _measured_setting(1, 30)
+    stage = FinalStage(SPACE, tmp_path / "final", plain_config(1, 64, lr=0.5), digits, torch.device("cpu"), ck,
+                       progress=False)
+    summary = run_final(stage, {"cpu": front}, [], top=1, choose="measured", budgets={"cpu": budget},
+                        tables={"cpu": table}, baselines=[], inits=["scratch"], ranking=3, ranking_epochs=1, pool=pool,
+                        estimate_epochs=1, estimate_candidates=4)
+    candidates = choose_archs(front, 4, "measured", pool, table, budget)
+    models = json.loads((tmp_path / "final" / "results.json").read_text())["models"]
+    estimates = [m for m in models.values() if m["role"] == "estimate"]
+    est = {m["arch"]: m["val"] for m in estimates}
+    # each candidate trained 1 epoch from its inherited weights at 1/5 of the recipe's lr; no model kept
+    assert set(candidates) <= set(est) and all(m["weights"] is None and m["init"] == "inherited" for m in estimates)
+    assert all(m["recipe"]["lr"] == pytest.approx(0.1) and m["epochs"] == 1 for m in estimates)
+    best = max(candidates, key=lambda a: est[a])
+    assert summary["chosen_by"]["cpu"] == {best: "measured+estimate"}
+    rank = summary["ranking"]
+    assert rank["estimate"]["n"] == rank["n"] >= 3 and rank["estimate"]["epochs"] == 1
+    assert rank["estimate"]["lr"] == pytest.approx(0.1)
+    assert all(p["estimate_val"] == est[p["arch"]] for p in rank["points"])
+    assert (tmp_path / "final" / "ranking.png").stat().st_size > 0
 
 
 def test_baseline_errors_are_one_line():
@@ -202,6 +237,10 @@ def test_final_config_errors():
         parse_run_config({**TINY_RUN, "final": {"epochs": 2, "ranking": 4}})
     with pytest.raises(RunConfigError, match=r"final.top': expected >= 1 or null \(export.top\), got 0"):
         parse_run_config({**TINY_RUN, "final": {"epochs": 2, "top": 0}})
+    with pytest.raises(RunConfigError, match="final.estimate_epochs': expected a non-negative number, got -1"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "estimate_epochs": -1}})
+    with pytest.raises(RunConfigError, match="final.estimate_lr': expected null or a positive number, got 0"):
+        parse_run_config({**TINY_RUN, "final": {"epochs": 2, "estimate_lr": 0}})
     with pytest.raises(RunConfigError, match="final.choose"):
         parse_run_config({**TINY_RUN, "final": {"epochs": 2, "choose": "flops"}})
 

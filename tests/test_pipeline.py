@@ -60,6 +60,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     assert "up to date, skipped" in captured.err
     assert "cpu (onnxruntime, batch 1, fp32, budget 50 ms): " in captured.out and "cpu_rank00.onnx" in captured.out
     assert "gpu: not measured here" in captured.out
+    assert "ranking check: Kendall tau " in captured.out and "(fine-tuned estimate)" in captured.out
     report = (out / "report.md").read_text()
     assert "## Device `cpu`" in report and "| 0 | `r8/" in report
     # the report says the run took two calls: the first stopped by --until, the second resumed it
@@ -93,7 +94,10 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     table = LatencyTable.load(out / "tables" / "cpu.json", space=space)
     capacity = str(most_flops_within(space, table, 50.0)[0])
     assert capacity in final["summary"]["chosen"]["cpu"]
-    assert final["summary"]["chosen_by"]["cpu"][capacity] in ("capacity", "measured")  # measured wins a tie
+    # measured (re-ranked by the fine-tuned estimate) wins a tie
+    assert final["summary"]["chosen_by"]["cpu"][capacity] in ("capacity", "measured+estimate")
+    assert "measured+estimate" in final["summary"]["chosen_by"]["cpu"].values()
+    assert final["summary"]["ranking"]["estimate"]["n"] == final["summary"]["ranking"]["n"]
     assert "(cpu: measured" in report or "(cpu: capacity" in report  # the report says which rule chose each
     # --from redoes that stage and the later ones only
     assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=int, default=3, help="architectures per front (default 3)")
     p.add_argument("--choose", choices=("auto", "spread", "top", "measured", "capacity"), default="auto",
                    help="which TOP: measured, the highest measured supernet accuracy (--accuracy-data or a verified "
-                   "front) within the device's --budget; capacity, the most FLOPs within it (searched on its "
+                   "front) within the device's --budget, re-ranked by the fine-tuned estimate with --checkpoint; capacity, the most FLOPs within it (searched on its "
                    "--table); spread along the front by latency, fastest and slowest included; top, the front's "
                    "most accurate by the supernet; auto (default): measured plus one capacity arch for devices "
                    "with a --budget, spread for the others")
@@ -46,6 +46,12 @@ def register(sub) -> None:
     p.add_argument("--ranking", type=int, default=0, help="K archs spread along the fronts trained on a short "
                    "schedule for the supernet-vs-stand-alone Kendall tau (default 0: off)")
     p.add_argument("--ranking-epochs", type=int, default=5, help="epochs of the ranking check (default 5)")
+    p.add_argument("--estimate-epochs", type=int, default=2, help="with --checkpoint: the measured rule picks by "
+                   "each candidate's validation accuracy after this many epochs from its inherited weights, and the "
+                   "ranking check scores that estimate too (default 2; 0: the supernet's accuracy alone)")
+    p.add_argument("--estimate-lr", type=float, default=None, help="peak lr of the estimate (default 1/5 of the recipe's)")
+    p.add_argument("--estimate-candidates", type=int, default=8, help="archs per device the estimate scores "
+                   "(the measured rule's most accurate within the budget; default 8)")
     p.add_argument("--dataset", default="cifar10-jpeg", help="dataset (default cifar10-jpeg)")
     p.add_argument("--data", "--data-dir", dest="data", default=None, help="dataset file or folder")
     p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:N (default auto)")
@@ -91,6 +97,11 @@ def _final(args) -> int:
     for value, option in ((args.top, "--top"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
         if value < 1:
             raise UserError(f"{option} {value} is invalid; expected an integer >= 1")
+    if args.estimate_epochs < 0 or args.estimate_candidates < 1:
+        raise UserError(f"--estimate-epochs {args.estimate_epochs} / --estimate-candidates {args.estimate_candidates}: "
+                        "expected epochs >= 0 and candidates >= 1")
+    if args.estimate_lr is not None and not args.estimate_lr > 0:
+        raise UserError(f"--estimate-lr {args.estimate_lr} is invalid; expected a positive number")
     if args.ranking and args.ranking < 3:
         raise UserError(f"--ranking {args.ranking} is invalid; expected 0 (off) or at least 3 archs")
     space = SearchSpace.from_config(args.space)
@@ -139,7 +150,9 @@ def _final(args) -> int:
     stage = FinalStage(space, args.out, config, bundle, torch.device(device), args.checkpoint, progress=not args.quiet)
     summary = run_final(stage, fronts, devices, top=args.top, choose=args.choose, budgets=budgets, tables=tables,
                         baselines=args.baseline or ["largest", "resnet18"],
-                        inits=inits, ranking=args.ranking, ranking_epochs=args.ranking_epochs, pool=pool)
+                        inits=inits, ranking=args.ranking, ranking_epochs=args.ranking_epochs, pool=pool,
+                        estimate_epochs=args.estimate_epochs, estimate_lr=args.estimate_lr,
+                        estimate_candidates=args.estimate_candidates)
     for d, verdicts in summary["verdicts"].items():
         for v in verdicts:
             word = ("at half the latency and at least as accurate" if v["half_latency_and_at_least_as_accurate"]
@@ -151,6 +164,8 @@ def _final(args) -> int:
         rule = summary["chosen_by"].get(d, {}).get(r["arch"])
         print(f"{d}: picked {r['label']} ({f'{rule} rule, ' if rule else ''}{r['init']}): test {r['test']:.4f}")
     if "ranking" in summary:
-        print(f"ranking check: Kendall tau {summary['ranking']['kendall_tau']} on {summary['ranking']['n']} archs")
+        rank = summary["ranking"]
+        est = f"; fine-tuned estimate {rank['estimate']['kendall_tau']}" if "estimate" in rank else ""
+        print(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} archs{est}")
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
