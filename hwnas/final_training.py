@@ -19,7 +19,7 @@ from torch import nn
 
 from hwnas.datasets import DatasetBundle
 from search_space.checkpoint import CheckpointError
-from search_space.evaluation import accuracy
+from search_space.evaluation import accuracy, fit_resolution
 from search_space.io import atomic_torch_save
 from search_space.training import (TrainConfig, TrainingError, _check_not_diverged, _progress, build_optimizer,
                                    build_scheduler)
@@ -35,8 +35,10 @@ def plain_config(epochs: int, batch_size: int, *, lr: float | None = None, weigh
 
 
 def train_model(model: nn.Module, bundle: DatasetBundle, config: TrainConfig, device: torch.device,
-                checkpoint: str | Path | None = None, *, progress: bool = True, desc: str = "train") -> list[dict]:
-    """Train ``model`` on ``bundle.train`` (already on ``device``) for ``config.epochs``; returns
+                checkpoint: str | Path | None = None, *, progress: bool = True, desc: str = "train",
+                resolution: int | None = None) -> list[dict]:
+    """Train ``model`` on ``bundle.train`` (already on ``device``) for ``config.epochs``, its images
+    resized to ``resolution`` where given (a subnet's own, as it is scored and exported); returns
     per-epoch records. With ``checkpoint``, state is saved (atomically) after every epoch and an
     existing one is resumed (the data order depends only on seed and epoch); a checkpoint of
     other settings is refused. On CUDA: bf16
@@ -65,6 +67,8 @@ def train_model(model: nn.Module, bundle: DatasetBundle, config: TrainConfig, de
         for x, y in batches(epoch):
             if n == steps:
                 break
+            if resolution is not None:
+                x = fit_resolution(x, resolution)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)

@@ -144,6 +144,7 @@ def test_measured_rule_picks_by_the_fine_tuned_estimate_which_the_ranking_check_
     est = {m["arch"]: m["val"] for m in estimates}
     # each candidate trained 1 epoch from its inherited weights at 1/5 of the recipe's lr; no model kept
     assert set(candidates) <= set(est) and all(m["weights"] is None and m["init"] == "inherited" for m in estimates)
+    assert all(m["bn_recalibrated"] for m in estimates)  # a few steps leave the supernet's BN statistics behind
     assert all(m["recipe"]["lr"] == pytest.approx(0.1) and m["epochs"] == 1 for m in estimates)
     best = max(candidates, key=lambda a: est[a])
     assert summary["chosen_by"]["cpu"] == {best: "measured+estimate"}
@@ -186,6 +187,15 @@ def test_standalone_training_raises_accuracy_and_resumes(tmp_path, digits):
     with pytest.raises(Exception, match="different settings"):
         train_model(net, digits, plain_config(4, 128, lr=0.05), torch.device("cpu"), ck, progress=False)
     assert len(train_model(net, digits, config, torch.device("cpu"), ck, progress=False)) == 3
+
+
+def test_standalone_training_feeds_the_subnets_own_resolution(digits):
+    seen = []
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    train_model(net, digits, plain_config(1, 128, lr=0.05), torch.device("cpu"), progress=False, resolution=6)
+    assert set(seen) == {(6, 6)}  # as it is scored and exported (8x8 digits resized)
 
 
 def test_final_stage_trains_times_and_draws_a_callable_baseline(tmp_path, digits, monkeypatch):
