@@ -172,6 +172,12 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
                   f"{rank['n']} architectures spread along the fronts, each trained alone for {rank.get('epochs')} "
                   f"epochs: Kendall tau between supernet and stand-alone validation accuracy "
                   f"**{tau if tau is not None else '-'}**."]
+        res = rank.get("resolvable")
+        if res and not res["ok"]:
+            lines += ["", f"**Too close to rank:** the stand-alone accuracies span {100 * res['spread']:.1f} points, less "
+                      f"than 4 standard errors of one score on {res['val_images']} validation images "
+                      f"({100 * res['standard_error']:.1f} points each): both taus here are noise. More validation "
+                      "images, more ranking epochs or archs further apart answer the question."]
         est = rank.get("estimate")
         if est:
             t = est.get("kendall_tau")
@@ -227,7 +233,9 @@ def console_summary(pipeline) -> str:
     rank = (pipeline.final_results() or {}).get("summary", {}).get("ranking")
     if rank:  # can I trust the front? one line of the report's answer
         est = rank.get("estimate")
+        noise = not rank.get("resolvable", {"ok": True})["ok"]
         lines.append(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} front archs (supernet)"
-                     + (f", {est['kendall_tau']} (fine-tuned estimate)" if est else ""))
+                     + (f", {est['kendall_tau']} (fine-tuned estimate)" if est else "")
+                     + ("; stand-alone accuracies too close to rank: noise" if noise else ""))
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)

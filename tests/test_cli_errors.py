@@ -155,3 +155,11 @@ def test_ctrl_c_while_a_c_extension_loads_is_an_interrupt_too(monkeypatch, capsy
     monkeypatch.setattr(hwnas.cli.space, "_show", lambda args: (_ for _ in ()).throw(ImportError("no module x")))
     with pytest.raises(ImportError, match="no module x"):  # a real import error is not hidden
         main(["space", "show"])
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--estimate-epochs", -1, "--estimate-epochs -1"),
+                                                  ("--estimate-candidates", 0, "--estimate-candidates 0"),
+                                                  ("--estimate-lr", 0, "--estimate-lr 0.0")])
+def test_bad_fine_tuned_estimate_settings_of_hwnas_final_are_refused(flag, value, needle, tmp_path, capsys):
+    rc, err = cli(["final", "--pareto", "cpu=missing.json", flag, value, "--out", tmp_path / "f"], capsys)
+    one_line_error(rc, err, needle)

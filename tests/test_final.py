@@ -13,7 +13,8 @@ from hwnas.baselines import BaselineError, make_baseline
 from hwnas.cli import main
 from hwnas.data_wiring import load_for_space
 from hwnas.export import read_metadata
-from hwnas.final_stage import Candidate, FinalStage, choose_archs, pick_ranking_archs, ranking_summary, run_final
+from hwnas.final_stage import (Candidate, FinalStage, choose_archs, pick_ranking_archs, ranking_summary, resolvable,
+                               run_final)
 from hwnas.final_training import evaluate_model, plain_config, train_model
 from hwnas.run_config import RunConfigError, parse_run_config
 from search import run_search
@@ -236,6 +237,11 @@ def test_ranking_check_spreads_archs_and_computes_tau():
     records = [{"arch": f"a{i}", "val": v, "test": v} for i, v in enumerate([0.1, 0.3, 0.2, 0.4, 0.5])]
     s = ranking_summary(records, {f"a{i}": i / 10 for i in range(5)})
     assert s["n"] == 5 and s["kendall_tau"] == pytest.approx(0.8)
+    # can the check tell them apart at all? 0.1-0.5 on 100 images: yes; 0.97-0.99 on 144: no (noise)
+    assert resolvable(records, 100)["ok"]
+    close = [{"val": v} for v in (0.972, 0.979, 0.965, 0.986)]
+    r = resolvable(close, 144)
+    assert not r["ok"] and r["spread"] == pytest.approx(0.021) and r["val_images"] == 144
 
 
 def test_final_config_errors():

@@ -166,6 +166,7 @@ def _final(args) -> int:
     if "ranking" in summary:
         rank = summary["ranking"]
         est = f"; fine-tuned estimate {rank['estimate']['kendall_tau']}" if "estimate" in rank else ""
-        print(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} archs{est}")
+        noise = "" if rank.get("resolvable", {"ok": True})["ok"] else "; stand-alone accuracies too close to rank: noise"
+        print(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} archs{est}{noise}")
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
