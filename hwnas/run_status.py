@@ -1,6 +1,6 @@
 """``hwnas status RUN_DIR``: each stage of a run folder (done, running, interrupted, pending), the
 progress of a running stage read from its files (training epochs, accuracy rows, latency blocks,
-search trials from the study storage), and the Ray cluster a run uses, where it recorded one.
+search trials from the study storage, networks trained alone), and the Ray cluster a run uses, where it recorded one.
 
 Light on purpose (no torch; Optuna only to read a study, Ray never): it must answer at once while a
 run holds the machine."""
@@ -132,8 +132,24 @@ def rounds_progress(out: Path, search: dict) -> str:
             "measured")
 
 
+def final_progress(out: Path, inputs: dict) -> str:
+    """Networks trained alone so far, by role (``final/results.json``, rewritten after each), and the last."""
+    try:
+        models = list(json.loads((out / "final" / "results.json").read_text())["models"].values())
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "0 networks trained"
+    roles: dict[str, int] = {}
+    for m in models:
+        roles[m.get("role", "?")] = roles.get(m.get("role", "?"), 0) + 1
+    text = f"{len(models)} networks trained (" + ", ".join(f"{n} {role}" for role, n in roles.items()) + ")"
+    if models:
+        last = models[-1]
+        text += f"; last: {last.get('role')} {last.get('label')} ({last.get('init')}), val {last.get('val', 0):.4f}"
+    return text
+
+
 PROGRESS = {"train": train_progress, "latency": latency_progress, "accuracy": accuracy_progress,
-            "search": search_progress}
+            "search": search_progress, "final": final_progress}
 
 
 def record_cluster(out_dir: Path) -> Path | None:

@@ -73,6 +73,22 @@ def test_status_of_a_search_in_rounds_reads_its_measured_file(tmp_path, capsys):
         assert "in rounds: round 1 of 8 done, 78 of 200 subnets measured" in status(out, capsys)[1]
 
 
+def test_status_of_a_running_final_stage_counts_the_networks_trained(tmp_path, capsys):
+    out = tmp_path / "run"
+    runner = StageRunner(out, STAGES)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("final", {"final": {"epochs": 30}}, [out / "final" / "results.json"],
+                   lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    with lock_run_dir(out):
+        assert "final      running" in status(out, capsys)[1] and "0 networks trained" in status(out, capsys)[1]
+        models = {"a": {"role": "estimate", "label": "r32/x", "init": "inherited", "val": 0.81},
+                  "b": {"role": "chosen", "label": "r32/y", "init": "scratch", "val": 0.875}}
+        (out / "final").mkdir()
+        (out / "final" / "results.json").write_text(json.dumps({"models": models}))
+        line = status(out, capsys)[1]
+    assert "2 networks trained (1 estimate, 1 chosen); last: chosen r32/y (scratch), val 0.8750" in line
+
+
 def test_an_unreachable_storage_is_one_line_naming_the_redacted_url(tmp_path, capsys):
     out = tmp_path / "run"
     running_search(out, {"trials": 100, "storage": "postgresql://hwnas:s3cret@127.0.0.1:1/studies"})
