@@ -142,12 +142,15 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
              f"{recipe.get('logit_scale')}, weight decay {recipe.get('weight_decay')}; accuracy is top-1 on the test "
              "split (val picks the init: `deployed`); latency is measured on each device by the same backend, "
              "all models in interleaved rounds.", "",
-             "| model | role | init | deployed | params | supernet val | val | test | "
+             "| model | role | init | deployed | params | supernet val | estimate val | val | test | "
              + " | ".join(f"{n} ms" for n in names) + " |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    # the fine-tuned estimate the `measured` rule picked by (role "estimate", one per arch)
+    estimates = {m["arch"]: m["val"] for m in models if m["role"] == "estimate"}
     for r in sorted((m for m in models if m["role"] not in ("ranking", "estimate")), key=lambda m: (m["role"] != "baseline", -m["test"])):
         lat = [f"{r['latency'][n]['ms']:.4g}" if n in r.get("latency", {}) else "-" for n in names]
         sup = f"{r['supernet_val']:.4f}" if "supernet_val" in r else "-"
+        sup += f" | {estimates[r['arch']]:.4f}" if r.get("arch") in estimates else " | -"
         by = summary.get("chosen_by", {})  # device -> arch -> the choice rule that picked it
         where = ", ".join(f"{d}: {by[d][r['arch']]}" if r["arch"] in by.get(d, {}) else d for d in r["devices"])
         lines.append(f"| `{r['label']}` | {r['role']}" + (f" ({where})" if r["role"] == "chosen" else "")

@@ -99,6 +99,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, no_command_line):
     assert "measured+estimate" in final["summary"]["chosen_by"]["cpu"].values()
     assert final["summary"]["ranking"]["estimate"]["n"] == final["summary"]["ranking"]["n"]
     assert "(cpu: measured" in report or "(cpu: capacity" in report  # the report says which rule chose each
+    assert "| supernet val | estimate val | val | test |" in report  # and the estimate it picked by
     # --from redoes that stage and the later ones only
     assert main(["run", "--config", str(cfg), "--out", str(out), "--from", "export"]) == 0
     third = json.loads((out / "manifest.json").read_text())
