@@ -45,6 +45,13 @@ def kendall(a, b) -> float | None:
     return round(float(kendalltau(a, b).statistic), 4)
 
 
+def final_models():
+    """(results file, model record) of every network in the committed `hwnas final` results."""
+    for path in sorted(glob.glob(str(RESULTS / "final" / "**" / "results.json"), recursive=True)):
+        for m in json.loads(Path(path).read_text()).get("models", {}).values():
+            yield Path(path), m
+
+
 def gather_truth() -> dict:
     """Stand-alone (scratch, seed 0) validation and test accuracy per arch and epochs, from every
     committed final results file; an arch trained twice with the same settings keeps its mean."""
@@ -52,13 +59,11 @@ def gather_truth() -> dict:
 
     largest = str(SearchSpace.from_config("cifar_pool").largest())
     found: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
-    for path in sorted(glob.glob(str(RESULTS / "final" / "**" / "results.json"), recursive=True)):
-        models = json.loads(Path(path).read_text()).get("models", {})
-        for m in models.values():
-            arch = m.get("arch") or (largest if m.get("baseline") == "largest" else None)
-            if arch is None or m.get("init") != "scratch" or m.get("recipe", {}).get("seed") != 0:
-                continue
-            found.setdefault((arch, m["epochs"]), []).append((m["val"], m["test"], str(Path(path).relative_to(ROOT))))
+    for path, m in final_models():
+        arch = m.get("arch") or (largest if m.get("baseline") == "largest" else None)
+        if arch is None or m.get("init") != "scratch" or m.get("recipe", {}).get("seed") != 0:
+            continue
+        found.setdefault((arch, m["epochs"]), []).append((m["val"], m["test"], str(path.relative_to(ROOT))))
     rows = [{"arch": a, "epochs": e, "val": round(float(np.mean([v for v, _, _ in runs])), 4),
              "test": round(float(np.mean([t for _, t, _ in runs])), 4), "runs": len(runs),
              "sources": sorted({s for _, _, s in runs})} for (a, e), runs in sorted(found.items())]
@@ -129,21 +134,19 @@ def finetune(args, spec: str, truth: list[dict], space) -> None:
     30-epoch truth set trained for a few epochs from its inherited weights with the final recipe at
     peak ``lr`` (:meth:`hwnas.final_stage.FinalStage.estimate`, resumable), scored on the validation
     split; written as a sibling folder that ``report`` reads like a supernet's (``<out>_ft<E>_lr<LR>/``)."""
-    import torch
-
     from hwnas.data_wiring import load_for_space
     from hwnas.final_stage import FinalStage
     from hwnas.final_training import plain_config
+    from search_space.train_dist import resolve_device
 
     epochs, lr = parse_finetune(spec)
     out = Path(f"{args.out.rstrip('/')}_ft{epochs}_lr{lr:g}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     bundle = load_for_space(args.dataset, args.data, space, seed=0, device=device)
     # the final recipe (ResNet-18's plain one, batch 512), which the estimate runs for `epochs` at `lr`
     stage = FinalStage(space, out, plain_config(30, args.batch_size), bundle, device, args.checkpoint, progress=False)
     archs = list(dict.fromkeys(r["arch"] for r in truth if r["epochs"] == 30))
-    est = stage.estimate(archs, epochs, lr)
+    est = stage.estimate(archs, epochs, lr, calib_batches=args.calib_batches)
     header = {"estimator": f"inherited weights + {epochs} epochs at lr {lr:g}", "checkpoint": str(args.checkpoint)}
     (out / "scores.jsonl").write_text("\n".join(json.dumps(x) for x in
                                                  [header] + [{"arch": a, "accuracy": v} for a, v in est.items()]) + "\n")
@@ -267,10 +270,9 @@ def noise_ceiling(truth: list[dict], draws: int = 2000) -> list[str]:
     from scipy.stats import kendalltau
 
     seeds: dict[str, dict[int, float]] = {}
-    for path in glob.glob(str(RESULTS / "final" / "**" / "results.json"), recursive=True):
-        for m in json.loads(Path(path).read_text()).get("models", {}).values():
-            if m.get("arch") and m.get("init") == "scratch" and m.get("epochs") == 30:
-                seeds.setdefault(m["arch"], {})[m["recipe"]["seed"]] = m["val"]
+    for _, m in final_models():
+        if m.get("arch") and m.get("init") == "scratch" and m.get("epochs") == 30:
+            seeds.setdefault(m["arch"], {})[m["recipe"]["seed"]] = m["val"]
     multi = [list(v.values()) for v in seeds.values() if len(v) > 1]
     if not multi:
         return []

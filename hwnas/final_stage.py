@@ -127,38 +127,39 @@ class FinalStage:
         return self.space.parse(c.arch).resolution if c.arch else int(self.bundle.image_size)
 
     # ---- training ----------------------------------------------------------------------
-    def train(self, c: Candidate, config: TrainConfig | None = None, recalibrate: bool = False) -> dict:
+    def train(self, c: Candidate, config: TrainConfig | None = None, recalibrate: dict | None = None) -> dict:
         """Train ``c`` (skipped when ``results.json`` has it), evaluate it, keep its weights. With
-        ``recalibrate``, BN statistics are re-estimated on training batches before the evaluation
-        (as the supernet's accuracies are): a few steps leave inherited statistics in them."""
+        ``recalibrate`` (``calib_batches`` x ``calib_batch_size`` training images), BN statistics are
+        re-estimated before the evaluation, as the supernet's accuracies are: a few steps leave
+        inherited statistics in them."""
         config = config or self.config
         done = self.results["models"].get(c.key)
-        if done and done.get("recipe") == config.to_json() and done.get("bn_recalibrated", False) == recalibrate:
+        if done and done.get("recipe") == config.to_json() and done.get("bn_recalibrated") == recalibrate:
             done["devices"] = sorted(set(done.get("devices", [])) | set(c.devices))
             return done
         model = self.build(c)
+        resolution = self.resolution(c)
         log(f"final: training {c.role} {c.label} ({c.init}, {config.epochs} epochs)")
         start = time.perf_counter()
         history = train_model(model, self.bundle, config, self.device, self.out / "train" / f"{c.key}.pt",
-                              progress=self.progress, desc=f"{c.role} {c.key}", resolution=self.resolution(c))
+                              progress=self.progress, desc=f"{c.role} {c.key}", resolution=resolution)
         if recalibrate:
             from hwnas.data_wiring import calibration_batches
             from search_space import recalibrate_bn
             from search_space.evaluation import fit_resolution
 
-            r = self.resolution(c)
+            batches = calibration_batches(self.bundle, recalibrate["calib_batch_size"], self.device)
             with torch.no_grad():
-                recalibrate_bn(model, (fit_resolution(x, r) for x, _ in calibration_batches(self.bundle, 256, self.device)()),
-                               20)
+                recalibrate_bn(model, (fit_resolution(x, resolution) for x, _ in batches()), recalibrate["calib_batches"])
         seconds = time.perf_counter() - start
-        accs = evaluate_model(model, self.bundle, self.device, self.resolution(c))
+        accs = evaluate_model(model, self.bundle, self.device, resolution)
         record = {"key": c.key, "role": c.role, "arch": c.arch, "baseline": c.baseline, "init": c.init,
                   "devices": sorted(c.devices), "label": c.label, "val": accs["val"], "test": accs["test"],
                   "params": int(sum(p.numel() for p in model.parameters())), "epochs": len(history),
                   "train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"], "recipe": config.to_json(),
                   "weights": str(Path("models") / f"{c.key}.pt")}
         if recalibrate:
-            record["bn_recalibrated"] = True
+            record["bn_recalibrated"] = recalibrate
         if c.role == "estimate":  # a score, not a model anyone deploys
             record["weights"] = None
         else:
@@ -221,15 +222,18 @@ class FinalStage:
                                         bundle=self.bundle, **measure)
         return {r["arch"]: r["accuracy"] for r in data.records}
 
-    def estimate(self, archs: list[str], epochs: int, lr: float | None = None) -> dict[str, float]:
-        """The fine-tuned estimate of ``archs``: validation accuracy (BN recalibrated) after ``epochs`` of the
-        final recipe from inherited supernet weights at peak ``lr`` (default: :data:`ESTIMATE_LR_FRACTION` of the
-        recipe's). It ranks archs as stand-alone training does far better than the supernet's own
-        accuracy, for about ``epochs`` epochs of each arch; resumable like every training here."""
+    def estimate(self, archs: list[str], epochs: int, lr: float | None = None, calib_batches: int = 20,
+                 calib_batch_size: int = 256) -> dict[str, float]:
+        """The fine-tuned estimate of ``archs``: validation accuracy after ``epochs`` of the final recipe
+        from inherited supernet weights at peak ``lr`` (default: :data:`ESTIMATE_LR_FRACTION` of the
+        recipe's), BN recalibrated on ``calib_batches`` x ``calib_batch_size`` training images as the
+        supernet's accuracies are. It ranks archs as stand-alone training does far better than the
+        supernet's own accuracy, for about ``epochs`` epochs of each arch; resumable like every training here."""
         config = self.estimate_config(epochs, lr)
         # BN recalibrated after the few steps: on digits (20 steps) the inherited statistics left in them cost up
         # to 25 points (0.713 vs 0.958); on CIFAR (194 steps) their weight is 0.9^194, nil
-        return {a: self.train(Candidate("estimate", arch=a, init="inherited"), config, recalibrate=True)["val"]
+        calib = {"calib_batches": calib_batches, "calib_batch_size": calib_batch_size}
+        return {a: self.train(Candidate("estimate", arch=a, init="inherited"), config, recalibrate=calib)["val"]
                 for a in archs}
 
     def estimate_config(self, epochs: int, lr: float | None = None) -> TrainConfig:
@@ -241,11 +245,12 @@ class FinalStage:
 
 
 def refine_measured(stage: FinalStage, rules: dict[str, str], candidates: list[tuple[str, str]], top: int,
-                    epochs: int, lr: float | None) -> dict[str, str]:
+                    estimate: dict) -> dict[str, str]:
     """A device's picks with the ``measured`` ones replaced by the ``top`` best fine-tuned estimates
-    of ``candidates``: among cifar_pool archs within each budget, the supernet's own top pick scored
-    3 points under the best stand-alone, the estimate's top pick 0.1 (experiments/results/ranking/)."""
-    est = stage.estimate([a for a, _ in candidates], epochs, lr)
+    (``estimate``: :meth:`FinalStage.estimate`'s settings) of ``candidates``: among cifar_pool archs
+    within each budget, the supernet's own top pick scored 3 points under the best stand-alone, the
+    estimate's top pick 0.1 (experiments/results/ranking/)."""
+    est = stage.estimate([a for a, _ in candidates], **estimate)
     best = sorted(est, key=lambda a: -est[a])[:top]
     kept = {a: r for a, r in rules.items() if r != "measured" and a not in best}
     return {**{a: "measured+estimate" for a in best}, **kept}
@@ -462,12 +467,15 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
     rules = {d: dict(choose_with_rules(entries, top, choose, pool, (tables or {}).get(d), (budgets or {}).get(d),
                                        stage.space)) for d, entries in fronts.items()}
     estimating = estimate_epochs > 0 and stage.checkpoint is not None
+    # the estimate recalibrates BN as the supernet accuracies are measured
+    estimate = {"epochs": estimate_epochs, "lr": estimate_lr,
+                **{k: v for k, v in (measure_settings or {}).items() if k in ("calib_batches", "calib_batch_size")}}
     if estimating:
         for d, entries in fronts.items():
             if "measured" in rules[d].values():
                 rules[d] = refine_measured(stage, rules[d], choose_with_rules(
                     entries, max(estimate_candidates, top), "measured", pool, (tables or {}).get(d),
-                    (budgets or {}).get(d)), top, estimate_epochs, estimate_lr)
+                    (budgets or {}).get(d)), top, estimate)
     per_device = {d: list(r) for d, r in rules.items()}
     for device, archs in per_device.items():
         for a in archs:
@@ -512,7 +520,7 @@ def run_final(stage: FinalStage, fronts: dict[str, list[dict]], devices: list[di
         summary["ranking"]["epochs"] = max(1, ranking_epochs)
         summary["ranking"]["resolvable"] = resolvable(ranked, len(stage.bundle.val))
         if estimating:
-            est = stage.estimate([r["arch"] for r in ranked], estimate_epochs, estimate_lr)
+            est = stage.estimate([r["arch"] for r in ranked], **estimate)
             summary["ranking"]["estimate"] = estimate_summary(summary["ranking"], est, estimate_epochs,
                                                               stage.estimate_config(estimate_epochs, estimate_lr).lr)
         plot_ranking(summary["ranking"], stage.out / "ranking.png", max(1, ranking_epochs))

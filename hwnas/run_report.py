@@ -150,11 +150,11 @@ def final_section(out: Path, devices: list[dict]) -> list[str]:
     for r in sorted((m for m in models if m["role"] not in ("ranking", "estimate")), key=lambda m: (m["role"] != "baseline", -m["test"])):
         lat = [f"{r['latency'][n]['ms']:.4g}" if n in r.get("latency", {}) else "-" for n in names]
         sup = f"{r['supernet_val']:.4f}" if "supernet_val" in r else "-"
-        sup += f" | {estimates[r['arch']]:.4f}" if r.get("arch") in estimates else " | -"
+        est = f"{estimates[r['arch']]:.4f}" if r.get("arch") in estimates else "-"
         by = summary.get("chosen_by", {})  # device -> arch -> the choice rule that picked it
         where = ", ".join(f"{d}: {by[d][r['arch']]}" if r["arch"] in by.get(d, {}) else d for d in r["devices"])
         lines.append(f"| `{r['label']}` | {r['role']}" + (f" ({where})" if r["role"] == "chosen" else "")
-                     + f" | {r['init']} | {'yes' if r.get('deployed') else '-'} | {r['params'] / 1e6:.2f}M | {sup} "
+                     + f" | {r['init']} | {'yes' if r.get('deployed') else '-'} | {r['params'] / 1e6:.2f}M | {sup} | {est} "
                      f"| {r['val']:.4f} | {r['test']:.4f} | " + " | ".join(lat) + " |")
     for name in names:
         v = summary.get("verdicts", {}).get(name, [])
@@ -205,6 +205,15 @@ def _best(pair) -> str:
     return "-" if value is None else f"{value:.4g}" + (f" ({kind})" if kind else "")
 
 
+def ranking_line(rank: dict) -> str:
+    """The ranking check in one line (terminal of `hwnas run` and `hwnas final`)."""
+    est = rank.get("estimate")
+    noise = not rank.get("resolvable", {"ok": True})["ok"]
+    return (f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} front archs (supernet)"
+            + (f", {est['kendall_tau']} (fine-tuned estimate)" if est else "")
+            + ("; stand-alone accuracies too close to rank: noise" if noise else ""))
+
+
 def console_summary(pipeline) -> str:
     """A few lines for the terminal: per device the front's size and ranges and the most accurate
     exported model (the report holds everything else)."""
@@ -235,10 +244,6 @@ def console_summary(pipeline) -> str:
         lines.append(f"{name}: not measured here (no CUDA device)")
     rank = (pipeline.final_results() or {}).get("summary", {}).get("ranking")
     if rank:  # can I trust the front? one line of the report's answer
-        est = rank.get("estimate")
-        noise = not rank.get("resolvable", {"ok": True})["ok"]
-        lines.append(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} front archs (supernet)"
-                     + (f", {est['kendall_tau']} (fine-tuned estimate)" if est else "")
-                     + ("; stand-alone accuracies too close to rank: noise" if noise else ""))
+        lines.append(ranking_line(rank))
     lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)

@@ -164,9 +164,8 @@ def _final(args) -> int:
         rule = summary["chosen_by"].get(d, {}).get(r["arch"])
         print(f"{d}: picked {r['label']} ({f'{rule} rule, ' if rule else ''}{r['init']}): test {r['test']:.4f}")
     if "ranking" in summary:
-        rank = summary["ranking"]
-        est = f"; fine-tuned estimate {rank['estimate']['kendall_tau']}" if "estimate" in rank else ""
-        noise = "" if rank.get("resolvable", {"ok": True})["ok"] else "; stand-alone accuracies too close to rank: noise"
-        print(f"ranking check: Kendall tau {rank['kendall_tau']} on {rank['n']} archs{est}{noise}")
+        from hwnas.run_report import ranking_line
+
+        print(ranking_line(summary["ranking"]))
     print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
