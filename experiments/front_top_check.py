@@ -6,6 +6,10 @@ dataset within the device's latency budget (judged by its table), and against th
 Works on committed files only, no GPU:
 
     python experiments/front_top_check.py  # the first cifar_pool run's fronts, H100 + CPU tables
+    W=experiments/results/gpu_whole; python experiments/front_top_check.py --fronts $W/search --out $W \
+      --accuracy-data $W/predictor/accuracy_fit.jsonl --accuracy-data $W/predictor/accuracy_holdout.jsonl \
+      --accuracy-data $W/search/measured_accuracy.jsonl --device cpu=$W/tables/cpu.json=4.5 \
+      --device gpu_b1=$W/tables/gpu_b1.json=0.16 --device gpu_b256=$W/tables/gpu_b256.json=0.68
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "final"
+DEFAULT_DATA = HERE / "results" / "supernet_cifar" / "cifar_pool_recipe" / "predictor_cifar_dataset.jsonl"
 DEFAULT_DEVICES = ["cpu=cifar_pool_cpu_ort_b1_fp32=4.5", "gpu_b1=cifar_pool_h100_cuda_b1_bf16=0.16",
                    "gpu_b256=cifar_pool_h100_cuda_b256_bf16=0.68"]
 
@@ -47,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="cifar_pool")
     p.add_argument("--fronts", default=str(RESULTS / "final_cifar_pool" / "search"), help="folder of pareto_<device>.json")
-    p.add_argument("--accuracy-data", default=str(HERE / "results" / "supernet_cifar" / "cifar_pool_recipe" /
-                                                  "predictor_cifar_dataset.jsonl"))
+    p.add_argument("--accuracy-data", action="append", default=None, metavar="JSONL",
+                   help="repeatable: every measured subnet counts (default: the first cifar_pool run's 4,659)")
     p.add_argument("--device", action="append", default=None, metavar="NAME=TABLE=BUDGET_MS",
                    help=f"repeatable (default: {' '.join(DEFAULT_DEVICES)})")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     space = SearchSpace.from_config(args.space)
-    measured = {r["arch"]: r["accuracy"] for r in AccuracyDataset.load(args.accuracy_data).records}
+    data = args.accuracy_data or [str(DEFAULT_DATA)]
+    measured = {r["arch"]: r["accuracy"] for path in data for r in AccuracyDataset.load(path).records}
     best_all = max(measured.values())
     rows = []
     for spec in args.device or DEFAULT_DEVICES:
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                      "gap_to_best_overall_pts": round(100 * (best_all - acc), 2)})
     rel = lambda path: os.path.relpath(path, HERE.parent)  # noqa: E731 - paths as the repo names them
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-              "fronts": rel(args.fronts), "accuracy_data": rel(args.accuracy_data), "subnets": len(measured),
+              "fronts": rel(args.fronts), "accuracy_data": [rel(path) for path in data], "subnets": len(measured),
               "best_overall": best_all, "devices": rows}
     out = Path(args.out)
     atomic_write_json(out / "front_top_check.json", result)
