@@ -118,15 +118,19 @@ class Lookup:
         return [self.accuracy[str(a)] for a in archs]
 
 
-def load_universe(dataset: Path, tables: list[Path]):
-    """(space over the measured subnets, accuracy by arch string, tables by device)."""
+def load_universe(datasets: list[Path], tables: list[Path]):
+    """(space over the measured subnets of ``datasets`` (one space), accuracy by arch string, tables by device)."""
     from latency_tables import FingerprintWarning, LatencyTable
     from predictors import AccuracyDataset
 
-    data = AccuracyDataset.load(dataset)
-    base = data.space()
-    archs = data.archs(base)
-    accuracy = {str(a): float(y) for a, y in zip(archs, data.accuracies())}
+    loaded_data = [AccuracyDataset.load(d) for d in datasets]
+    base = loaded_data[0].space()
+    accuracy = {}
+    for path, data in zip(datasets, loaded_data):
+        if data.space().fingerprint != base.fingerprint:
+            raise SystemExit(f"bench_search_rounds: {path}: another space than {datasets[0]}")
+        accuracy.update({str(a): float(y) for a, y in zip(data.archs(base), data.accuracies())})
+    archs = [base.parse(a) for a in accuracy]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FingerprintWarning)
         loaded = [LatencyTable.load(t, space=base) for t in tables]
@@ -197,7 +201,8 @@ def run_rounds(space, accuracy, tables, queries, seed, inner_trials, rounds, exp
 def main(argv=None) -> int:
     """Run the benchmark and write the results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    p.add_argument("--dataset", type=Path, action="append", default=None,
+                   help="accuracy dataset (repeatable: one universe of all their subnets; default: the 4,659 cifar_pool)")
     p.add_argument("--table", type=Path, action="append", default=None, help="latency table (repeatable)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--long-queries", type=int, default=500, help="a second, longer budget for direct NSGA-II")
@@ -224,6 +229,7 @@ def main(argv=None) -> int:
     predictor = args.predictor
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.time()
+    args.dataset = args.dataset or [DEFAULT_DATASET]
     space, accuracy, tables = load_universe(args.dataset, args.table or DEFAULT_TABLES)
     keys = [str(a) for a in space.archs]
     latency = {d: dict(zip(keys, t.predict_many(space.archs).tolist())) for d, t in tables.items()}
@@ -304,7 +310,7 @@ def _write(args, argv, space, keys, tables, truth, runs, logs, start) -> None:
     doc = {"facts": facts(), "command": "python experiments/bench_search_rounds.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "settings": {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
                         for k, v in vars(args).items()},
-           "dataset": {"path": str(args.dataset.relative_to(ROOT) if args.dataset.is_absolute() else args.dataset),
+           "dataset": {"path": " + ".join(str(d.relative_to(ROOT) if d.is_absolute() else d) for d in args.dataset),
                        "subnets": len(keys), "space": space.base.name},
            "tables": {d: str(t.path) for d, t in tables.items()},
            "true_front": {d: {"reference": list(t["ref"]), "hypervolume": t["hv"], "reference_loose": list(t["ref_loose"]),
