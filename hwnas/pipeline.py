@@ -9,6 +9,7 @@ makes the whole run resumable."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -202,12 +203,13 @@ class Pipeline:
         common = dict(trials=s["trials"], sampler=s["sampler"], seed=self.cfg["seed"], verify_top=self.cfg["verify"]["top"],
                       checkpoint=str(self.checkpoint), eval_device=_device(self.cfg), calib_batches=p["calib_batches"],
                       calib_batch_size=p["calib_batch_size"], progress=False)
-        if s["rounds"]:  # measured fronts: the fit set is known, `queries` more are measured in rounds
+        if s["rounds"]:  # measured fronts: the accuracy dataset is known, `queries` more are measured in rounds
             from hwnas.search_rounds import search_in_rounds
 
             model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
+            known = [str(self.out / "predictor" / f"accuracy_{part}.jsonl") for part in ("fit", "holdout")]
             search_in_rounds(self.space, tables, budgets, out, rounds=s["rounds"], queries=s["queries"], model=model,
-                             accuracy_dataset=str(self.out / "predictor" / "accuracy_fit.jsonl"), **common)
+                             accuracy_dataset=known, **common)
         else:
             from hwnas.searching import search_and_verify
 
@@ -231,13 +233,28 @@ class Pipeline:
         return {d["name"]: json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())["front"]
                 for d in self.devices()}
 
+    def measured_accuracies(self) -> dict[str, float]:
+        """Every subnet this run measured on its supernet, arch -> validation accuracy: the accuracy
+        dataset (fit and held-out parts) and, after a search in rounds, the subnets it measured."""
+        from predictors import AccuracyDataset
+
+        measured = {}
+        for part in ("fit", "holdout"):
+            path = self.out / "predictor" / f"accuracy_{part}.jsonl"
+            if path.exists():
+                measured.update((r["arch"], r["accuracy"]) for r in AccuracyDataset.load(path).records)
+        rounds = self.out / "search" / "measured.json"
+        if rounds.exists():
+            measured.update((p["arch"], p["accuracy"]) for p in json.loads(rounds.read_text())["points"]
+                            if p["round"] >= 0 and math.isfinite(p.get("accuracy", math.nan)))
+        return measured
+
     def final(self) -> dict:
         """Stage final: the `export.top` archs of each front and the baselines trained alone with one
         recipe, timed on every device; the ranking check (``hwnas.final_stage``)."""
         from hwnas.data_wiring import load_for_space
         from hwnas.final_stage import FinalStage, run_final
         from hwnas.final_training import plain_config
-        from predictors import AccuracyDataset
 
         f, p = self.cfg["final"], self.cfg["predictor"]
         if f["epochs"] == 0:
@@ -250,8 +267,7 @@ class Pipeline:
                               seed=self.cfg["seed"])
         stage = FinalStage(self.space, self.out / "final", config, bundle, device, self.checkpoint,
                            on_cluster=bool(self.ray_address))
-        fit = AccuracyDataset.load(self.out / "predictor" / "accuracy_fit.jsonl")
-        pool = [(r["arch"], r["accuracy"]) for r in fit.records]
+        pool = list(self.measured_accuracies().items())
         measure = {"calib_batches": p["calib_batches"], "calib_batch_size": p["calib_batch_size"],
                    "eval_batch_size": p["eval_batch_size"]}
         from latency_tables import LatencyTable

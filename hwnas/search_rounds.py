@@ -28,31 +28,32 @@ def check_rounds(rounds: int, queries: int, seed_size: int | None, model: str) -
         raise SearchError(f"--model {model!r} is unknown: expected one of {sorted(PREDICTORS)}")
 
 
-def _known(path: str | None, space, checkpoint: str) -> dict:
-    """Subnets of an accuracy dataset of the same space and checkpoint: arch -> (accuracy,)."""
-    if path is None:
-        return {}
+def _known(paths: str | Sequence[str] | None, space, checkpoint: str) -> dict:
+    """Subnets of accuracy datasets of the same space and checkpoint: arch -> (accuracy,)."""
     from predictors import AccuracyDataset
     from search_space import checkpoint_hash
 
-    data = AccuracyDataset.load(path)
-    data.check_space(space)
-    if data.header.get("checkpoint_hash") != checkpoint_hash(checkpoint):
-        raise SearchError(f"--accuracy-dataset {path!r} was measured on checkpoint {data.header.get('checkpoint_hash')!r}, "
-                          f"not on --checkpoint {checkpoint!r} ({checkpoint_hash(checkpoint)}): expected the same checkpoint")
-    return {a: (y,) for a, y in zip(data.archs(space), data.accuracies())}
+    known: dict = {}
+    for path in [paths] if isinstance(paths, str) else paths or []:
+        data = AccuracyDataset.load(path)
+        data.check_space(space)
+        if data.header.get("checkpoint_hash") != checkpoint_hash(checkpoint):
+            raise SearchError(f"--accuracy-dataset {path!r} was measured on checkpoint {data.header.get('checkpoint_hash')!r}, "
+                              f"not on --checkpoint {checkpoint!r} ({checkpoint_hash(checkpoint)}): expected the same checkpoint")
+        known.update({a: (y,) for a, y in zip(data.archs(space), data.accuracies())})
+    return known
 
 
 def search_in_rounds(space: SearchSpace, tables: dict, budgets: list, out: Path, *, checkpoint: str, queries: int,
                      rounds: int, seed_size: int | None = None, model: str = "gbt", trials: int | None = None,
-                     sampler: str = "nsga2", seed: int = 0, accuracy_dataset: str | None = None,
+                     sampler: str = "nsga2", seed: int = 0, accuracy_dataset: str | Sequence[str] | None = None,
                      objectives: Sequence[str] = (), dataset: str | None = None, data: str | None = None,
                      eval_device: str = "auto", eval_limit: int | None = None, calib_batches: int = 20,
                      calib_batch_size: int = 256, verify: bool = True, verify_top: int = 12, progress: bool = True,
                      start: float | None = None) -> dict:
     """``hwnas search --rounds``, its options as arguments: measure ``queries`` subnets of
     ``checkpoint`` (on ``dataset``, as :class:`CheckpointAccuracy` does) in ``rounds``, the subnets of
-    ``accuracy_dataset`` known beforehand; write the report to ``out`` (fronts, every measured subnet
+    ``accuracy_dataset`` (one path or several) known beforehand; write the report to ``out`` (fronts, every measured subnet
     in measured.json), re-measure the fronts' latency on the devices reachable from here, print the
     fronts. Returns the run's record (measured.json's ``run``)."""
     from search_space import load_supernet

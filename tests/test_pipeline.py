@@ -315,12 +315,21 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line)
     assert measured["run"]["mode"] == "rounds" and measured["run"]["known"] >= 30
     assert 0 < measured["run"]["measured"] <= 8
     points = {p["arch"] for p in measured["points"]}
+    from predictors import AccuracyDataset
+
+    known = {r["arch"] for part in ("fit", "holdout")
+             for r in AccuracyDataset.load(out / "predictor" / f"accuracy_{part}.jsonl").records}
+    assert measured["run"]["known"] == len(known)  # the held-out subnets count too: every measurement is used
+    assert len(points) == len(known) + measured["run"]["measured"]
     front = json.loads((out / "search" / "pareto_cpu.json").read_text())["front"]
     assert front and all(e["arch"] in points for e in front)
     from hwnas.pipeline import Pipeline
     from hwnas.run_report import console_summary
 
-    summary = console_summary(Pipeline(cfg, out))  # the terminal says what the front's accuracies are
+    pipe = Pipeline(cfg, out)
+    # what the final stage's `measured` rule picks from: every subnet measured on the supernet, the rounds' too
+    assert set(pipe.measured_accuracies()) == points
+    summary = console_summary(pipe)  # the terminal says what the front's accuracies are
     lo, hi = min(e["accuracy"]["measured"] for e in front), max(e["accuracy"]["measured"] for e in front)
     assert f"accuracy {lo:.4f}-{hi:.4f} (measured on the supernet)" in summary
     from hwnas.run_report import rounds_section

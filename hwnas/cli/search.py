@@ -58,9 +58,9 @@ def register(sub) -> None:
     r.add_argument("--queries", type=int, default=None, help="distinct subnets to measure in all (the budget)")
     r.add_argument("--seed-size", type=int, default=None, help="subnets measured before the first fit (default: 30%% of --queries)")
     r.add_argument("--model", default="gbt", help="predictor kind fitted between rounds (default gbt)")
-    r.add_argument("--accuracy-dataset", default=None,
+    r.add_argument("--accuracy-dataset", action="append", default=None,
                    help="accuracy dataset of the same checkpoint ('hwnas predictor dataset'): its subnets count as "
-                        "measured and cost no query")
+                        "measured and cost no query (repeatable)")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="skip re-measuring the fronts")
     v.add_argument("--verify-top", type=int, default=12, help="front points re-measured per device, spread along the front (default 12)")
