@@ -123,7 +123,20 @@ def rounds_section(out: Path) -> list[str]:
     if known and new:
         lines += ["", f"Most accurate subnet measured in the rounds: {max(new):.4f}; in the accuracy dataset: "
                       f"{max(known):.4f}."]
+    budgets = run.get("budgets_ms") or {}
+    within = [p for p in points if p.get("accuracy") is not None
+              and all(p.get(name, float("inf")) <= limit for name, limit in budgets.items())]
+    if budgets and within:  # what the fronts' tops are made of: did the rounds find better than the dataset?
+        best = {side: max((p["accuracy"] for p in within if (p["round"] >= 0) == side), default=None)
+                for side in (True, False)}
+        lines += [f"Within every budget ({', '.join(f'{n} <= {v} ms' for n, v in budgets.items())}): "
+                  f"{len(within)} measured subnets, the most accurate {max(p['accuracy'] for p in within):.4f} "
+                  f"(rounds {_opt(best[True])}, accuracy dataset {_opt(best[False])})."]
     return lines + [""]
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def final_section(out: Path, devices: list[dict]) -> list[str]:

@@ -307,7 +307,8 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line)
     """`search.rounds`: the accuracy dataset is known, `queries` more subnets are measured on the
     supernet in rounds, and the fronts hold measured subnets only."""
     run = {**TINY_RUN, "latency": {**TINY_RUN["latency"], "devices": TINY_RUN["latency"]["devices"][:1]},
-           "search": {"trials": 60, "sampler": "nsga2", "rounds": 2, "queries": 8}, "final": {"epochs": 0}}
+           "search": {"trials": 60, "sampler": "nsga2", "rounds": 2, "queries": 8, "budgets": {"cpu": 50}},
+           "final": {"epochs": 0}}
     cfg, out = tmp_path / "run.yaml", tmp_path / "run"
     cfg.write_text(yaml.safe_dump(run))
     assert main(["run", "--config", str(cfg), "--out", str(out), "--until", "search"]) == 0
@@ -336,6 +337,9 @@ def test_run_with_search_rounds_makes_measured_fronts(tmp_path, no_command_line)
 
     section = "\n".join(rounds_section(out))  # the report states what the rounds measured and what it cost
     assert "## Search in rounds" in section and f"{measured['run']['measured']} subnets measured" in section
+    limit = measured["run"]["budgets_ms"]["latency:cpu"]
+    best = max(p["accuracy"] for p in measured["points"] if p["latency:cpu"] <= limit)
+    assert f"Within every budget (latency:cpu <= {limit} ms)" in section and f"the most accurate {best:.4f}" in section
     rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == len(measured["log"])  # a row per round (the seed batch is round 0)
 
