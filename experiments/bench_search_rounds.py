@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.bench_search_common import RESULTS, facts  # noqa: E402
 from search import (Objective, hypervolume_2d, make_sampler, pareto_front_2d, run_search,  # noqa: E402
                     search_rounds, space_extremes, table_latency)
-from search._rounds import DEFAULT_INNER_TRIALS, DEFAULT_PICK, DEFAULT_ROUNDS, PICKS  # noqa: E402
+from search._rounds import DEFAULT_INNER_TRIALS, DEFAULT_LOCAL_SHARE, DEFAULT_PICK, DEFAULT_ROUNDS, PICKS  # noqa: E402
 from search_space.io import atomic_write_json, atomic_write_text, save_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,10 @@ class DatasetSpace:
     def from_params(self, params):
         """As :meth:`suggest`, from stored parameters."""
         return self.project(self.base.from_params(params))
+
+    def mutate(self, arch, rng=None, prob=0.1):
+        """The real space's mutant, projected."""
+        return self.project(self.base.mutate(arch, rng, prob))
 
     def encode_many(self, archs):
         """The real space's encoding."""
@@ -187,13 +191,14 @@ def run_nsga2(space, accuracy, tables, queries, seed, population, kind="nsga2"):
 
 
 def run_rounds(space, accuracy, tables, queries, seed, inner_trials, rounds, explore, predictor, seed_size,
-               improve_share=0.0, bootstrap=False, pick=DEFAULT_PICK):
+               improve_share=0.0, bootstrap=False, pick=DEFAULT_PICK, local_share=DEFAULT_LOCAL_SHARE):
     """``search_rounds`` on the true accuracy; returns the measured subnets and its log."""
     lookup = Lookup(accuracy)
     measure = [Objective("accuracy", "maximize", lookup, measured=True, cache=True)]
     result = search_rounds(space, measure, [table_latency(t, d) for d, t in tables.items()], queries, seed=seed,
                            inner_trials=inner_trials, rounds=rounds, explore=explore, predictor=predictor,
-                           seed_size=seed_size, improve_share=improve_share, bootstrap=bootstrap, pick=pick)
+                           seed_size=seed_size, improve_share=improve_share, bootstrap=bootstrap, pick=pick,
+                           local_share=local_share)
     assert len(lookup.seen) == len(result) <= queries
     return [str(a) for a in result.archs], result.log
 
@@ -221,6 +226,9 @@ def main(argv=None) -> int:
                    help="share of each batch picked by optimistic hypervolume improvement (search_rounds' improve_share)")
     p.add_argument("--pick", choices=PICKS, default=DEFAULT_PICK,
                    help="how each batch is picked from the candidates (search_rounds' pick)")
+    p.add_argument("--local-share", type=float, default=DEFAULT_LOCAL_SHARE,
+                   help="share of each batch taken from mutants of the most accurate measured subnets (local search; "
+                        f"default {DEFAULT_LOCAL_SHARE})")
     p.add_argument("--strategies", default="random,random_space,nsga2_old,nsga2_new,rounds")
     p.add_argument("--out", default="search_rounds", help="result name under experiments/results/search")
     args = p.parse_args(argv)
@@ -257,7 +265,7 @@ def main(argv=None) -> int:
             def rounds():
                 measured, log = run_rounds(space, accuracy, tables, args.queries, seed, args.inner_trials, args.rounds,
                                            args.explore, predictor, args.seed_size, args.improve_share, args.bootstrap,
-                                           args.pick)
+                                           args.pick, args.local_share)
                 logs.append({"seed": seed, "rounds": log})
                 return measured
             todo["rounds"] = rounds
@@ -349,7 +357,7 @@ def _markdown(doc: dict) -> str:
              "", f"Seeds: {min(len(r) for r in doc['runs'].values())} of {s['seeds']} run. Rounds: {s['rounds']} rounds after a seed of {s['seed_size'] or '30% of the budget'}, "
              f"{s['inner_trials']} predicted trials per round, predictor `{s['predictor']}`"
              f"{' with bootstrap members' if s.get('bootstrap', 'no_bootstrap' in s and not s['no_bootstrap']) else ''}, "
-             f"explore {s['explore']}, improve share {s.get('improve_share', 0.0)}, batch pick `{s.get('pick', 'layers')}`.", "",
+             f"explore {s['explore']}, improve share {s.get('improve_share', 0.0)}, local share {s.get('local_share', 0.0)}, batch pick `{s.get('pick', 'layers')}`.", "",
              "| strategy | queries (mean) | " + " | ".join(f"{d}: HV ratio mean ± sd (min) | {d}: HV ratio, loose ref. | "
                                                           f"{d}: front recall" for d in devices)
              + " | CPU s |", "|" + " --- |" * (2 + 3 * len(devices) + 1)]

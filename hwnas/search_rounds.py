@@ -13,7 +13,7 @@ from hwnas.searching import (EXTRA_OBJECTIVES, CheckpointAccuracy, check_count, 
                              reachable_devices)
 from search import (SearchError, format_fronts, measured_accuracy, measured_latency, search_rounds, table_latency,
                     verify_fronts, write_report)
-from search._rounds import DEFAULT_INNER_TRIALS
+from search._rounds import DEFAULT_INNER_TRIALS, DEFAULT_LOCAL_SHARE
 from search_space import SearchSpace
 from search_space.io import atomic_write_json
 
@@ -74,13 +74,14 @@ def search_in_rounds(space: SearchSpace, tables: dict, budgets: list, out: Path,
            "tables": {d: f"{t.path} ({t.backend_spec}, batch {t.batch_size}, {t.dtype})" for d, t in tables.items()},
            "budgets_ms": {b.objective: b.limit for b in budgets}, "queries": queries, "rounds": rounds,
            "seed_size": seed_size, "model": model, "inner_trials": inner_trials,
-           "sampler": sampler, "seed": seed, "known": len(known)}
+           "sampler": sampler, "seed": seed, "known": len(known), "local_share": DEFAULT_LOCAL_SHARE}
 
     def save(result) -> None:
         atomic_write_json(out / "measured.json", {"run": run, "log": result.log, "points": result.records()})
 
     result = search_rounds(space, [evaluate], costs, queries, budgets=budgets, predictor=model, seed_size=seed_size,
                            rounds=rounds, inner_trials=inner_trials, sampler=sampler, seed=seed, known=known,
+                           local_share=DEFAULT_LOCAL_SHARE,
                            progress=progress, on_round=save)
     run.update(measured=int((result.round_of >= 0).sum()), search_seconds=round(time.time() - start, 1))
     save(result)

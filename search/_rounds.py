@@ -8,7 +8,8 @@ Round 0 measures a seed (the space's extremes and a spread sample). Every later 
 predictor per measured objective on everything measured so far, searches the space on the
 predictions (:func:`run_search`, cheap objectives exact), and measures the next batch: spread
 along every device's predicted front, walked by non-dominated layers, with the predicted
-quality raised by ``explore`` x the predictor's std. The budget counts distinct architectures;
+quality raised by ``explore`` x the predictor's std, a quarter of it from mutants of the most
+accurate measured archs (a local search where one under-rated arch costs the most). The budget counts distinct architectures;
 each is measured once (a cache by architecture, which ``known`` can pre-fill from earlier runs).
 """
 
@@ -37,6 +38,10 @@ DEFAULT_INNER_TRIALS = 1500
 PICKS = ("layers", "ehvi")
 DEFAULT_PICK = "layers"
 CV_FOLDS = 3  # the first round's prediction error, before any batch was predicted and then measured
+LOCAL_TOP, LOCAL_MUTANTS, LOCAL_PROB = 5, 60, 0.1  # local search: mutants of the 5 most accurate measured archs
+# a quarter of each batch from them: +0.06 hypervolume on cifar_pool, +0.001-0.007 on two other datasets
+# (experiments/results/search/rounds_ablation/README.md)
+DEFAULT_LOCAL_SHARE = 0.25
 
 
 @dataclass
@@ -148,7 +153,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
                   budgets: Sequence[Budget] = (), predictor: str | Callable = "gbt", seed_size: int | None = None,
                   rounds: int = DEFAULT_ROUNDS, inner_trials: int = DEFAULT_INNER_TRIALS, sampler: str = "nsga2",
                   explore: float = 1.0, improve_share: float = 0.0, bootstrap: bool = False, pick: str = DEFAULT_PICK,
-                  seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
+                  local_share: float = DEFAULT_LOCAL_SHARE, seed: int = 0, known: Mapping[Any, Sequence[float]] | None = None,
                   progress: bool = False, on_round: Callable[[RoundsResult], None] | None = None) -> RoundsResult:
     """Measure at most ``queries`` distinct architectures, chosen in rounds; returns all of them.
 
@@ -160,7 +165,9 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     ``sampler`` (sized to them, see :func:`make_sampler`) on the optimistic predictions
     (mean + ``explore`` x std). Each batch: ``improve_share`` of it by optimistic hypervolume
     improvement of the measured fronts, the rest spread along the predicted fronts' layers.
-    ``pick``: how the rest of each batch is chosen: ``layers`` (default) walks each device's
+    ``local_share`` of it (after those): the best predicted of the mutants of the most accurate
+    measured archs within the budgets (a local search around the measured top, on spaces with
+    ``mutate``; 0 turns it off). ``pick``: how the rest of each batch is chosen: ``layers`` (default) walks each device's
     predicted (quality, cost) plane by non-dominated layers, spread along cost; ``ehvi`` takes the
     largest expected hypervolume improvements of the measured fronts, the prediction error being
     the RMSE of the earlier batches' predictions against their measurements (cross-validated in
@@ -177,8 +184,11 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
     queries = _positive_int(queries, "query budget")
     rounds = _positive_int(rounds, "number of rounds")
     inner_trials = _positive_int(inner_trials, "number of inner trials")
-    if isinstance(improve_share, bool) or not isinstance(improve_share, (int, float)) or not 0 <= improve_share <= 1:
-        raise SearchError(f"improve share {improve_share!r} is invalid: expected a number in [0, 1]")
+    for share, what in ((improve_share, "improve share"), (local_share, "local share")):
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise SearchError(f"{what} {share!r} is invalid: expected a number in [0, 1]")
+    if improve_share + local_share > 1:
+        raise SearchError(f"improve share {improve_share} + local share {local_share} is above 1: expected at most 1")
     if pick not in PICKS:
         raise SearchError(f"unknown batch pick {pick!r}: expected one of {list(PICKS)}")
     if not measure:
@@ -231,7 +241,7 @@ def search_rounds(space, measure: Sequence[Objective], costs: Sequence[Objective
         info: dict = {}
         picked, predicted = _next_batch(space, measure, costs, budgets, cache, min(batch, queries - spent()), predictor,
                                         inner_trials, sampler, explore, improve_share, seed + round_no, rng, info,
-                                        result, bootstrap, pick, errors)
+                                        result, bootstrap, pick, errors, local_share)
         run_round(round_no, picked, info, predicted)
     return result
 
@@ -278,7 +288,7 @@ def prediction_error(space, measure, cache: _Measured, predictor, seed: int, err
 def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predictor, inner_trials: int, sampler: str,
                 explore: float, improve_share: float, seed: int, rng, info: dict, result: RoundsResult,
                 bootstrap: bool = False, pick: str = DEFAULT_PICK,
-                errors: Sequence[np.ndarray] = ()) -> tuple[list, np.ndarray]:
+                errors: Sequence[np.ndarray] = (), local_share: float = 0.0) -> tuple[list, np.ndarray]:
     """Fit, search the predictions, and choose ``k`` unmeasured archs; returns them and their
     predicted values of the measured objectives."""
     t0 = time.perf_counter()
@@ -293,9 +303,11 @@ def _next_batch(space, measure, costs, budgets, cache: _Measured, k: int, predic
     candidates = distinct([space.from_params(t.params) for t in done], set(cache.index))
     if len(candidates) < k:  # the predictions agree on few archs: fill up at random
         candidates += distinct(random_archs(space, 4 * k, rng), set(cache.index) | {_key(a) for a in candidates})
+    local = distinct(local_mutants(space, cache, list(measure) + list(costs), budgets, rng) if local_share else [],
+                     set(cache.index) | {_key(a) for a in candidates})
     t2 = time.perf_counter()
-    picked, predicted = _choose(space, measure, costs, budgets, cache, candidates, fitted, k, explore, improve_share,
-                                pick, sigma)
+    picked, predicted = _choose(space, measure, costs, budgets, cache, candidates + local, fitted, k, explore,
+                                improve_share, pick, sigma, local=(len(candidates), int(round(local_share * k))))
     info.update(fit_s=round(t1 - t0, 2), search_s=round(t2 - t1, 2), candidates=len(candidates))
     if sigma is not None:
         info["prediction_rmse"] = [round(float(x), 5) for x in sigma]
@@ -315,9 +327,21 @@ def _measured_front(space, cache: _Measured, objectives, budgets, share: float =
     return [cache.archs[i] for i in picked]
 
 
+def local_mutants(space, cache: _Measured, objectives, budgets, rng, top: int = LOCAL_TOP,
+                  per: int = LOCAL_MUTANTS, prob: float = LOCAL_PROB) -> list:
+    """Mutants (``space.mutate``) of the ``top`` most accurate measured archs within the budgets: a
+    local search around the measured top of the front, where a predictor that under-rates one arch
+    loses the most hypervolume (none on spaces without ``mutate``)."""
+    if not callable(getattr(space, "mutate", None)) or not cache.archs:
+        return []
+    quality, _, ok = _planes(cache.values(), list(objectives), budgets)
+    best = [i for i in np.argsort(-quality, kind="stable")[:top] if ok[i]]
+    return [space.mutate(cache.archs[i], rng, prob) for i in best for _ in range(per)]
+
+
 def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, fitted: dict, k: int,
             explore: float, improve_share: float, pick: str = DEFAULT_PICK,
-            sigma: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+            sigma: np.ndarray | None = None, local: tuple[int, int] = (0, 0)) -> tuple[list, np.ndarray]:
     """The batch: measured points with their values and candidates with predicted ones. First
     up to ``improve_share`` of ``k`` by optimistic hypervolume improvement of each device's
     measured front (:func:`select_by_improvement`), the rest by ``pick``: ``layers`` walks each
@@ -325,6 +349,8 @@ def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, 
     raised by ``explore`` x the std; ``ehvi`` takes the largest expected hypervolume
     improvements (:func:`select_by_expected_improvement`), the quality's error being the
     predictor's std and ``sigma`` (the predictions' error, per measured objective) combined.
+    ``local``: (index of the first local mutant in ``candidates``, picks among them by optimistic
+    quality), taken after the improvement picks.
     Returns the picks and their predicted values of the measured objectives."""
     objectives = list(measure) + list(costs)
     X = np.asarray(space.encode_many(candidates), float) if candidates else np.zeros((0, 0))
@@ -342,6 +368,13 @@ def _choose(space, measure, costs, budgets, cache: _Measured, candidates: list, 
     picked = select_by_improvement(optimistic, believed, cost_cols, measured | ~ok, int(round(improve_share * k)))
     taken = measured | ~ok
     taken[picked] = True
+    first_local, n_local = local
+    if n_local:
+        rows = np.arange(len(cache.archs) + first_local, len(taken))
+        rows = rows[~taken[rows]]
+        more = [int(i) for i in rows[np.argsort(-optimistic[rows], kind="stable")][:n_local]]
+        taken[more] = True
+        picked += more
     if pick == "ehvi":
         names = [o.name for o in objectives]
         q = names.index(Trials(np.zeros(0), [], np.zeros((0, len(names))), names,

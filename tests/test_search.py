@@ -897,6 +897,58 @@ def test_search_rounds_rejects_bad_budgets():
         search_rounds(SPACE, [], toy_objectives(), 10)
     with pytest.raises(SearchError, match=r"improve share 1.5 is invalid: expected a number in \[0, 1\]"):
         search_rounds(SPACE, measure, toy_objectives()[1:], 10, improve_share=1.5)
+    with pytest.raises(SearchError, match=r"local share -0.1 is invalid: expected a number in \[0, 1\]"):
+        search_rounds(SPACE, measure, toy_objectives()[1:], 10, local_share=-0.1)
+    with pytest.raises(SearchError, match="improve share 0.6 \\+ local share 0.6 is above 1"):
+        search_rounds(SPACE, measure, toy_objectives()[1:], 10, improve_share=0.6, local_share=0.6)
+
+
+class MutableToySpace(ToySpace):
+    """The toy space with ``mutate``: what local search needs."""
+
+    def mutate(self, arch, rng, prob=0.1):
+        genes = list(arch)
+        for i in range(self.n):
+            if rng.random() < prob:
+                genes[i] = int(rng.integers(self.k))
+        return tuple(genes)
+
+
+def test_local_mutants_come_from_the_measured_top():
+    from search._rounds import _Measured, local_mutants
+
+    space, cache = MutableToySpace(), _Measured(3)
+    archs = ALL_ARCHS[::97]
+    objectives = [Objective("accuracy", "maximize", toy_accuracy), *toy_objectives()[1:]]
+    cache.add(archs, np.column_stack([toy_accuracy(archs), toy_latency_a(archs), toy_latency_b(archs)]), 0)
+    top = [archs[i] for i in np.argsort(-toy_accuracy(archs))[:2]]
+    mutants = local_mutants(space, cache, objectives, [], np.random.default_rng(0), top=2, per=30, prob=0.2)
+    assert len(mutants) == 60
+    assert all(min(sum(a != b for a, b in zip(m, t)) for t in top) <= 3 for m in mutants)  # near the top
+    assert any(m not in top for m in mutants)
+    assert local_mutants(SPACE, cache, objectives, [], np.random.default_rng(0)) == []  # no mutate: no local search
+
+
+def test_search_rounds_measures_mutants_of_the_top_with_a_local_share(monkeypatch):
+    import search._rounds as rounds
+    from search import search_rounds
+
+    offered = []
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        offered.append(set(out))
+        return out
+
+    real = rounds.local_mutants
+    monkeypatch.setattr(rounds, "local_mutants", spy)
+    measure = [Objective("accuracy", "maximize", toy_accuracy, measured=True)]
+    result = search_rounds(MutableToySpace(), measure, toy_objectives()[1:], 40, seed_size=16, rounds=3,
+                           inner_trials=150, predictor=small_gbt, local_share=0.5, seed=0)
+    assert len(result) == 40 and len(offered) == 3
+    for r, mutants in enumerate(offered, start=1):  # a batch of 8: at least 4 from the mutants of the top
+        batch = {a for a, n in zip(result.archs, result.round_of) if n == r}
+        assert len(batch & mutants) >= 4
 
 
 def test_select_by_improvement_fills_the_fronts_gaps_first():
