@@ -146,7 +146,7 @@ class Pipeline:
 
     def accuracy(self) -> dict:
         """Stage accuracy: measure the fit and held-out accuracy datasets of the supernet."""
-        p, out = self.cfg["predictor"], self.out / "predictor"
+        p = self.cfg["predictor"]
         holdout = p["holdout"] if p["holdout"] is not None else max(p["archs"] // 3, 10)
         if self.ray_address:
             return self._accuracy_on_cluster(holdout)
@@ -154,9 +154,9 @@ class Pipeline:
 
         common = dict(device=_device(self.cfg), progress=False, calib_batches=p["calib_batches"],
                       calib_batch_size=p["calib_batch_size"], eval_batch_size=p["eval_batch_size"])
-        update_accuracy_dataset(self.checkpoint, p["archs"], out / "accuracy_fit.jsonl", seed=self.cfg["seed"], **common)
-        update_accuracy_dataset(self.checkpoint, holdout, out / "accuracy_holdout.jsonl", seed=self.cfg["seed"] + 1,
-                                extremes=False, **common)
+        fit, held_out = self.accuracy_files()
+        update_accuracy_dataset(self.checkpoint, p["archs"], fit, seed=self.cfg["seed"], **common)
+        update_accuracy_dataset(self.checkpoint, holdout, held_out, seed=self.cfg["seed"] + 1, extremes=False, **common)
         return {"fit": p["archs"], "holdout": holdout}
 
     def _accuracy_on_cluster(self, holdout: int) -> dict:
@@ -183,11 +183,10 @@ class Pipeline:
         from hwnas.predictor_fit import evaluate_predictor, fit_predictor
         from predictors import AccuracyDataset
 
-        out = self.out / "predictor"
-        fit = out / "accuracy_fit.jsonl"
+        fit, held_out = self.accuracy_files()
         predictor, _ = fit_predictor(AccuracyDataset.load(fit), self.cfg["predictor"]["model"], seed=self.cfg["seed"])
         predictor.save(self.predictor, {"data": str(fit)})
-        metrics, _ = evaluate_predictor(self.predictor, out / "accuracy_holdout.jsonl", out / "predicted_vs_measured.png")
+        metrics, _ = evaluate_predictor(self.predictor, held_out, self.out / "predictor" / "predicted_vs_measured.png")
         return metrics
 
     def search(self) -> dict:
@@ -207,9 +206,8 @@ class Pipeline:
             from hwnas.search_rounds import search_in_rounds
 
             model = p["model"] if p["model"] != "auto" else "gbt"  # rounds refit every round: no CV selection
-            known = [str(self.out / "predictor" / f"accuracy_{part}.jsonl") for part in ("fit", "holdout")]
             search_in_rounds(self.space, tables, budgets, out, rounds=s["rounds"], queries=s["queries"], model=model,
-                             accuracy_dataset=known, **common)
+                             accuracy_dataset=[str(path) for path in self.accuracy_files()], **common)
         else:
             from hwnas.searching import search_and_verify
 
@@ -233,14 +231,17 @@ class Pipeline:
         return {d["name"]: json.loads((self.out / "search" / f"pareto_{d['name']}.json").read_text())["front"]
                 for d in self.devices()}
 
+    def accuracy_files(self) -> list[Path]:
+        """The accuracy dataset's two files: the predictor's fit set and its held-out set."""
+        return [self.out / "predictor" / f"accuracy_{part}.jsonl" for part in ("fit", "holdout")]
+
     def measured_accuracies(self) -> dict[str, float]:
         """Every subnet this run measured on its supernet, arch -> validation accuracy: the accuracy
         dataset (fit and held-out parts) and, after a search in rounds, the subnets it measured."""
         from predictors import AccuracyDataset
 
         measured = {}
-        for part in ("fit", "holdout"):
-            path = self.out / "predictor" / f"accuracy_{part}.jsonl"
+        for path in self.accuracy_files():
             if path.exists():
                 measured.update((r["arch"], r["accuracy"]) for r in AccuracyDataset.load(path).records)
         rounds = self.out / "search" / "measured.json"
@@ -332,7 +333,7 @@ class Pipeline:
     def run(self) -> Path:
         """Run (or resume) every stage up to ``until``; returns the report path (or the run dir)."""
         cfg = self.cfg
-        search, accuracy = self.out / "search", self.out / "predictor"
+        search = self.out / "search"
         steps = [  # name, inputs, outputs, function, work removed when a finished stage is redone
             ("train", {"space": self.space.fingerprint, "dataset": cfg["dataset"],
                        # keys added later, left unset, must not retrain runs made before they existed
@@ -340,8 +341,8 @@ class Pipeline:
                        "seed": cfg["seed"]}, [self.checkpoint], self.train, [self.checkpoint.parent]),
             ("latency", {"devices": [d for d in self.devices()], "latency": cfg["latency"]},
              [self.table_path(d) for d in self.devices()], self.latency, []),  # tables: see latency()
-            ("accuracy", {k: v for k, v in cfg["predictor"].items() if k != "model"}, [accuracy / "accuracy_holdout.jsonl"],
-             self.accuracy, [accuracy / "accuracy_fit.jsonl", accuracy / "accuracy_holdout.jsonl"]),
+            ("accuracy", {k: v for k, v in cfg["predictor"].items() if k != "model"}, self.accuracy_files()[1:],
+             self.accuracy, self.accuracy_files()),
             ("predictor", {"model": cfg["predictor"]["model"]}, [self.predictor], self.fit_predictor, []),
             ("search", {"search": cfg["search"], "verify": cfg["verify"]},
              [search / f"pareto_{d['name']}.json" for d in self.devices()], self.search, [search]),

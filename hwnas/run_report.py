@@ -4,6 +4,7 @@ predictor fidelity, exported models and the time of every stage."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from search_space.io import atomic_write_text
@@ -107,9 +108,10 @@ def rounds_section(out: Path) -> list[str]:
     if not path.exists():
         return []
     data = json.loads(path.read_text())
-    run, log, points = data["run"], data["log"], data["points"]
-    known = [p["accuracy"] for p in points if p["round"] < 0 and p.get("accuracy") is not None]
-    new = [p["accuracy"] for p in points if p["round"] >= 0 and p.get("accuracy") is not None]
+    run, log = data["run"], data["log"]
+    points = [p for p in data["points"] if math.isfinite(p.get("accuracy") or math.nan)]  # a failed measurement: NaN
+    known = [p["accuracy"] for p in points if p["round"] < 0]
+    new = [p["accuracy"] for p in points if p["round"] >= 0]
     measure_s = sum(r.get("measure_s", 0.0) for r in log)
     lines = ["## Search in rounds (every measured subnet: `search/measured.json`)", "",
              f"{run['measured']} subnets measured on the supernet, a seed batch (round 0) then {len(log) - 1} rounds "
@@ -124,8 +126,7 @@ def rounds_section(out: Path) -> list[str]:
         lines += ["", f"Most accurate subnet measured in the rounds: {max(new):.4f}; in the accuracy dataset: "
                       f"{max(known):.4f}."]
     budgets = run.get("budgets_ms") or {}
-    within = [p for p in points if p.get("accuracy") is not None
-              and all(p.get(name, float("inf")) <= limit for name, limit in budgets.items())]
+    within = [p for p in points if all(p.get(name, math.inf) <= limit for name, limit in budgets.items())]
     if budgets and within:  # what the fronts' tops are made of: did the rounds find better than the dataset?
         best = {side: max((p["accuracy"] for p in within if (p["round"] >= 0) == side), default=None)
                 for side in (True, False)}
